@@ -1,0 +1,191 @@
+//! Checks every ABI struct's size and field offsets against Xen's own headers.
+//!
+//! A C program is compiled against /usr/include/xen (Debian's libxen-dev, which
+//! `cargo xtask` installs) and prints sizeof/offsetof; the Rust side must agree.
+
+use std::mem::{offset_of, size_of};
+use std::process::Command;
+use xen_abi::console::XenconsInterface;
+use xen_abi::sched::{CallbackRegister, SchedShutdown};
+use xen_abi::shared::{ArchSharedInfo, SharedInfo, VcpuInfo, VcpuTimeInfo};
+use xen_abi::start_info::StartInfo;
+use xen_abi::traps::TrapInfo;
+
+/// (C expression, Rust value) pairs.
+fn rust_layout() -> Vec<(&'static str, usize)> {
+    macro_rules! size {
+        ($c:literal, $t:ty) => {
+            (concat!("sizeof(", $c, ")"), size_of::<$t>())
+        };
+    }
+    macro_rules! off {
+        ($c:literal, $cf:literal, $t:ty, $f:ident) => {
+            (concat!("offsetof(", $c, ", ", $cf, ")"), offset_of!($t, $f))
+        };
+    }
+    vec![
+        size!("struct start_info", StartInfo),
+        off!("struct start_info", "nr_pages", StartInfo, nr_pages),
+        off!("struct start_info", "shared_info", StartInfo, shared_info),
+        off!("struct start_info", "flags", StartInfo, flags),
+        off!("struct start_info", "store_mfn", StartInfo, store_mfn),
+        off!("struct start_info", "store_evtchn", StartInfo, store_evtchn),
+        off!("struct start_info", "console.domU.mfn", StartInfo, console_mfn),
+        off!("struct start_info", "console.domU.evtchn", StartInfo, console_evtchn),
+        off!("struct start_info", "pt_base", StartInfo, pt_base),
+        off!("struct start_info", "nr_pt_frames", StartInfo, nr_pt_frames),
+        off!("struct start_info", "mfn_list", StartInfo, mfn_list),
+        off!("struct start_info", "mod_start", StartInfo, mod_start),
+        off!("struct start_info", "mod_len", StartInfo, mod_len),
+        off!("struct start_info", "cmd_line", StartInfo, cmd_line),
+        off!("struct start_info", "first_p2m_pfn", StartInfo, first_p2m_pfn),
+        off!("struct start_info", "nr_p2m_frames", StartInfo, nr_p2m_frames),
+        size!("struct vcpu_time_info", VcpuTimeInfo),
+        off!("struct vcpu_time_info", "tsc_timestamp", VcpuTimeInfo, tsc_timestamp),
+        off!("struct vcpu_time_info", "system_time", VcpuTimeInfo, system_time),
+        off!("struct vcpu_time_info", "tsc_to_system_mul", VcpuTimeInfo, tsc_to_system_mul),
+        off!("struct vcpu_time_info", "tsc_shift", VcpuTimeInfo, tsc_shift),
+        off!("struct vcpu_time_info", "flags", VcpuTimeInfo, flags),
+        size!("struct vcpu_info", VcpuInfo),
+        off!("struct vcpu_info", "evtchn_upcall_mask", VcpuInfo, evtchn_upcall_mask),
+        off!("struct vcpu_info", "evtchn_pending_sel", VcpuInfo, evtchn_pending_sel),
+        off!("struct vcpu_info", "arch", VcpuInfo, arch),
+        off!("struct vcpu_info", "time", VcpuInfo, time),
+        size!("struct arch_shared_info", ArchSharedInfo),
+        size!("struct shared_info", SharedInfo),
+        off!("struct shared_info", "evtchn_pending", SharedInfo, evtchn_pending),
+        off!("struct shared_info", "evtchn_mask", SharedInfo, evtchn_mask),
+        off!("struct shared_info", "wc_version", SharedInfo, wc_version),
+        off!("struct shared_info", "wc_sec", SharedInfo, wc_sec),
+        off!("struct shared_info", "wc_nsec", SharedInfo, wc_nsec),
+        off!("struct shared_info", "wc_sec_hi", SharedInfo, wc_sec_hi),
+        off!("struct shared_info", "arch", SharedInfo, arch),
+        size!("struct trap_info", TrapInfo),
+        off!("struct trap_info", "flags", TrapInfo, flags),
+        off!("struct trap_info", "cs", TrapInfo, cs),
+        off!("struct trap_info", "address", TrapInfo, address),
+        size!("struct callback_register", CallbackRegister),
+        off!("struct callback_register", "flags", CallbackRegister, flags),
+        off!("struct callback_register", "address", CallbackRegister, address),
+        size!("struct sched_shutdown", SchedShutdown),
+        size!("struct xencons_interface", XenconsInterface),
+        off!("struct xencons_interface", "out", XenconsInterface, output),
+        off!("struct xencons_interface", "in_cons", XenconsInterface, in_cons),
+        off!("struct xencons_interface", "in_prod", XenconsInterface, in_prod),
+        off!("struct xencons_interface", "out_cons", XenconsInterface, out_cons),
+        off!("struct xencons_interface", "out_prod", XenconsInterface, out_prod),
+    ]
+}
+
+/// Constants whose values must match the headers.
+fn rust_constants() -> Vec<(&'static str, usize)> {
+    use xen_abi::{console, elfnote, hypercall as hc, sched, traps};
+    vec![
+        ("__HYPERVISOR_set_trap_table", hc::SET_TRAP_TABLE),
+        ("__HYPERVISOR_mmu_update", hc::MMU_UPDATE),
+        ("__HYPERVISOR_memory_op", hc::MEMORY_OP),
+        ("__HYPERVISOR_update_va_mapping", hc::UPDATE_VA_MAPPING),
+        ("__HYPERVISOR_set_timer_op", hc::SET_TIMER_OP),
+        ("__HYPERVISOR_xen_version", hc::XEN_VERSION),
+        ("__HYPERVISOR_console_io", hc::CONSOLE_IO),
+        ("__HYPERVISOR_grant_table_op", hc::GRANT_TABLE_OP),
+        ("__HYPERVISOR_iret", hc::IRET),
+        ("__HYPERVISOR_vcpu_op", hc::VCPU_OP),
+        ("__HYPERVISOR_mmuext_op", hc::MMUEXT_OP),
+        ("__HYPERVISOR_sched_op", hc::SCHED_OP),
+        ("__HYPERVISOR_callback_op", hc::CALLBACK_OP),
+        ("__HYPERVISOR_event_channel_op", hc::EVENT_CHANNEL_OP),
+        ("__HYPERVISOR_dm_op", hc::DM_OP),
+        ("EVTCHNOP_send", hc::EVTCHNOP_SEND),
+        ("UVMF_INVLPG", hc::UVMF_INVLPG),
+        ("MACH2PHYS_VIRT_START", hc::MACH2PHYS_VIRT_START as usize),
+        ("SCHEDOP_yield", sched::SCHEDOP_YIELD),
+        ("SCHEDOP_block", sched::SCHEDOP_BLOCK),
+        ("SCHEDOP_shutdown", sched::SCHEDOP_SHUTDOWN),
+        ("SCHEDOP_poll", sched::SCHEDOP_POLL),
+        ("SHUTDOWN_poweroff", sched::ShutdownReason::Poweroff as usize),
+        ("SHUTDOWN_crash", sched::ShutdownReason::Crash as usize),
+        ("CALLBACKOP_register", sched::CALLBACKOP_REGISTER),
+        ("CALLBACKTYPE_event", sched::CALLBACKTYPE_EVENT as usize),
+        ("CALLBACKTYPE_failsafe", sched::CALLBACKTYPE_FAILSAFE as usize),
+        ("CALLBACKTYPE_syscall", sched::CALLBACKTYPE_SYSCALL as usize),
+        ("CALLBACKF_mask_events", sched::CALLBACKF_MASK_EVENTS as usize),
+        ("FLAT_KERNEL_CS64", traps::FLAT_KERNEL_CS64 as usize),
+        ("FLAT_KERNEL_SS64", traps::FLAT_KERNEL_SS64 as usize),
+        ("XEN_ELFNOTE_ENTRY", elfnote::ENTRY as usize),
+        ("XEN_ELFNOTE_HYPERCALL_PAGE", elfnote::HYPERCALL_PAGE as usize),
+        ("XEN_ELFNOTE_VIRT_BASE", elfnote::VIRT_BASE as usize),
+        ("XEN_ELFNOTE_PADDR_OFFSET", elfnote::PADDR_OFFSET as usize),
+        ("XEN_ELFNOTE_XEN_VERSION", elfnote::XEN_VERSION as usize),
+        ("XEN_ELFNOTE_GUEST_OS", elfnote::GUEST_OS as usize),
+        ("XEN_ELFNOTE_GUEST_VERSION", elfnote::GUEST_VERSION as usize),
+        ("XEN_ELFNOTE_LOADER", elfnote::LOADER as usize),
+        ("XEN_ELFNOTE_FEATURES", elfnote::FEATURES as usize),
+        ("XEN_ELFNOTE_SUSPEND_CANCEL", elfnote::SUSPEND_CANCEL as usize),
+        ("MAX_GUEST_CMDLINE", xen_abi::start_info::MAX_GUEST_CMDLINE),
+        ("sizeof(((struct xencons_interface *)0)->in)", console::IN_RING_SIZE),
+        ("sizeof(((struct xencons_interface *)0)->out)", console::OUT_RING_SIZE),
+    ]
+}
+
+fn c_values(exprs: &[&str]) -> Vec<usize> {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("xen-abi-layout-{}-{call}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut src = String::from(
+        "#include <stddef.h>\n#include <stdio.h>\n#include <stdint.h>\n\
+         #define __XEN_INTERFACE_VERSION__ 0x00040e00\n\
+         #include <xen/xen.h>\n#include <xen/callback.h>\n#include <xen/sched.h>\n\
+         #include <xen/event_channel.h>\n#include <xen/elfnote.h>\n#include <xen/io/console.h>\n\
+         int main(void) {\n",
+    );
+    for e in exprs {
+        src.push_str(&format!("  printf(\"%lu\\n\", (unsigned long)({e}));\n"));
+    }
+    src.push_str("  return 0;\n}\n");
+    let c = dir.join("layout.c");
+    let exe = dir.join("layout");
+    std::fs::write(&c, src).unwrap();
+    let out = Command::new("cc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&c)
+        .output()
+        .expect("running cc (gcc) for the layout check");
+    assert!(
+        out.status.success(),
+        "compiling against /usr/include/xen failed (is libxen-dev installed?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&exe).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+fn check(pairs: Vec<(&'static str, usize)>) {
+    let exprs: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+    let c = c_values(&exprs);
+    assert_eq!(c.len(), pairs.len());
+    let wrong: Vec<String> = pairs
+        .iter()
+        .zip(&c)
+        .filter(|((_, r), c)| r != *c)
+        .map(|((e, r), c)| format!("{e}: Rust {r}, C {c}"))
+        .collect();
+    assert!(wrong.is_empty(), "layout mismatches:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn struct_layouts_match_xen_headers() {
+    check(rust_layout());
+}
+
+#[test]
+fn constants_match_xen_headers() {
+    check(rust_constants());
+}

@@ -1,0 +1,99 @@
+//! Hypercalls through the hypercall page, and typed wrappers for the ones in use.
+//!
+//! Xen's stub for hypercall N sits at `hypercall_page + N * 32` and does
+//! `mov $N, %eax; syscall; ret`. Arguments go in rdi, rsi, rdx, r10, r8; the result
+//! comes back in rax; rcx and r11 are clobbered by `syscall`. Release builds of Xen
+//! preserve the argument registers, debug builds poison them, so we assume clobbered.
+
+use super::boot::hypercall_page;
+use xen_abi::hypercall as hc;
+use xen_abi::sched::{self, CallbackRegister, SchedShutdown, ShutdownReason};
+use xen_abi::traps::TrapInfo;
+
+/// A negative Xen errno from a failed hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XenError(pub i64);
+
+/// Issues hypercall `nr` with five arguments.
+///
+/// # Safety
+/// The arguments must be valid for that hypercall: any pointer among them must point
+/// to memory of the layout Xen expects for `nr`, live and writable where Xen writes.
+pub unsafe fn hypercall(nr: usize, a: [u64; 5]) -> i64 {
+    let stub = (&raw const hypercall_page) as u64 + (nr * hc::STUB_SIZE_BYTES) as u64;
+    let ret: i64;
+    // SAFETY:
+    // 1. `stub` is inside the page Xen filled with hypercall stubs (ELF note
+    //    HYPERCALL_PAGE), and `nr` < 128 for every caller, so it is a valid stub.
+    // 2. The stub uses only rax, rcx and r11 and returns with `ret`; all argument
+    //    registers are declared clobbered; the stack below rsp is ours (no red zone).
+    // 3. Memory effects are those of hypercall `nr`, which the caller vouches for.
+    unsafe {
+        core::arch::asm!(
+            "call {stub}",
+            stub = in(reg) stub,
+            lateout("rax") ret,
+            inlateout("rdi") a[0] => _,
+            inlateout("rsi") a[1] => _,
+            inlateout("rdx") a[2] => _,
+            inlateout("r10") a[3] => _,
+            inlateout("r8") a[4] => _,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}
+
+fn check(ret: i64) -> Result<i64, XenError> {
+    if ret < 0 { Err(XenError(ret)) } else { Ok(ret) }
+}
+
+/// Installs the trap table; `table` ends with an all-zero entry.
+pub fn set_trap_table(table: &[TrapInfo]) -> Result<(), XenError> {
+    assert!(table.last().is_some_and(|t| t.address == 0), "trap table must end with a zero entry");
+    // SAFETY: `table` is a live, zero-terminated array of `struct trap_info` (layout
+    // checked against xen.h); Xen only reads it during the call.
+    check(unsafe { hypercall(hc::SET_TRAP_TABLE, [table.as_ptr() as u64, 0, 0, 0, 0]) }).map(drop)
+}
+
+/// Registers a callback entry point (event upcall, failsafe, ...).
+pub fn register_callback(kind: u16, flags: u16, address: u64) -> Result<(), XenError> {
+    let arg = CallbackRegister { kind, flags, address };
+    // SAFETY: `arg` is a live `struct callback_register` that Xen only reads.
+    check(unsafe { hypercall(hc::CALLBACK_OP, [sched::CALLBACKOP_REGISTER as u64, (&raw const arg) as u64, 0, 0, 0]) })
+        .map(drop)
+}
+
+/// Replaces the mapping of `va` (one page) with `pte`, invalidating it locally.
+///
+/// # Safety
+/// No Rust reference may point into the page at `va`, and whatever the old mapping
+/// backed must no longer be needed: its contents become unreachable through `va`.
+pub unsafe fn update_va_mapping(va: u64, pte: u64) -> Result<(), XenError> {
+    // SAFETY: arguments are plain values; the caller upholds the aliasing contract.
+    check(unsafe { hypercall(hc::UPDATE_VA_MAPPING, [va, pte, hc::UVMF_INVLPG as u64, 0, 0]) }).map(drop)
+}
+
+/// Sends an event on a bound local port.
+pub fn evtchn_send(port: u32) -> Result<(), XenError> {
+    let arg = xen_abi::hypercall::EvtchnSend { port };
+    // SAFETY: `arg` is a live `struct evtchn_send` that Xen only reads.
+    check(unsafe { hypercall(hc::EVENT_CHANNEL_OP, [hc::EVTCHNOP_SEND as u64, (&raw const arg) as u64, 0, 0, 0]) })
+        .map(drop)
+}
+
+/// Gives up the vCPU for one scheduling round.
+pub fn sched_yield() {
+    // SAFETY: SCHEDOP_yield takes no pointer.
+    unsafe { hypercall(hc::SCHED_OP, [sched::SCHEDOP_YIELD as u64, 0, 0, 0, 0]) };
+}
+
+/// Stops the domain with `reason`; Xen does not return to us.
+pub fn shutdown(reason: ShutdownReason) -> ! {
+    let arg = SchedShutdown { reason: reason as u32 };
+    loop {
+        // SAFETY: `arg` is a live `struct sched_shutdown` that Xen only reads.
+        unsafe { hypercall(hc::SCHED_OP, [sched::SCHEDOP_SHUTDOWN as u64, (&raw const arg) as u64, 0, 0, 0]) };
+    }
+}

@@ -1,0 +1,74 @@
+//! The domain's command line (start_info.cmd_line): space-separated words, each
+//! either `flag` or `key=value`; the first occurrence of a key wins.
+
+use core::fmt;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Cmdline<'a>(&'a [u8]);
+
+impl<'a> Cmdline<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Cmdline(bytes)
+    }
+
+    /// The words, in order.
+    pub fn words(self) -> impl Iterator<Item = &'a [u8]> {
+        self.0.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty())
+    }
+
+    /// The value of the first `key=value` word.
+    pub fn value(self, key: &str) -> Option<&'a [u8]> {
+        self.words().find_map(|w| {
+            let eq = w.iter().position(|&b| b == b'=')?;
+            (&w[..eq] == key.as_bytes()).then(|| &w[eq + 1..])
+        })
+    }
+
+    /// The whole line as text; a byte that is not UTF-8 shows as U+FFFD.
+    pub fn display(self) -> LossyText<'a> {
+        LossyText(self.0)
+    }
+}
+
+/// Bytes printed as text without allocating.
+pub struct LossyText<'a>(&'a [u8]);
+
+impl fmt::Display for LossyText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{fffd}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_skip_repeated_whitespace() {
+        let c = Cmdline::new(b"  a=1\tb  c=x=y ");
+        let words: Vec<&[u8]> = c.words().collect();
+        assert_eq!(words, [&b"a=1"[..], b"b", b"c=x=y"]);
+    }
+
+    #[test]
+    fn value_takes_first_key_and_splits_at_first_equals() {
+        let c = Cmdline::new(b"selftest=panic selftest=none c=x=y flag");
+        assert_eq!(c.value("selftest"), Some(&b"panic"[..]));
+        assert_eq!(c.value("c"), Some(&b"x=y"[..]));
+        assert_eq!(c.value("flag"), None);
+        assert_eq!(c.value("self"), None);
+        assert_eq!(Cmdline::new(b"").value("x"), None);
+    }
+
+    #[test]
+    fn display_replaces_invalid_utf8() {
+        let c = Cmdline::new(b"ok \xff end");
+        assert_eq!(format!("{}", c.display()), "ok \u{fffd} end");
+    }
+}

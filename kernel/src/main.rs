@@ -1,0 +1,83 @@
+//! rust-stubdom: a Xen device-model stub domain as a `no_std` x86_64 PV unikernel.
+//!
+//! This crate is the image and the only crate with `unsafe` code: it boots as a PV
+//! domain, talks to Xen, and will host the frontends and the device model. Today it
+//! brings up the console, traps and event callbacks, prints its banner, runs any
+//! self-test named on the command line, and powers off.
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(test), no_main)]
+
+mod cmdline;
+
+#[cfg(not(test))]
+mod arch;
+#[cfg(not(test))]
+#[macro_use]
+mod console;
+#[cfg(not(test))]
+mod events;
+#[cfg(not(test))]
+mod fatal;
+#[cfg(not(test))]
+mod shared_info;
+#[cfg(not(test))]
+mod time;
+
+/// Project name and version, as printed in the banner.
+pub const NAME: &str = "rust-stubdom";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(not(test))]
+mod boot {
+    use crate::arch::{self, hypercall};
+    use crate::cmdline::Cmdline;
+    use crate::{console, shared_info};
+    use xen_abi::sched::ShutdownReason;
+    use xen_abi::start_info::StartInfo;
+
+    /// First Rust code; `_start` passes the start_info pointer Xen gave in rsi.
+    #[unsafe(no_mangle)]
+    extern "C" fn kernel_main(start_info: *const StartInfo) -> ! {
+        // SAFETY: Xen maps start_info inside the initial mapping and passes its
+        // address in rsi; we copy it once and never keep a reference into it.
+        let si = unsafe { start_info.read() };
+        if shared_info::map(si.shared_info).is_err() {
+            // No time source means no bounded console waits: nothing can be reported.
+            hypercall::shutdown(ShutdownReason::Crash);
+        }
+        if console::init(si.console_mfn, si.console_evtchn, si.nr_pages).is_err() {
+            hypercall::shutdown(ShutdownReason::Crash);
+        }
+        arch::traps::init();
+
+        let cmdline = Cmdline::new(si.cmdline());
+        println!("{} {}: Xen PV stub domain", crate::NAME, crate::VERSION);
+        println!(
+            "start_info: magic={} nr_pages={} flags={:#x} cmdline=\"{}\"",
+            crate::cmdline::Cmdline::new(si.magic()).display(),
+            si.nr_pages,
+            si.flags,
+            cmdline.display()
+        );
+        if !si.is_x86_64_pv() {
+            panic!("not a 64-bit PV start_info");
+        }
+
+        match cmdline.value("selftest") {
+            None | Some(b"none") => {}
+            Some(b"panic") => panic!("selftest: deliberate panic requested on the command line"),
+            Some(b"pagefault") => {
+                println!("selftest: reading an unmapped address");
+                // SAFETY: deliberately invalid: the low half is unmapped in this PV
+                // kernel, so the read faults and the fault handler crashes the domain.
+                let v = unsafe { (0xdead_0000 as *const u64).read_volatile() };
+                println!("selftest: unmapped read returned {v:#x}");
+            }
+            Some(other) => println!("selftest: unknown test \"{}\" ignored", Cmdline::new(other).display()),
+        }
+
+        println!("{}: powering off", crate::NAME);
+        console::flush();
+        hypercall::shutdown(ShutdownReason::Poweroff)
+    }
+}

@@ -1,0 +1,14 @@
+//! The real-Xen test cases, one module per area.
+
+pub mod hvm;
+pub mod kernel;
+
+use crate::harness::Test;
+
+/// Every test, in the order they run.
+pub fn all() -> Vec<Test> {
+    let mut v = Vec::new();
+    v.extend(kernel::tests());
+    v.extend(hvm::tests());
+    v
+}

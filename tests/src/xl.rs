@@ -1,0 +1,119 @@
+//! The parts of `xl` the tests use, with parsers for its output.
+
+use crate::proc;
+use std::process::Command;
+use std::time::Duration;
+
+/// One row of `xl list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainRow {
+    pub name: String,
+    pub domid: u32,
+    pub mem_mib: u64,
+    /// The six state flags, e.g. `--ps--` (running, blocked, paused, shutdown, crashed, dying).
+    pub state: String,
+}
+
+impl DomainRow {
+    pub fn is_shutdown(&self) -> bool {
+        self.state.as_bytes().get(3) == Some(&b's')
+    }
+
+    pub fn is_crashed(&self) -> bool {
+        self.state.as_bytes().get(4) == Some(&b'c')
+    }
+}
+
+/// Parses `xl list` output (a header line, then one row per domain).
+pub fn parse_list(text: &str) -> Vec<DomainRow> {
+    text.lines()
+        .skip_while(|l| !l.starts_with("Name"))
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Name ID Mem VCPUs State Time(s) [Security Label]
+            if f.len() < 6 {
+                return None;
+            }
+            Some(DomainRow { name: f[0].to_string(), domid: f[1].parse().ok()?, mem_mib: f[2].parse().ok()?, state: f[4].to_string() })
+        })
+        .collect()
+}
+
+fn xl(args: &[&str], limit_s: u64) -> Result<proc::Output, String> {
+    proc::run(Command::new("xl").args(args), Duration::from_secs(limit_s))
+}
+
+/// `xl create CFG`; fails with xl's own messages when xl does.
+pub fn create(cfg_path: &str) -> Result<(), String> {
+    let out = xl(&["create", cfg_path], 120)?;
+    if out.success { Ok(()) } else { Err(format!("xl create {cfg_path} failed ({:?}): {}{}", out.code, out.stdout, out.stderr)) }
+}
+
+/// The row for domain `name`, if it exists.
+pub fn find(name: &str) -> Result<Option<DomainRow>, String> {
+    let out = xl(&["list"], 30)?;
+    if !out.success {
+        return Err(format!("xl list failed: {}", out.stderr));
+    }
+    Ok(parse_list(&out.stdout).into_iter().find(|d| d.name == name))
+}
+
+/// Waits until `name` has shut down (it must be configured to be preserved) and returns its row.
+pub fn wait_shutdown(name: &str, limit: Duration) -> Result<DomainRow, String> {
+    let mut last = None;
+    proc::poll(limit, Duration::from_millis(250), || match find(name) {
+        Ok(Some(d)) if d.is_shutdown() => Some(d),
+        Ok(other) => {
+            last = other;
+            None
+        }
+        Err(_) => None,
+    })
+    .ok_or_else(|| format!("{name} did not shut down within {} s (last seen: {last:?})", limit.as_secs()))
+}
+
+/// Destroys `name` if it exists; best effort, for clean-up.
+pub fn destroy(name: &str) {
+    let _ = xl(&["destroy", name], 60);
+}
+
+/// `xl domid NAME`.
+pub fn domid(name: &str) -> Result<u32, String> {
+    let out = xl(&["domid", name], 30)?;
+    out.stdout.trim().parse().map_err(|_| format!("xl domid {name}: {}{}", out.stdout, out.stderr))
+}
+
+/// The hypervisor's console ring (`xl dmesg`).
+pub fn dmesg() -> Result<String, String> {
+    let out = xl(&["dmesg"], 30)?;
+    if out.success { Ok(out.stdout) } else { Err(format!("xl dmesg failed: {}", out.stderr)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIST: &str = "\
+Name                                        ID   Mem VCPUs\tState\tTime(s)
+Domain-0                                     0  1024     2     r-----      12.3
+banner                                       3    16     1     ---s--       0.1
+crashy                                       4    16     1     ---sc-       0.1
+";
+
+    #[test]
+    fn parses_rows_and_state_flags() {
+        let rows = parse_list(LIST);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1], DomainRow { name: "banner".into(), domid: 3, mem_mib: 16, state: "---s--".into() });
+        assert!(rows[1].is_shutdown() && !rows[1].is_crashed());
+        assert!(rows[2].is_shutdown() && rows[2].is_crashed());
+        assert!(!rows[0].is_shutdown());
+    }
+
+    #[test]
+    fn ignores_noise_and_short_rows() {
+        assert!(parse_list("").is_empty());
+        assert!(parse_list("libxl: warning\nName ID\nbad row\n").is_empty());
+    }
+}

@@ -1,0 +1,108 @@
+//! `cargo xtask`: builds the image, builds and boots the real-Xen test bed, runs tests.
+//!
+//! Everything runs on Debian's Rust 1.96 (rust-toolchain.toml points rustup at /usr);
+//! `./x` installs it on a fresh machine before handing over to this program.
+
+mod host;
+mod image;
+mod results;
+mod testbed;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "Build, run and test the rust-stubdom image")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the stub-domain image (target/image/rust-stubdom) and print its size.
+    Build,
+    /// Build everything, boot the test bed and run the image as a domain, showing its console.
+    Run,
+    /// Host unit tests, then the real-Xen suite; FILTER selects tests by name.
+    Test { filter: Option<String> },
+    /// The test bed on its own.
+    Testbed {
+        #[command(subcommand)]
+        action: TestbedCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TestbedCmd {
+    /// Install the Debian packages and build (or reuse) dom0's initramfs.
+    Build,
+    /// Boot the test bed with a dom0 shell on this terminal (Ctrl-a x quits).
+    Shell,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    host::chdir_to_workspace()?;
+    match cli.cmd {
+        Cmd::Build => {
+            image::build()?;
+        }
+        Cmd::Run => run()?,
+        Cmd::Test { filter } => test(filter.as_deref().unwrap_or(""))?,
+        Cmd::Testbed { action: TestbedCmd::Build } => {
+            testbed::ensure_packages()?;
+            testbed::base_initramfs()?;
+        }
+        Cmd::Testbed { action: TestbedCmd::Shell } => {
+            testbed::ensure_packages()?;
+            let overlay = testbed::prepare_overlay(&image::build()?, &host::build_suite()?)?;
+            testbed::shell(&overlay)?;
+        }
+    }
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    testbed::ensure_packages()?;
+    let image = image::build()?;
+    let suite = host::build_suite()?;
+    let overlay = testbed::prepare_overlay(&image, &suite)?;
+    println!("xtask: booting Xen + dom0 under QEMU (TCG); the image's console follows");
+    let outcome = testbed::boot(&overlay, "demo", "", Duration::from_secs(600), true)?;
+    if !outcome.saw("@@demo: rust-stubdom ended") {
+        bail!("the demo did not finish; serial log: {}", outcome.serial_log.display());
+    }
+    println!("xtask: serial log and guest consoles in {}", outcome.log_dir.display());
+    Ok(())
+}
+
+fn test(filter: &str) -> Result<()> {
+    testbed::ensure_packages()?;
+    let mut tally = results::Tally::default();
+
+    println!("== host tests");
+    host::unit_tests(filter, &mut tally)?;
+
+    let image = image::build()?;
+    let suite = host::build_suite()?;
+    let xen_tests: Vec<String> = host::list_xen_tests(&suite)?.into_iter().filter(|t| t.contains(filter)).collect();
+    if xen_tests.is_empty() {
+        println!("== real-Xen suite: no test matches {filter:?}");
+    } else {
+        println!("== real-Xen suite ({} tests, Xen 4.17 + dom0 under QEMU TCG)", xen_tests.len());
+        let overlay = testbed::prepare_overlay(&image, &suite)?;
+        // Each test has its own limit inside dom0; this bounds the whole boot.
+        let limit = Duration::from_secs(300 + 240 * xen_tests.len() as u64);
+        let outcome = testbed::boot(&overlay, "run", filter, limit, false)?;
+        results::judge_xen_suite(&xen_tests, &outcome, &mut tally);
+        println!("xtask: serial log and guest consoles in {}", outcome.log_dir.display());
+    }
+
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 || tally.passed == 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Counting test results: cargo's per-test lines on the host, and the suite's lines
+//! read back from the test bed's serial log.
+
+use crate::testbed::BootOutcome;
+
+#[derive(Default, Debug)]
+pub struct Tally {
+    pub passed: usize,
+    pub failed: usize,
+}
+
+/// A per-test result found in a line of output.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Failed,
+}
+
+/// Finds `test NAME ... ok|FAILED` anywhere in `line` (serial lines may carry a
+/// prefix from Xen's console); returns the name and verdict.
+pub fn parse_result(line: &str) -> Option<(&str, Verdict)> {
+    let at = line.find("test ")?;
+    let rest = &line[at + 5..];
+    let (name, outcome) = rest.split_once(" ... ")?;
+    if name.is_empty() || name.contains(' ') {
+        return None;
+    }
+    let verdict = match outcome.split_whitespace().next()? {
+        "ok" => Verdict::Ok,
+        "FAILED" => Verdict::Failed,
+        _ => return None,
+    };
+    Some((name, verdict))
+}
+
+impl Tally {
+    /// Counts one line of `cargo test` output.
+    pub fn count_cargo_line(&mut self, line: &str) {
+        if !line.starts_with("test ") {
+            return;
+        }
+        match parse_result(line) {
+            Some((_, Verdict::Ok)) => self.passed += 1,
+            Some((_, Verdict::Failed)) => self.failed += 1,
+            None => {}
+        }
+    }
+}
+
+/// Prints one verdict line per expected real-Xen test. A test with no result line
+/// (the boot timed out, dom0 died) fails; failure reasons from dom0 are shown.
+pub fn judge_xen_suite(expected: &[String], outcome: &BootOutcome, tally: &mut Tally) {
+    for name in expected {
+        let verdict = outcome.lines.iter().find_map(|l| match parse_result(l) {
+            Some((n, v)) if n == name => Some(v),
+            _ => None,
+        });
+        match verdict {
+            Some(Verdict::Ok) => {
+                tally.passed += 1;
+                println!("test {name} ... ok");
+            }
+            other => {
+                tally.failed += 1;
+                let tag = format!("@@reason {name}| ");
+                for l in &outcome.lines {
+                    if let Some(at) = l.find(&tag) {
+                        println!("    {}", &l[at + tag.len()..]);
+                    }
+                }
+                if other.is_none() {
+                    println!(
+                        "    no result from dom0 ({}); see {}",
+                        if outcome.timed_out { "test bed timed out" } else { "test bed ended early" },
+                        outcome.serial_log.display()
+                    );
+                }
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_prefixed_result_lines() {
+        assert_eq!(parse_result("test a::b ... ok"), Some(("a::b", Verdict::Ok)));
+        assert_eq!(parse_result("[  12.5] test xen::x ... FAILED (3.1 s)"), Some(("xen::x", Verdict::Failed)));
+        assert_eq!(parse_result("test xen::x ... ok (0.4 s)"), Some(("xen::x", Verdict::Ok)));
+    }
+
+    #[test]
+    fn ignores_lines_that_only_look_similar() {
+        assert_eq!(parse_result("test result: ok. 3 passed; 0 failed"), None);
+        assert_eq!(parse_result("test x ... ignored"), None);
+        assert_eq!(parse_result("@@test-start xen::x"), None);
+        assert_eq!(parse_result("test  ... ok"), None);
+    }
+
+    #[test]
+    fn cargo_tally_counts_only_per_test_lines() {
+        let mut t = Tally::default();
+        for l in ["running 2 tests", "test a ... ok", "test b ... FAILED", "test result: FAILED. 1 passed; 1 failed", "test c ... ignored"] {
+            t.count_cargo_line(l);
+        }
+        assert_eq!((t.passed, t.failed), (1, 1));
+    }
+
+    #[test]
+    fn missing_results_fail() {
+        let outcome = BootOutcome {
+            lines: vec!["test xen::a ... ok".into(), "@@reason xen::b| boom".into(), "test xen::b ... FAILED".into()],
+            timed_out: true,
+            serial_log: "serial.log".into(),
+            log_dir: ".".into(),
+        };
+        let mut t = Tally::default();
+        judge_xen_suite(&["xen::a".into(), "xen::b".into(), "xen::c".into()], &outcome, &mut t);
+        assert_eq!((t.passed, t.failed), (1, 2));
+    }
+}

@@ -1,0 +1,425 @@
+//! The real-Xen test bed: Debian 12's Xen 4.17 and a Debian dom0 booted inside
+//! qemu-system-x86_64 (TCG), built from installed Debian packages.
+//!
+//! dom0's initramfs is two gzip'd cpio archives back to back (Linux unpacks both):
+//! a large base (busybox, Xen's toolstack, dom0's QEMU, firmware, kernel modules),
+//! rebuilt only when the packages it is made from change, and a small overlay with
+//! the project's files (/init, /suite/xen-suite, /suite/rust-stubdom) made every run.
+//! Every boot is bounded by a host-side limit and a watchdog inside dom0; the serial
+//! log and the guests' console logs are left under target/testbed/logs/.
+
+use crate::host::run;
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const DIR: &str = "target/testbed";
+/// Bump when the way the base initramfs is assembled changes.
+const BASE_LAYOUT: u32 = 2;
+const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
+const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-system-xen",
+    "xen-hypervisor-4.17-amd64",
+    "xen-utils-4.17",
+    "linux-image-amd64",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "util-linux",
+    "bash",
+    "binutils",
+    "gcc",
+    "libxen-dev",
+];
+/// Kernel modules dom0 loads (with their dependencies).
+const DOM0_MODULES: &[&str] =
+    &["xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-blkback", "xen-netback", "loop", "bridge", "tun"];
+/// QEMU: Xen needs SVM + nested paging for HVM guests (Debian's Xen has no shadow
+/// paging); rdrand spares dom0 a long wait for entropy.
+const CPU: &str = "qemu64,+svm,+npt,+rdrand";
+const XEN_CMDLINE: &str = "console=com1 com1=115200 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all \
+                           noreboot console_timestamps=boot bootscrub=0";
+
+fn installed_version(pkg: &str) -> Option<String> {
+    let out = Command::new("dpkg-query").args(["-W", "-f", "${Status}|${Version}", pkg]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, version) = text.split_once('|')?;
+    status.ends_with(" installed").then(|| version.to_string())
+}
+
+/// Installs the Debian packages the test bed is made from, if any is missing.
+pub fn ensure_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| installed_version(p).is_none()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian packages: {}", missing.join(" "));
+    let mut args: Vec<String> = vec!["install".into(), "-y".into(), "--no-install-recommends".into()];
+    args.extend(missing.iter().map(|s| s.to_string()));
+    // A qemu-utils from backports (newer than bookworm's QEMU) breaks qemu-system-common:
+    // take bookworm's, which matches the QEMU the test bed uses.
+    if installed_version("qemu-utils").is_some_and(|v| v.contains("bpo")) {
+        args.extend(["--allow-downgrades".into(), "qemu-utils/bookworm".into()]);
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The newest installed Debian kernel version (dom0 runs it).
+fn kernel_version() -> Result<String> {
+    let mut versions: Vec<String> = fs::read_dir("/boot")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("vmlinuz-").map(String::from))
+        .collect();
+    versions.sort_by_key(|v| v.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>());
+    versions.pop().context("no /boot/vmlinuz-*: is linux-image-amd64 installed?")
+}
+
+/// What the base initramfs is made from; a change means a rebuild.
+fn base_inputs(kver: &str) -> String {
+    let mut s = format!("layout {BASE_LAYOUT}\nkernel {kver}\n");
+    for p in PACKAGES {
+        s.push_str(&format!("{p} {}\n", installed_version(p).unwrap_or_default()));
+    }
+    s
+}
+
+/// Copies `file` (and the target of a symlink) into `root`, with the shared
+/// libraries `ldd` names for it.
+fn copy_with_libs(root: &Path, file: &str) -> Result<()> {
+    copy_into(root, file)?;
+    let out = Command::new("ldd").arg(file).output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let lib = match line.split_once("=> ") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+        };
+        if let Some(lib) = lib.filter(|l| l.starts_with('/')) {
+            copy_into(root, lib)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies one path into `root` at the same place; symlinks are kept and followed.
+fn copy_into(root: &Path, path: &str) -> Result<()> {
+    let dest = root.join(path.trim_start_matches('/'));
+    if dest.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    fs::create_dir_all(dest.parent().unwrap())?;
+    let meta = fs::symlink_metadata(path).with_context(|| format!("{path} is missing"))?;
+    if meta.file_type().is_symlink() {
+        // Keep the link as it is and copy what it names, one hop at a time, so
+        // every path the link chain uses exists inside `root` too.
+        let target = fs::read_link(path)?;
+        symlink(&target, &dest)?;
+        let next = Path::new(path).parent().unwrap().join(&target);
+        copy_into(root, next.to_str().context("non-UTF-8 path")?)?;
+    } else if meta.is_dir() {
+        run(Command::new("cp").arg("-a").arg(format!("{path}/.")).arg(&dest))?;
+    } else {
+        fs::copy(path, &dest).with_context(|| format!("copying {path}"))?;
+    }
+    Ok(())
+}
+
+fn copy_modules(root: &Path, kver: &str) -> Result<()> {
+    let mut files = BTreeSet::new();
+    for m in DOM0_MODULES {
+        let out = Command::new("modprobe").args(["-S", kver, "--show-depends", m]).output()?;
+        if !out.status.success() {
+            bail!("modprobe --show-depends {m}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(path) = line.strip_prefix("insmod ") {
+                files.insert(path.split_whitespace().next().unwrap_or_default().to_string());
+            }
+        }
+    }
+    for f in &files {
+        copy_into(root, f)?;
+    }
+    for f in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+        copy_into(root, &format!("/lib/modules/{kver}/{f}"))?;
+    }
+    run(Command::new("depmod").arg("-b").arg(root).arg(kver))
+}
+
+/// Packs `dir` as a gzip'd newc cpio archive at `out`.
+fn pack(dir: &Path, out: &Path) -> Result<()> {
+    let out_file = fs::File::create(out)?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6")
+        .current_dir(dir)
+        .stdout(out_file)
+        .status()?;
+    if !status.success() {
+        bail!("packing {} failed", dir.display());
+    }
+    Ok(())
+}
+
+/// Builds dom0's base initramfs unless an up-to-date one exists; returns its path.
+pub fn base_initramfs() -> Result<PathBuf> {
+    let kver = kernel_version()?;
+    let dir = Path::new(DIR);
+    let out = dir.join("base-initrd.gz");
+    let key_file = dir.join("base-inputs.txt");
+    let inputs = base_inputs(&kver);
+    if out.exists() && fs::read_to_string(&key_file).ok().as_deref() == Some(&inputs) {
+        return Ok(out);
+    }
+    println!("xtask: building dom0's base initramfs from Debian packages (kernel {kver})");
+    let started = Instant::now();
+    let root = dir.join("dom0-root");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc", "root", "var/log", "var/lib", "var/lock"] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    symlink("../run", root.join("var/run"))?;
+    fs::copy("/bin/busybox", root.join("bin/busybox"))?;
+    let applets = Command::new("/bin/busybox").arg("--list").output()?;
+    for a in String::from_utf8_lossy(&applets.stdout).lines() {
+        if a != "busybox" {
+            symlink("busybox", root.join("bin").join(a))?;
+        }
+    }
+    run(Command::new("mknod").args(["-m", "600"]).arg(root.join("dev/console")).args(["c", "5", "1"]))?;
+    run(Command::new("mknod").args(["-m", "666"]).arg(root.join("dev/null")).args(["c", "1", "3"]))?;
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    fs::write(root.join("etc/group"), "root:x:0:\n")?;
+
+    // bash for Xen's hotplug scripts; flock and losetup from util-linux (busybox's lack features they use).
+    for f in ["/bin/bash", "/usr/bin/flock", "/sbin/losetup"] {
+        copy_with_libs(&root, f)?;
+    }
+    for b in ["xl", "xenstored", "xenconsoled", "xenconsole", "xen-init-dom0", "libxl-save-helper", "vchan-socket-proxy"] {
+        copy_with_libs(&root, &format!("{XEN_BIN}/{b}"))?;
+    }
+    for b in ["xl", "xenstored", "xenconsoled", "xen-init-dom0"] {
+        symlink(format!("../lib/xen-4.17/bin/{b}"), root.join("usr/sbin").join(b))?;
+    }
+    copy_with_libs(&root, "/usr/bin/xenstore")?;
+    for e in fs::read_dir("/usr/bin")? {
+        let name = e?.file_name().into_string().unwrap_or_default();
+        if name.starts_with("xenstore-") {
+            let _ = symlink("xenstore", root.join("usr/bin").join(&name));
+        }
+    }
+    // libxl runs /usr/bin/vchan-socket-proxy for a stub domain's QMP: Debian's is a
+    // link to a wrapper that picks the versioned binary.
+    copy_into(&root, "/usr/lib/xen-common/bin")?;
+    copy_into(&root, "/usr/bin/vchan-socket-proxy")?;
+    copy_into(&root, "/etc/xen")?;
+    // HVM guests: dom0's device model, hvmloader and SeaBIOS.
+    copy_with_libs(&root, "/usr/libexec/xen-qemu-system-i386")?;
+    copy_into(&root, "/usr/lib/xen-4.17/boot/hvmloader")?;
+    copy_into(&root, "/usr/share/seabios/bios-256k.bin")?;
+    copy_into(&root, "/usr/share/qemu/keymaps")?;
+    copy_into(&root, "/usr/share/qemu/kvmvapic.bin")?;
+    copy_modules(&root, &kver)?;
+
+    let tmp = dir.join("base-initrd.gz.tmp");
+    pack(&root, &tmp)?;
+    fs::rename(&tmp, &out)?;
+    fs::write(&key_file, inputs)?;
+    fs::remove_dir_all(&root)?;
+    println!("xtask: base initramfs {} bytes in {:.1} s", fs::metadata(&out)?.len(), started.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// Boot files for one run: Xen, dom0's kernel and the combined initramfs.
+pub struct Overlay {
+    xen: PathBuf,
+    vmlinuz: PathBuf,
+    initrd: PathBuf,
+}
+
+/// Adds the project's files on top of the base initramfs.
+pub fn prepare_overlay(image: &Path, suite: &Path) -> Result<Overlay> {
+    let base = base_initramfs()?;
+    let dir = Path::new(DIR);
+    let root = dir.join("overlay-root");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    fs::create_dir_all(root.join("suite"))?;
+    fs::copy("tests/dom0/init", root.join("init"))?;
+    fs::copy(image, root.join("suite/rust-stubdom"))?;
+    copy_with_libs(&root, fs::canonicalize(suite)?.to_str().unwrap())?;
+    let suite_in_root = root.join(fs::canonicalize(suite)?.to_str().unwrap().trim_start_matches('/'));
+    fs::rename(&suite_in_root, root.join("suite/xen-suite"))?;
+    let overlay = dir.join("overlay-initrd.gz");
+    pack(&root, &overlay)?;
+
+    let initrd = dir.join("dom0-initrd.gz");
+    let mut combined = fs::read(&base)?;
+    combined.extend(fs::read(&overlay)?);
+    fs::write(&initrd, combined)?;
+
+    let xen = dir.join("xen");
+    let gz = fs::File::open("/boot/xen-4.17-amd64.gz").context("/boot/xen-4.17-amd64.gz")?;
+    // QEMU's multiboot loader wants Xen's ELF uncompressed.
+    let status = Command::new("gzip").arg("-dc").stdin(gz).stdout(fs::File::create(&xen)?).status()?;
+    if !status.success() {
+        bail!("gunzip of Xen failed");
+    }
+    let vmlinuz = PathBuf::from(format!("/boot/vmlinuz-{}", kernel_version()?));
+    Ok(Overlay { xen, vmlinuz, initrd })
+}
+
+fn qemu_command(overlay: &Overlay, dom0_cmdline: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg,thread=multi,tb-size=512", "-cpu", CPU, "-m", "3072", "-smp", "2", "-machine", "pc"])
+        .args(["-display", "none", "-vga", "none", "-monitor", "none", "-nic", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&overlay.xen)
+        .args(["-append", XEN_CMDLINE])
+        .arg("-initrd")
+        // QEMU's multiboot module list is comma-separated: a comma inside is doubled.
+        .arg(format!(
+            "{} {},{}",
+            overlay.vmlinuz.display(),
+            dom0_cmdline.replace(',', ",,"),
+            overlay.initrd.display()
+        ));
+    cmd
+}
+
+/// What a bounded boot of the test bed printed.
+pub struct BootOutcome {
+    pub lines: Vec<String>,
+    pub timed_out: bool,
+    pub serial_log: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+impl BootOutcome {
+    pub fn saw(&self, needle: &str) -> bool {
+        self.lines.iter().any(|l| l.contains(needle))
+    }
+}
+
+/// Kills QEMU when the boot ends for any reason, including an error or a panic here.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Boots the test bed with dom0 running `suite=MODE`, reads the serial port until
+/// dom0 powers off or `limit` passes, and writes the logs. `echo` shows every line.
+pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: bool) -> Result<BootOutcome> {
+    if filter.contains([' ', ',', '\'', '"']) {
+        bail!("a test filter may not contain spaces, commas or quotes: {filter:?}");
+    }
+    let log_dir = Path::new(DIR).join("logs");
+    if log_dir.exists() {
+        fs::remove_dir_all(&log_dir)?;
+    }
+    fs::create_dir_all(&log_dir)?;
+    // dom0's watchdog fires a little before the host gives up, so dom0 still says why.
+    let wd = limit.as_secs().saturating_sub(30).max(60);
+    let dom0_cmdline = format!("console=hvc0 earlyprintk=xen quiet loglevel=4 suite={mode} suite.filter={filter} suite.wd={wd}");
+    let mut cmd = qemu_command(overlay, &dom0_cmdline);
+    cmd.args(["-serial", "stdio"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = KillOnDrop(cmd.spawn().context("starting qemu-system-x86_64")?);
+    let stdout = child.0.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).replace('\r', "").trim_end_matches('\n').to_string();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+
+    let serial_log = log_dir.join("serial.log");
+    let mut log = fs::File::create(&serial_log)?;
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            timed_out = true;
+            break;
+        }
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok(line) => {
+                let t = started.elapsed().as_secs_f64();
+                writeln!(log, "[{t:8.2}] {line}")?;
+                if echo {
+                    println!("[{t:8.2}] {line}");
+                } else {
+                    show_progress(t, &line);
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    drop(child);
+    if timed_out {
+        writeln!(log, "xtask: test bed killed after {} s", limit.as_secs())?;
+        println!("xtask: test bed killed after {} s", limit.as_secs());
+    }
+    write_console_logs(&log_dir, &lines)?;
+    Ok(BootOutcome { lines, timed_out, serial_log, log_dir })
+}
+
+/// One line of progress per milestone while tests run (results are judged later).
+fn show_progress(t: f64, line: &str) {
+    for tag in ["@@dom0: ", "@@test-start "] {
+        if let Some(at) = line.find(tag) {
+            println!("  [{t:7.1} s] {}", &line[at + 2..]);
+        }
+    }
+}
+
+/// Splits the `@@console DOMAIN| text` lines into one file per guest domain.
+fn write_console_logs(log_dir: &Path, lines: &[String]) -> Result<()> {
+    let mut files: std::collections::BTreeMap<String, fs::File> = Default::default();
+    for l in lines {
+        let Some(at) = l.find("@@console ") else { continue };
+        let Some((domain, text)) = l[at + 10..].split_once("| ") else { continue };
+        if domain.is_empty() || !domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            continue;
+        }
+        if !files.contains_key(domain) {
+            files.insert(domain.to_string(), fs::File::create(log_dir.join(format!("console-{domain}.log")))?);
+        }
+        writeln!(files.get_mut(domain).unwrap(), "{text}")?;
+    }
+    Ok(())
+}
+
+/// Boots the test bed with a dom0 shell on this terminal.
+pub fn shell(overlay: &Overlay) -> Result<()> {
+    let mut cmd = qemu_command(overlay, "console=hvc0 earlyprintk=xen suite=shell");
+    cmd.args(["-serial", "mon:stdio"]);
+    run(&mut cmd)
+}
