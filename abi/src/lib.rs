@@ -9,7 +9,10 @@
 
 pub mod console;
 pub mod elfnote;
+pub mod event_channel;
+pub mod grant_table;
 pub mod hypercall;
+pub mod memory;
 pub mod sched;
 pub mod shared;
 pub mod start_info;

@@ -6,6 +6,11 @@
 use std::mem::{offset_of, size_of};
 use std::process::Command;
 use xen_abi::console::XenconsInterface;
+use xen_abi::event_channel::{EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq};
+use xen_abi::grant_table::{
+    GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabQuerySize, GnttabSetupTable, GnttabUnmapGrantRef, GrantEntryV1,
+};
+use xen_abi::memory::{MmuUpdate, MmuextOp};
 use xen_abi::sched::{CallbackRegister, SchedShutdown};
 use xen_abi::shared::{ArchSharedInfo, SharedInfo, VcpuInfo, VcpuTimeInfo};
 use xen_abi::start_info::StartInfo;
@@ -68,6 +73,48 @@ fn rust_layout() -> Vec<(&'static str, usize)> {
         off!("struct callback_register", "flags", CallbackRegister, flags),
         off!("struct callback_register", "address", CallbackRegister, address),
         size!("struct sched_shutdown", SchedShutdown),
+        size!("struct evtchn_alloc_unbound", EvtchnAllocUnbound),
+        off!("struct evtchn_alloc_unbound", "remote_dom", EvtchnAllocUnbound, remote_dom),
+        off!("struct evtchn_alloc_unbound", "port", EvtchnAllocUnbound, port),
+        size!("struct evtchn_bind_interdomain", EvtchnBindInterdomain),
+        off!("struct evtchn_bind_interdomain", "remote_port", EvtchnBindInterdomain, remote_port),
+        off!("struct evtchn_bind_interdomain", "local_port", EvtchnBindInterdomain, local_port),
+        size!("struct evtchn_bind_virq", EvtchnBindVirq),
+        off!("struct evtchn_bind_virq", "port", EvtchnBindVirq, port),
+        size!("struct grant_entry_v1", GrantEntryV1),
+        off!("struct grant_entry_v1", "domid", GrantEntryV1, domid),
+        off!("struct grant_entry_v1", "frame", GrantEntryV1, frame),
+        size!("struct gnttab_setup_table", GnttabSetupTable),
+        off!("struct gnttab_setup_table", "nr_frames", GnttabSetupTable, nr_frames),
+        off!("struct gnttab_setup_table", "status", GnttabSetupTable, status),
+        off!("struct gnttab_setup_table", "frame_list", GnttabSetupTable, frame_list),
+        size!("struct gnttab_query_size", GnttabQuerySize),
+        off!("struct gnttab_query_size", "max_nr_frames", GnttabQuerySize, max_nr_frames),
+        off!("struct gnttab_query_size", "status", GnttabQuerySize, status),
+        size!("struct gnttab_map_grant_ref", GnttabMapGrantRef),
+        off!("struct gnttab_map_grant_ref", "flags", GnttabMapGrantRef, flags),
+        off!("struct gnttab_map_grant_ref", "ref", GnttabMapGrantRef, grant_ref),
+        off!("struct gnttab_map_grant_ref", "dom", GnttabMapGrantRef, dom),
+        off!("struct gnttab_map_grant_ref", "status", GnttabMapGrantRef, status),
+        off!("struct gnttab_map_grant_ref", "handle", GnttabMapGrantRef, handle),
+        off!("struct gnttab_map_grant_ref", "dev_bus_addr", GnttabMapGrantRef, dev_bus_addr),
+        size!("struct gnttab_unmap_grant_ref", GnttabUnmapGrantRef),
+        off!("struct gnttab_unmap_grant_ref", "dev_bus_addr", GnttabUnmapGrantRef, dev_bus_addr),
+        off!("struct gnttab_unmap_grant_ref", "handle", GnttabUnmapGrantRef, handle),
+        off!("struct gnttab_unmap_grant_ref", "status", GnttabUnmapGrantRef, status),
+        size!("struct gnttab_copy_ptr", GnttabCopyPtr),
+        off!("struct gnttab_copy_ptr", "domid", GnttabCopyPtr, domid),
+        off!("struct gnttab_copy_ptr", "offset", GnttabCopyPtr, offset),
+        size!("struct gnttab_copy", GnttabCopy),
+        off!("struct gnttab_copy", "dest", GnttabCopy, dest),
+        off!("struct gnttab_copy", "len", GnttabCopy, len),
+        off!("struct gnttab_copy", "flags", GnttabCopy, flags),
+        off!("struct gnttab_copy", "status", GnttabCopy, status),
+        size!("struct mmu_update", MmuUpdate),
+        off!("struct mmu_update", "val", MmuUpdate, val),
+        size!("struct mmuext_op", MmuextOp),
+        off!("struct mmuext_op", "arg1", MmuextOp, arg1),
+        off!("struct mmuext_op", "arg2", MmuextOp, arg2),
         size!("struct xencons_interface", XenconsInterface),
         off!("struct xencons_interface", "out", XenconsInterface, output),
         off!("struct xencons_interface", "in_cons", XenconsInterface, in_cons),
@@ -79,7 +126,7 @@ fn rust_layout() -> Vec<(&'static str, usize)> {
 
 /// Constants whose values must match the headers.
 fn rust_constants() -> Vec<(&'static str, usize)> {
-    use xen_abi::{console, elfnote, hypercall as hc, sched, traps};
+    use xen_abi::{console, elfnote, event_channel as ev, grant_table as gt, hypercall as hc, memory as mm, sched, traps};
     vec![
         ("__HYPERVISOR_set_trap_table", hc::SET_TRAP_TABLE),
         ("__HYPERVISOR_mmu_update", hc::MMU_UPDATE),
@@ -98,6 +145,33 @@ fn rust_constants() -> Vec<(&'static str, usize)> {
         ("__HYPERVISOR_dm_op", hc::DM_OP),
         ("EVTCHNOP_send", hc::EVTCHNOP_SEND),
         ("UVMF_INVLPG", hc::UVMF_INVLPG),
+        ("EVTCHNOP_bind_interdomain", ev::EVTCHNOP_BIND_INTERDOMAIN),
+        ("EVTCHNOP_bind_virq", ev::EVTCHNOP_BIND_VIRQ),
+        ("EVTCHNOP_close", ev::EVTCHNOP_CLOSE),
+        ("EVTCHNOP_alloc_unbound", ev::EVTCHNOP_ALLOC_UNBOUND),
+        ("EVTCHNOP_unmask", ev::EVTCHNOP_UNMASK),
+        ("VIRQ_TIMER", ev::VIRQ_TIMER as usize),
+        ("DOMID_SELF", ev::DOMID_SELF as usize),
+        ("EVTCHN_2L_NR_CHANNELS", ev::NR_EVENT_CHANNELS),
+        ("GNTTABOP_map_grant_ref", gt::GNTTABOP_MAP_GRANT_REF),
+        ("GNTTABOP_unmap_grant_ref", gt::GNTTABOP_UNMAP_GRANT_REF),
+        ("GNTTABOP_setup_table", gt::GNTTABOP_SETUP_TABLE),
+        ("GNTTABOP_copy", gt::GNTTABOP_COPY),
+        ("GNTTABOP_query_size", gt::GNTTABOP_QUERY_SIZE),
+        ("GNTTAB_NR_RESERVED_ENTRIES", gt::NR_RESERVED_ENTRIES as usize),
+        ("GTF_permit_access", gt::GTF_PERMIT_ACCESS as usize),
+        ("GTF_readonly", gt::GTF_READONLY as usize),
+        ("GTF_reading", gt::GTF_READING as usize),
+        ("GTF_writing", gt::GTF_WRITING as usize),
+        ("GNTMAP_host_map", gt::GNTMAP_HOST_MAP as usize),
+        ("GNTMAP_readonly", gt::GNTMAP_READONLY as usize),
+        ("GNTCOPY_source_gref", gt::GNTCOPY_SOURCE_GREF as usize),
+        ("GNTCOPY_dest_gref", gt::GNTCOPY_DEST_GREF as usize),
+        ("GNTST_okay", gt::GNTST_OKAY as usize),
+        ("MMU_NORMAL_PT_UPDATE", mm::MMU_NORMAL_PT_UPDATE as usize),
+        ("MMUEXT_PIN_L1_TABLE", mm::MMUEXT_PIN_L1_TABLE as usize),
+        ("MMUEXT_UNPIN_TABLE", mm::MMUEXT_UNPIN_TABLE as usize),
+        ("MMUEXT_INVLPG_LOCAL", mm::MMUEXT_INVLPG_LOCAL as usize),
         ("MACH2PHYS_VIRT_START", hc::MACH2PHYS_VIRT_START as usize),
         ("SCHEDOP_yield", sched::SCHEDOP_YIELD),
         ("SCHEDOP_block", sched::SCHEDOP_BLOCK),
@@ -137,7 +211,7 @@ fn c_values(exprs: &[&str]) -> Vec<usize> {
         "#include <stddef.h>\n#include <stdio.h>\n#include <stdint.h>\n\
          #define __XEN_INTERFACE_VERSION__ 0x00040e00\n\
          #include <xen/xen.h>\n#include <xen/callback.h>\n#include <xen/sched.h>\n\
-         #include <xen/event_channel.h>\n#include <xen/elfnote.h>\n#include <xen/io/console.h>\n\
+         #include <xen/event_channel.h>\n#include <xen/grant_table.h>\n#include <xen/elfnote.h>\n#include <xen/io/console.h>\n\
          int main(void) {\n",
     );
     for e in exprs {

@@ -24,6 +24,23 @@ impl<'a> Cmdline<'a> {
         })
     }
 
+    /// The log level `loglevel=error|warn|info|debug|trace|off` names (default info).
+    pub fn log_level(self) -> log::LevelFilter {
+        match self.value("loglevel") {
+            Some(b"off") => log::LevelFilter::Off,
+            Some(b"error") => log::LevelFilter::Error,
+            Some(b"warn") => log::LevelFilter::Warn,
+            Some(b"debug") => log::LevelFilter::Debug,
+            Some(b"trace") => log::LevelFilter::Trace,
+            _ => log::LevelFilter::Info,
+        }
+    }
+
+    /// The value of `key=N` as a number.
+    pub fn number(self, key: &str) -> Option<u64> {
+        core::str::from_utf8(self.value(key)?).ok()?.parse().ok()
+    }
+
     /// The whole line as text; a byte that is not UTF-8 shows as U+FFFD.
     pub fn display(self) -> LossyText<'a> {
         LossyText(self.0)
@@ -64,6 +81,15 @@ mod tests {
         assert_eq!(c.value("flag"), None);
         assert_eq!(c.value("self"), None);
         assert_eq!(Cmdline::new(b"").value("x"), None);
+    }
+
+    #[test]
+    fn log_level_and_numbers() {
+        assert_eq!(Cmdline::new(b"loglevel=debug").log_level(), log::LevelFilter::Debug);
+        assert_eq!(Cmdline::new(b"loglevel=bogus").log_level(), log::LevelFilter::Info);
+        assert_eq!(Cmdline::new(b"").log_level(), log::LevelFilter::Info);
+        assert_eq!(Cmdline::new(b"rounds=10000 x=-1").number("rounds"), Some(10000));
+        assert_eq!(Cmdline::new(b"x=-1").number("x"), None);
     }
 
     #[test]

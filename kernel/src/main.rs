@@ -2,10 +2,13 @@
 //!
 //! This crate is the image and the only crate with `unsafe` code: it boots as a PV
 //! domain, talks to Xen, and will host the frontends and the device model. Today it
-//! brings up the console, traps and event callbacks, prints its banner, runs any
-//! self-test named on the command line, and powers off.
+//! brings up the console, traps, memory, grant tables, event channels, timers and
+//! the executor, prints its banner, runs any self-test named on the command line,
+//! and powers off.
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
+
+extern crate alloc;
 
 mod cmdline;
 
@@ -17,7 +20,17 @@ mod console;
 #[cfg(not(test))]
 mod events;
 #[cfg(not(test))]
+mod executor;
+#[cfg(not(test))]
 mod fatal;
+#[cfg(not(test))]
+mod gnttab;
+#[cfg(not(test))]
+mod logger;
+#[cfg(not(test))]
+mod mm;
+#[cfg(not(test))]
+mod selftest;
 #[cfg(not(test))]
 mod shared_info;
 #[cfg(not(test))]
@@ -31,7 +44,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 mod boot {
     use crate::arch::{self, hypercall};
     use crate::cmdline::Cmdline;
-    use crate::{console, shared_info};
+    use crate::{console, executor, gnttab, logger, mm, selftest, shared_info};
     use xen_abi::sched::ShutdownReason;
     use xen_abi::start_info::StartInfo;
 
@@ -51,10 +64,11 @@ mod boot {
         arch::traps::init();
 
         let cmdline = Cmdline::new(si.cmdline());
+        logger::init(cmdline.log_level());
         println!("{} {}: Xen PV stub domain", crate::NAME, crate::VERSION);
         println!(
             "start_info: magic={} nr_pages={} flags={:#x} cmdline=\"{}\"",
-            crate::cmdline::Cmdline::new(si.magic()).display(),
+            Cmdline::new(si.magic()).display(),
             si.nr_pages,
             si.flags,
             cmdline.display()
@@ -62,20 +76,25 @@ mod boot {
         if !si.is_x86_64_pv() {
             panic!("not a 64-bit PV start_info");
         }
-
-        match cmdline.value("selftest") {
-            None | Some(b"none") => {}
-            Some(b"panic") => panic!("selftest: deliberate panic requested on the command line"),
-            Some(b"pagefault") => {
-                println!("selftest: reading an unmapped address");
-                // SAFETY: deliberately invalid: the low half is unmapped in this PV
-                // kernel, so the read faults and the fault handler crashes the domain.
-                let v = unsafe { (0xdead_0000 as *const u64).read_volatile() };
-                println!("selftest: unmapped read returned {v:#x}");
-            }
-            Some(other) => println!("selftest: unknown test \"{}\" ignored", Cmdline::new(other).display()),
+        if let Err(e) = mm::init(&si) {
+            panic!("memory set-up failed: {e:?}");
         }
+        if let Err(e) = gnttab::init() {
+            panic!("grant table set-up failed: {e:?}");
+        }
+        if let Err(e) = executor::init() {
+            panic!("timer event set-up failed: {e:?}");
+        }
+        log::info!("memory: {:?}", mm::stats());
 
+        match executor::block_on(selftest::run(cmdline)) {
+            Ok(()) => {}
+            Err(e) => {
+                println!("selftest: FAILED: {e}");
+                console::flush();
+                hypercall::shutdown(ShutdownReason::Crash);
+            }
+        }
         println!("{}: powering off", crate::NAME);
         console::flush();
         hypercall::shutdown(ShutdownReason::Poweroff)

@@ -8,6 +8,7 @@
 //! from there. Lines starting with `@@` carry guest console logs and failure details.
 
 mod cases;
+mod dom0;
 mod harness;
 mod proc;
 mod xl;

@@ -11,6 +11,9 @@ use core::arch::global_asm;
 /// domain sits at `VIRT_BASE + N * 4096` in Xen's initial mapping.
 pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
 
+/// Pages reserved for the grant table (512 v1 entries each).
+pub const GRANT_TABLE_FRAMES: usize = 4;
+
 /// Size of the boot stack (the only stack, for now).
 pub const BOOT_STACK_BYTES: usize = 64 * 1024;
 
@@ -67,6 +70,10 @@ global_asm!(
     hypercall_page: .skip 4096
     .global shared_info_page
     shared_info_page: .skip 4096
+    .global grant_table_frames
+    grant_table_frames: .skip {grant_frames} * 4096
+    .global stack_guard_page
+    stack_guard_page: .skip 4096
     .global boot_stack
     boot_stack: .skip {stack_bytes}
     .global boot_stack_top
@@ -94,6 +101,7 @@ global_asm!(
     SUSPEND_CANCEL = const xen_abi::elfnote::SUSPEND_CANCEL,
     base = const VIRT_BASE,
     stack_bytes = const BOOT_STACK_BYTES,
+    grant_frames = const GRANT_TABLE_FRAMES,
     options(att_syntax)
 );
 
@@ -102,6 +110,10 @@ unsafe extern "C" {
     pub static hypercall_page: [u8; 4096];
     /// A page of the image whose mapping is replaced by the shared info frame.
     pub static shared_info_page: [u8; 4096];
+    /// Pages whose mappings are replaced by the grant table frames.
+    pub static grant_table_frames: [u8; GRANT_TABLE_FRAMES * 4096];
+    /// Left unmapped once memory is set up, so a stack overflow faults.
+    pub static stack_guard_page: [u8; 4096];
     pub static boot_stack: [u8; BOOT_STACK_BYTES];
 }
 

@@ -97,3 +97,53 @@ pub fn shutdown(reason: ShutdownReason) -> ! {
         unsafe { hypercall(hc::SCHED_OP, [sched::SCHEDOP_SHUTDOWN as u64, (&raw const arg) as u64, 0, 0, 0]) };
     }
 }
+
+/// Applies page-table writes; `foreign_domid` names whose frames the new entries
+/// point at (DOMID_SELF for our own).
+///
+/// # Safety
+/// Each update rewrites a live page-table entry of this domain: the caller must make
+/// sure no Rust reference points into memory whose mapping is removed or replaced.
+pub unsafe fn mmu_update(updates: &[xen_abi::memory::MmuUpdate], foreign_domid: u16) -> Result<(), XenError> {
+    let mut done: u32 = 0;
+    // SAFETY: `updates` is a live array of `struct mmu_update` and `done` a live u32
+    // Xen writes the success count to; the mapping contract is the caller's.
+    let ret = unsafe {
+        hypercall(
+            hc::MMU_UPDATE,
+            [updates.as_ptr() as u64, updates.len() as u64, (&raw mut done) as u64, u64::from(foreign_domid), 0],
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// An event channel operation whose argument is the plain-data struct `arg`.
+pub fn event_channel_op<T>(cmd: usize, arg: &mut T) -> Result<(), XenError> {
+    // SAFETY: every EVTCHNOP_* takes one struct that Xen reads and writes back in
+    // place; callers pass the struct matching `cmd` (layouts checked in xen-abi).
+    check(unsafe { hypercall(hc::EVENT_CHANNEL_OP, [cmd as u64, (arg as *mut T) as u64, 0, 0, 0]) }).map(drop)
+}
+
+/// A grant table operation on `count` structs starting at `args`.
+///
+/// # Safety
+/// `args` must point at `count` live structs of the type `cmd` takes; any guest
+/// address inside them must be valid for what Xen does with it.
+pub unsafe fn grant_table_op<T>(cmd: usize, args: *mut T, count: u32) -> Result<(), XenError> {
+    // SAFETY: forwarded to the caller's contract.
+    check(unsafe { hypercall(hc::GRANT_TABLE_OP, [cmd as u64, args as u64, u64::from(count), 0, 0]) }).map(drop)
+}
+
+/// Arms the one-shot timer at absolute system time `deadline_ns` (0 cancels it);
+/// VIRQ_TIMER fires when it expires.
+pub fn set_timer_op(deadline_ns: u64) -> Result<(), XenError> {
+    // SAFETY: set_timer_op takes a plain value.
+    check(unsafe { hypercall(hc::SET_TIMER_OP, [deadline_ns, 0, 0, 0, 0]) }).map(drop)
+}
+
+/// Blocks the vCPU until an event is pending. Called with upcalls masked, Xen unmasks
+/// and checks for pending events atomically, so a wake-up cannot be missed.
+pub fn sched_block() {
+    // SAFETY: SCHEDOP_block takes no pointer.
+    unsafe { hypercall(hc::SCHED_OP, [sched::SCHEDOP_BLOCK as u64, 0, 0, 0, 0]) };
+}

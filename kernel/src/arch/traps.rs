@@ -122,6 +122,11 @@ global_asm!(
         pop %rax
         orb $3, 8(%rsp)
         orb $3, 32(%rsp)
+        /* Xen masked upcalls on entry; the interrupted code ran unmasked (Xen only
+           delivers upcalls then), so unmask: vcpu_info[0].evtchn_upcall_mask. An
+           event arriving from here on nests a new upcall or waits for the next
+           entry into Xen; the executor also scans before it blocks. */
+        movb $0, shared_info_page+1(%rip)
         iretq
     "#,
     failsafe = const FAILSAFE_VECTOR,

@@ -13,6 +13,8 @@ pub fn tests() -> Vec<Test> {
         Test { name: "xen::kernel::banner_and_poweroff", limit: Duration::from_secs(90), run: banner_and_poweroff },
         Test { name: "xen::kernel::panic_crashes_with_message", limit: Duration::from_secs(90), run: panic_crashes },
         Test { name: "xen::kernel::page_fault_crashes_with_report", limit: Duration::from_secs(90), run: page_fault_crashes },
+        Test { name: "xen::kernel::allocator_stress_in_8_mib", limit: Duration::from_secs(120), run: allocator_stress },
+        Test { name: "xen::time::thousand_timers_fire_in_order", limit: Duration::from_secs(120), run: timers_in_order },
     ]
 }
 
@@ -26,14 +28,14 @@ pub fn pv_config(name: &str, memory_mib: u32, cmdline: &str) -> String {
 }
 
 /// Boots the image with `cmdline`, waits for it to stop, returns (row, console log).
-fn boot(ctx: &mut Ctx, name: &str, memory_mib: u32, cmdline: &str) -> Result<(xl::DomainRow, String), String> {
+pub fn boot(ctx: &mut Ctx, name: &str, memory_mib: u32, cmdline: &str) -> Result<(xl::DomainRow, String), String> {
     let cfg = ctx.prepare_domain(name, &pv_config(name, memory_mib, cmdline))?;
     xl::create(&cfg)?;
     let row = xl::wait_shutdown(name, Duration::from_secs(60))?;
     // xenconsoled may still be writing the last lines to its log.
     let log = crate::proc::poll(Duration::from_secs(5), Duration::from_millis(100), || {
         let log = console_log(name);
-        (log.contains("powering off") || log.contains("backtrace:")).then_some(log)
+        (log.contains("powering off") || log.contains("backtrace:") || log.contains("selftest: FAILED")).then_some(log)
     })
     .unwrap_or_else(|| console_log(name));
     Ok((row, log))
@@ -76,6 +78,36 @@ fn page_fault_crashes(ctx: &mut Ctx) -> Result<(), String> {
     expect_contains(&log, "cr2=0xdead0000", "console log")?;
     expect_contains(&log, "rsp=0x", "console log")?;
     expect_contains(&log, "backtrace:", "console log")
+}
+
+/// Boots a self-test that must end in a clean poweroff; returns its console log.
+pub fn boot_selftest(ctx: &mut Ctx, name: &str, memory_mib: u32, cmdline: &str) -> Result<String, String> {
+    let (row, log) = boot(ctx, name, memory_mib, cmdline)?;
+    if row.is_crashed() || !log.contains("rust-stubdom: powering off") {
+        return Err(format!("self-test did not finish cleanly (state {}):\n{log}", row.state));
+    }
+    Ok(log)
+}
+
+/// The console line starting with `prefix`, if any.
+pub fn line_with<'a>(log: &'a str, prefix: &str) -> Option<&'a str> {
+    log.lines().find(|l| l.starts_with(prefix))
+}
+
+fn allocator_stress(ctx: &mut Ctx) -> Result<(), String> {
+    let log = boot_selftest(ctx, "alloc", 8, "selftest=alloc rounds=50000")?;
+    let line = line_with(&log, "alloc: ok ").ok_or_else(|| format!("no \"alloc: ok\" line:\n{log}"))?;
+    // 8 MiB are 2048 pages; the counters must say the heap and pool were really used.
+    expect_contains(line, "rounds=50000 nr_pages=2048 ", "alloc line")?;
+    println!("@@metric xen::kernel::allocator_stress_in_8_mib| {line}");
+    Ok(())
+}
+
+fn timers_in_order(ctx: &mut Ctx) -> Result<(), String> {
+    let log = boot_selftest(ctx, "timers", 16, "selftest=timers count=1000")?;
+    let line = line_with(&log, "timers: 1000 fired in deadline order").ok_or_else(|| format!("no timer result:\n{log}"))?;
+    println!("@@metric xen::time::thousand_timers_fire_in_order| {line}");
+    Ok(())
 }
 
 /// `cargo xtask run`: start the image and show its console as it runs.

@@ -1,0 +1,374 @@
+//! Memory: the domain's own pages, page-table edits, foreign mappings and the heap.
+//!
+//! A PV guest's page tables are read-only to it: every change goes through Xen
+//! (`mmu_update`, `update_va_mapping`), which checks it. At boot Xen maps only the
+//! image and its bootstrap area; `init` maps every page of the domain at
+//! `VIRT_BASE + pfn * 4096` (adding page tables where missing), then splits the free
+//! pages into the heap (the global allocator) and a pool of whole pages for rings,
+//! grants and buffers. Counters are readable through `stats`.
+
+use crate::arch::boot::{VIRT_BASE, stack_guard_page};
+use crate::arch::hypercall::{self, XenError};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use linked_list_allocator::LockedHeap;
+use spin::Mutex;
+use xen_abi::event_channel::DOMID_SELF;
+use xen_abi::hypercall::{MACH2PHYS_VIRT_START, pte};
+use xen_abi::memory::{MMU_NORMAL_PT_UPDATE, MmuUpdate, PAGE_SIZE, pte_frame, table_index};
+use xen_abi::start_info::StartInfo;
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+/// Pseudo-physical frames not in use, for `alloc_page`.
+static FREE_PAGES: Mutex<alloc::vec::Vec<u32>> = Mutex::new(alloc::vec::Vec::new());
+
+static P2M: AtomicUsize = AtomicUsize::new(0);
+static NR_PAGES: AtomicU64 = AtomicU64::new(0);
+static L4_MFN: AtomicU64 = AtomicU64::new(0);
+static TABLES_ADDED: AtomicU64 = AtomicU64::new(0);
+static HEAP_PAGES: AtomicU64 = AtomicU64::new(0);
+static POOL_PAGES: AtomicU64 = AtomicU64::new(0);
+
+/// Entry bits for a page-table page linked into its parent.
+const TABLE_LINK: u64 = pte::PRESENT | pte::WRITABLE | pte::USER | pte::ACCESSED;
+/// How a page-table page maps itself: Xen refuses writable mappings of page tables.
+const TABLE_SELF: u64 = pte::PRESENT | pte::USER | pte::ACCESSED;
+
+#[derive(Debug)]
+pub enum MmError {
+    /// Xen refused a page-table update.
+    Xen(XenError),
+    /// No free page left (for a page table or a caller).
+    OutOfPages,
+    /// A pseudo-physical frame number outside the domain.
+    BadPfn(u64),
+}
+
+impl From<XenError> for MmError {
+    fn from(e: XenError) -> Self {
+        MmError::Xen(e)
+    }
+}
+
+/// Virtual address of pseudo-physical page `pfn` once `init` has run.
+pub fn va_of(pfn: u64) -> u64 {
+    VIRT_BASE + pfn * PAGE_SIZE
+}
+
+/// Machine frame behind our pseudo-physical page `pfn` (the p2m list).
+pub fn mfn_of(pfn: u64) -> u64 {
+    let p2m = P2M.load(Ordering::Relaxed) as *const u64;
+    assert!(pfn < NR_PAGES.load(Ordering::Relaxed), "pfn {pfn} outside the domain");
+    // SAFETY: Xen maps the p2m list (one u64 per pfn, nr_pages of them) inside the
+    // initial mapping and never unmaps it; `pfn` is in range (checked above).
+    unsafe { p2m.add(pfn as usize).read_volatile() }
+}
+
+/// Our pseudo-physical page for machine frame `mfn` (the read-only M2P table).
+pub fn pfn_of(mfn: u64) -> u64 {
+    // SAFETY: Xen maps the M2P table read-only at MACH2PHYS_VIRT_START in every PV
+    // guest, one u64 per machine frame of the host; reading any entry is allowed.
+    unsafe { ((MACH2PHYS_VIRT_START + mfn * 8) as *const u64).read_volatile() }
+}
+
+/// Reads entry `index` of the page-table page whose machine frame is `table_mfn`.
+fn read_entry(table_mfn: u64, index: usize) -> u64 {
+    let pfn = pfn_of(table_mfn);
+    assert!(pfn < NR_PAGES.load(Ordering::Relaxed), "page table frame {table_mfn:#x} is not ours");
+    // SAFETY: page-table pages are our own pages, mapped (read-only) at va_of(pfn):
+    // Xen's bootstrap tables lie in the initial mapping, tables we add are mapped by
+    // `link_new_table` before use. `index` < 512 keeps the read inside the page.
+    unsafe { (va_of(pfn) as *const u64).add(index & 0x1ff).read_volatile() }
+}
+
+/// Turns page `pfn` into an empty page table and links it at `index` of the table
+/// `parent_mfn`.
+fn link_new_table(pfn: u64, parent_mfn: u64, index: usize) -> Result<u64, MmError> {
+    let va = va_of(pfn);
+    let mfn = mfn_of(pfn);
+    // SAFETY: `pfn` is a free page handed to us by the caller, mapped writable at `va`;
+    // no reference to it exists. Xen validates a page table only if it has no writable
+    // mapping, hence the zeroing followed by a read-only remap.
+    unsafe {
+        core::ptr::write_bytes(va as *mut u8, 0, PAGE_SIZE as usize);
+        hypercall::update_va_mapping(va, (mfn << 12) | TABLE_SELF)?;
+        let link = MmuUpdate { ptr: (parent_mfn << 12) + index as u64 * 8 | MMU_NORMAL_PT_UPDATE, val: (mfn << 12) | TABLE_LINK };
+        hypercall::mmu_update(&[link], DOMID_SELF)?;
+    }
+    TABLES_ADDED.fetch_add(1, Ordering::Relaxed);
+    Ok(mfn)
+}
+
+/// Returns the machine frame of the L1 table covering `va`, creating missing tables
+/// with pages from `take_page`.
+fn l1_table_for(va: u64, take_page: &mut dyn FnMut() -> Option<u64>) -> Result<u64, MmError> {
+    let mut table = L4_MFN.load(Ordering::Relaxed);
+    for level in [4, 3, 2] {
+        let index = table_index(va, level);
+        let entry = read_entry(table, index);
+        table = if entry & pte::PRESENT != 0 {
+            pte_frame(entry)
+        } else {
+            let pfn = take_page().ok_or(MmError::OutOfPages)?;
+            link_new_table(pfn, table, index)?
+        };
+    }
+    Ok(table)
+}
+
+/// The L1 entry mapping `va`, if its tables exist.
+fn l1_entry(va: u64) -> Option<u64> {
+    let mut table = L4_MFN.load(Ordering::Relaxed);
+    for level in [4, 3, 2] {
+        let entry = read_entry(table, table_index(va, level));
+        if entry & pte::PRESENT == 0 {
+            return None;
+        }
+        table = pte_frame(entry);
+    }
+    Some(read_entry(table, table_index(va, 1)))
+}
+
+fn is_mapped(va: u64) -> bool {
+    l1_entry(va).is_some_and(|e| e & pte::PRESENT != 0)
+}
+
+/// Sets up memory from start_info. Must run once, before anything allocates.
+pub fn init(si: &StartInfo) -> Result<(), MmError> {
+    NR_PAGES.store(si.nr_pages, Ordering::Relaxed);
+    P2M.store(si.mfn_list as usize, Ordering::Relaxed);
+    let l4_pfn = (si.pt_base - VIRT_BASE) / PAGE_SIZE;
+    L4_MFN.store(mfn_of(l4_pfn), Ordering::Relaxed);
+
+    // Everything below the bootstrap page tables is in use (image, p2m list, start
+    // info, xenstore and console pages, the tables themselves); the rest is free.
+    let first_free = l4_pfn + si.nr_pt_frames;
+    let nr_pages = si.nr_pages;
+    if first_free >= nr_pages {
+        return Err(MmError::BadPfn(first_free));
+    }
+
+    // New page tables come from the front of the free pages, which Xen has mapped.
+    let mut next_table_page = first_free;
+    let mut take_page = || {
+        let pfn = next_table_page;
+        (pfn < nr_pages && is_mapped(va_of(pfn))).then(|| {
+            next_table_page += 1;
+            pfn
+        })
+    };
+    let mut batch = alloc_free_batch();
+    let mut batch_l1 = u64::MAX;
+    for pfn in first_free..nr_pages {
+        let va = va_of(pfn);
+        if is_mapped(va) {
+            continue;
+        }
+        let l1 = l1_table_for(va, &mut take_page)?;
+        if l1 != batch_l1 || batch.is_full() {
+            // SAFETY: the batch maps not-yet-mapped pages of ours; nothing refers to them.
+            unsafe { batch.flush()? };
+            batch_l1 = l1;
+        }
+        batch.push(MmuUpdate { ptr: (l1 << 12) + table_index(va, 1) as u64 * 8, val: (mfn_of(pfn) << 12) | pte::KERNEL_DATA });
+    }
+    // SAFETY: as above.
+    unsafe { batch.flush()? };
+    let first_unused = next_table_page;
+
+    // Half of what is left is heap, the other half whole pages.
+    let free = nr_pages - first_unused;
+    let heap_pages = free / 2;
+    // SAFETY: pages first_unused .. first_unused + heap_pages are ours, now mapped
+    // writable and contiguous at va_of(), and used by nothing else.
+    unsafe { HEAP.lock().init(va_of(first_unused) as *mut u8, (heap_pages * PAGE_SIZE) as usize) };
+    HEAP_PAGES.store(heap_pages, Ordering::Relaxed);
+    let pool: alloc::vec::Vec<u32> = (first_unused + heap_pages..nr_pages).rev().map(|p| p as u32).collect();
+    POOL_PAGES.store(pool.len() as u64, Ordering::Relaxed);
+    *FREE_PAGES.lock() = pool;
+
+    // SAFETY: the guard page is part of .bss that nothing uses; unmapping it makes a
+    // stack overflow fault instead of silently overwriting the pages below the stack.
+    unsafe { hypercall::update_va_mapping((&raw const stack_guard_page) as u64, 0)? };
+    Ok(())
+}
+
+/// A fixed batch of page-table updates (no heap exists while memory is set up).
+struct Batch {
+    updates: [MmuUpdate; 64],
+    len: usize,
+}
+
+fn alloc_free_batch() -> Batch {
+    Batch { updates: [MmuUpdate::default(); 64], len: 0 }
+}
+
+impl Batch {
+    fn is_full(&self) -> bool {
+        self.len == self.updates.len()
+    }
+
+    fn push(&mut self, u: MmuUpdate) {
+        self.updates[self.len] = u;
+        self.len += 1;
+    }
+
+    /// # Safety
+    /// As for `hypercall::mmu_update`.
+    unsafe fn flush(&mut self) -> Result<(), XenError> {
+        if self.len > 0 {
+            // SAFETY: forwarded to the caller.
+            unsafe { hypercall::mmu_update(&self.updates[..self.len], DOMID_SELF)? };
+        }
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// One whole page of ours, taken from the pool; dropping it gives it back.
+#[derive(Debug)]
+pub struct Page {
+    pfn: u64,
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        FREE_PAGES.lock().push(self.pfn as u32);
+    }
+}
+
+impl Page {
+    /// Keeps the page out of the pool for good (it became a page table).
+    fn into_pfn(self) -> u64 {
+        let pfn = self.pfn;
+        core::mem::forget(self);
+        pfn
+    }
+
+    pub fn pfn(&self) -> u64 {
+        self.pfn
+    }
+    pub fn va(&self) -> u64 {
+        va_of(self.pfn)
+    }
+    pub fn mfn(&self) -> u64 {
+        mfn_of(self.pfn)
+    }
+    /// The page's bytes. A page shared with another domain must not be read this way
+    /// while the peer may write it; use volatile copies instead.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the page is ours alone (taken from the pool, not yet freed), mapped
+        // writable at va(), and `&mut self` makes this the only reference to it.
+        unsafe { core::slice::from_raw_parts_mut(self.va() as *mut u8, PAGE_SIZE as usize) }
+    }
+}
+
+/// Takes a zeroed page from the pool.
+pub fn alloc_page() -> Result<Page, MmError> {
+    let pfn = u64::from(FREE_PAGES.lock().pop().ok_or(MmError::OutOfPages)?);
+    let mut page = Page { pfn };
+    page.as_mut_slice().fill(0);
+    Ok(page)
+}
+
+/// A virtual page at which another domain's frame (or a grant) can be mapped.
+pub struct MappingSlot {
+    va: u64,
+}
+
+/// Virtual addresses for mappings of foreign frames sit above the domain's own pages.
+const MAPPING_WINDOW: u64 = VIRT_BASE + 0x2000_0000;
+const MAPPING_SLOTS: u64 = 4096;
+static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
+static FREE_SLOTS: Mutex<alloc::vec::Vec<u64>> = Mutex::new(alloc::vec::Vec::new());
+
+impl MappingSlot {
+    /// Reserves a virtual page with page tables ready under it.
+    pub fn new() -> Result<Self, MmError> {
+        let va = match FREE_SLOTS.lock().pop() {
+            Some(va) => va,
+            None => {
+                let n = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+                if n >= MAPPING_SLOTS {
+                    return Err(MmError::OutOfPages);
+                }
+                MAPPING_WINDOW + n * PAGE_SIZE
+            }
+        };
+        let mut take = || alloc_page().ok().map(Page::into_pfn);
+        l1_table_for(va, &mut take)?;
+        Ok(MappingSlot { va })
+    }
+
+    pub fn va(&self) -> u64 {
+        self.va
+    }
+
+    /// Maps frame `frame` of `domid` (a machine frame for DOMID_SELF and PV domains,
+    /// a guest frame for an HVM guest we are the device model of) at this slot.
+    pub fn map_foreign(&self, domid: u16, frame: u64, writable: bool) -> Result<(), MmError> {
+        let l1 = l1_table_for(self.va, &mut || None)?;
+        let flags = if writable { pte::KERNEL_DATA } else { pte::KERNEL_DATA & !pte::WRITABLE };
+        let update = MmuUpdate { ptr: (l1 << 12) + table_index(self.va, 1) as u64 * 8, val: (frame << 12) | flags };
+        // SAFETY: the slot's page is ours to map; no reference into it outlives a
+        // mapping because callers only read it through `read`/`write` below.
+        unsafe { hypercall::mmu_update(&[update], domid)? };
+        Ok(())
+    }
+
+    /// Removes whatever is mapped at this slot.
+    pub fn unmap(&self) -> Result<(), MmError> {
+        // SAFETY: see `map_foreign`; clearing the entry and flushing it is always allowed.
+        unsafe { hypercall::update_va_mapping(self.va, 0)? };
+        Ok(())
+    }
+
+    /// Copies bytes out of the mapped page (volatile: the owner may be writing it).
+    pub fn read(&self, offset: usize, out: &mut [u8]) {
+        assert!(offset + out.len() <= PAGE_SIZE as usize, "read beyond the mapped page");
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: inside the slot's page (checked above), which the caller mapped.
+            *b = unsafe { ((self.va as usize + offset + i) as *const u8).read_volatile() };
+        }
+    }
+
+    /// Copies bytes into the mapped page.
+    pub fn write(&self, offset: usize, data: &[u8]) {
+        assert!(offset + data.len() <= PAGE_SIZE as usize, "write beyond the mapped page");
+        for (i, &b) in data.iter().enumerate() {
+            // SAFETY: inside the slot's page, which the caller mapped writable.
+            unsafe { ((self.va as usize + offset + i) as *mut u8).write_volatile(b) };
+        }
+    }
+}
+
+impl Drop for MappingSlot {
+    fn drop(&mut self) {
+        let _ = self.unmap();
+        FREE_SLOTS.lock().push(self.va);
+    }
+}
+
+/// Memory counters.
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    pub nr_pages: u64,
+    pub heap_bytes: u64,
+    pub heap_used_bytes: u64,
+    pub pool_pages: u64,
+    pub pool_free_pages: u64,
+    pub page_tables_added: u64,
+}
+
+pub fn stats() -> Stats {
+    let heap = HEAP.lock();
+    Stats {
+        nr_pages: NR_PAGES.load(Ordering::Relaxed),
+        heap_bytes: HEAP_PAGES.load(Ordering::Relaxed) * PAGE_SIZE,
+        heap_used_bytes: heap.used() as u64,
+        pool_pages: POOL_PAGES.load(Ordering::Relaxed),
+        pool_free_pages: FREE_PAGES.lock().len() as u64,
+        page_tables_added: TABLES_ADDED.load(Ordering::Relaxed),
+    }
+}

@@ -1,0 +1,112 @@
+//! Safe wrappers over dom0's Xen devices, for tests whose counterpart lives in dom0.
+//!
+//! A guest under test offers an event channel port or a granted page; dom0 uses them
+//! through Linux's Xen drivers (/dev/xen/evtchn, /dev/xen/gntdev). This is one of the
+//! few places outside the kernel crate allowed `unsafe`: every block is as small as
+//! it can be, says why it holds, and nothing unsafe leaks out of these modules.
+//! Ioctl numbers and structs follow /usr/include/xen/sys/{evtchn,gntdev}.h; the
+//! host tests below compile those headers and compare.
+
+// Nothing in main calls these yet: the dom0-side test cases that will are being written.
+#![allow(dead_code)]
+
+pub mod evtchn;
+pub mod gntdev;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Linux's `_IOC(_IOC_NONE, kind, number, size)`: no direction bits (the Xen drivers
+/// ignore them), the argument size in bits 16..30, the type in 8..16, the number in 0..8.
+pub(crate) const fn ioctl_none(kind: u8, number: u8, size: usize) -> u32 {
+    assert!(size < 1 << 14, "_IOC size field is 14 bits");
+    ((size as u32) << 16) | ((kind as u32) << 8) | number as u32
+}
+
+/// Opens a Xen device read-write and close-on-exec, plus `extra_flags`. The error
+/// names the device and says what its absence usually means.
+pub(crate) fn open_device(path: &str, extra_flags: i32) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | extra_flags)
+        .open(path)
+        .map_err(|e| {
+            let hint = match e.kind() {
+                io::ErrorKind::NotFound => " (is this a Xen dom0 with the driver loaded and /dev/xen populated?)",
+                io::ErrorKind::PermissionDenied => " (dom0's Xen devices need root)",
+                _ => "",
+            };
+            format!("cannot open {path}: {e}{hint}")
+        })
+}
+
+/// Turns a libc return value into `Ok(value)`, or the errno as an error about `what`.
+pub(crate) fn check(result: libc::c_int, what: impl FnOnce() -> String) -> Result<libc::c_int, String> {
+    if result >= 0 { Ok(result) } else { Err(format!("{}: {}", what(), io::Error::last_os_error())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Evaluates C expressions against Xen's Linux device headers (libxen-dev).
+    fn c_values(exprs: &[&str]) -> Vec<usize> {
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("xen-suite-dom0-abi-{}-{call}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut source = String::from(
+            "#include <stddef.h>\n#include <stdio.h>\n#include <stdint.h>\n#include <sys/ioctl.h>\n\
+             #define __XEN_INTERFACE_VERSION__ 0x00040e00\n#include <xen/xen.h>\n#include <xen/event_channel.h>\n\
+             #include <xen/sys/evtchn.h>\n#include <xen/sys/gntdev.h>\n\
+             int main(void) {\n",
+        );
+        for e in exprs {
+            source.push_str(&format!("  printf(\"%lu\\n\", (unsigned long)({e}));\n"));
+        }
+        source.push_str("  return 0;\n}\n");
+        let c = dir.join("dom0_abi.c");
+        let exe = dir.join("dom0_abi");
+        std::fs::write(&c, source).unwrap();
+        let out = Command::new("cc").arg("-o").arg(&exe).arg(&c).output().expect("running cc for the ioctl check");
+        assert!(
+            out.status.success(),
+            "compiling against /usr/include/xen/sys failed (is libxen-dev installed?):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new(&exe).output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn ioctls_and_structs_match_xen_headers() {
+        let pairs: Vec<(&str, usize)> = evtchn::abi_facts().into_iter().chain(gntdev::abi_facts()).collect();
+        let exprs: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+        let c = c_values(&exprs);
+        assert_eq!(c.len(), pairs.len());
+        let wrong: Vec<String> = pairs
+            .iter()
+            .zip(&c)
+            .filter(|((_, rust), c)| rust != *c)
+            .map(|((e, rust), c)| format!("{e}: Rust {rust:#x}, C {c:#x}"))
+            .collect();
+        assert!(wrong.is_empty(), "dom0 device ABI mismatches:\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn ioctl_none_packs_like_linux() {
+        // _IOC(_IOC_NONE, 'E', 1, 8), worked out by hand.
+        assert_eq!(ioctl_none(b'E', 1, 8), 0x0008_4501);
+    }
+
+    #[test]
+    fn open_device_names_the_missing_path() {
+        let path = "/dev/xen/no-such-device";
+        let err = open_device(path, 0).unwrap_err();
+        assert!(err.contains(path) && err.contains("dom0"), "{err}");
+    }
+}
