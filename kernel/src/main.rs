@@ -35,6 +35,8 @@ mod selftest;
 mod shared_info;
 #[cfg(not(test))]
 mod time;
+#[cfg(not(test))]
+mod xs;
 
 /// Project name and version, as printed in the banner.
 pub const NAME: &str = "rust-stubdom";
@@ -44,7 +46,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 mod boot {
     use crate::arch::{self, hypercall};
     use crate::cmdline::Cmdline;
-    use crate::{console, executor, gnttab, logger, mm, selftest, shared_info};
+    use crate::{console, executor, gnttab, logger, mm, selftest, shared_info, xs};
     use xen_abi::sched::ShutdownReason;
     use xen_abi::start_info::StartInfo;
 
@@ -84,6 +86,9 @@ mod boot {
         }
         if let Err(e) = executor::init() {
             panic!("timer event set-up failed: {e:?}");
+        }
+        if let Err(e) = xs::init(si.store_mfn, si.store_evtchn) {
+            panic!("xenstore set-up failed: {e}");
         }
         log::info!("memory: {:?}", mm::stats());
 

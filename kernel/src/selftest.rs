@@ -2,6 +2,8 @@
 //! (`selftest=NAME`). Each prints its findings on console 0 in a fixed form the
 //! dom0 side checks; those that need a peer meet it through xenstore and events.
 
+mod peers;
+
 use crate::cmdline::Cmdline;
 use crate::{mm, time};
 use alloc::vec::Vec;
@@ -21,6 +23,10 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         }
         Some(b"alloc") => alloc_stress(cmdline.number("rounds").unwrap_or(20_000)),
         Some(b"timers") => timers_in_order(cmdline.number("count").unwrap_or(1000) as usize).await,
+        Some(b"xenstore") => peers::xenstore().await,
+        Some(b"evtchn") => peers::evtchn_echo(cmdline.number("rounds").unwrap_or(10_000)).await,
+        Some(b"sleep") => peers::timed_sleep().await,
+        Some(b"grant") => peers::grant(cmdline.number("seed").unwrap_or(1) as u8).await,
         Some(other) => Err(alloc::format!("unknown selftest \"{}\"", Cmdline::new(other).display())),
     }
 }

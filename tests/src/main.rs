@@ -12,6 +12,7 @@ mod dom0;
 mod harness;
 mod proc;
 mod xl;
+mod xs;
 
 use std::process::ExitCode;
 

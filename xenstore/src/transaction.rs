@@ -23,16 +23,28 @@ impl Default for RetryPolicy {
     }
 }
 
+/// An error that may mean "a conflicting write happened: redo the transaction".
+/// Transports that wrap `XsError` in their own error type implement it too.
+pub trait Conflict {
+    fn is_conflict(&self) -> bool;
+}
+
+impl Conflict for XsError {
+    fn is_conflict(&self) -> bool {
+        *self == XsError::Errno(Errno::EAGAIN)
+    }
+}
+
 /// Why a transaction did not complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransactionError {
+pub enum TransactionError<E = XsError> {
     /// every attempt ended in EAGAIN (a conflicting write)
     TooManyConflicts { attempts: u32 },
     /// an attempt failed with an error other than EAGAIN
-    Failed(XsError),
+    Failed(E),
 }
 
-impl fmt::Display for TransactionError {
+impl<E: fmt::Display> fmt::Display for TransactionError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TransactionError::TooManyConflicts { attempts } => {
@@ -50,14 +62,15 @@ impl fmt::Display for TransactionError {
 /// that fails before its commit should abandon its transaction itself (commit = false);
 /// after an EAGAIN commit xenstored has already ended it. The attempt number lets the
 /// caller back off between attempts; this function needs no executor or timer.
-pub async fn with_retries<T, F>(policy: RetryPolicy, mut attempt: F) -> Result<T, TransactionError>
+pub async fn with_retries<T, E, F>(policy: RetryPolicy, mut attempt: F) -> Result<T, TransactionError<E>>
 where
-    F: AsyncFnMut(u32) -> Result<T, XsError>,
+    E: Conflict,
+    F: AsyncFnMut(u32) -> Result<T, E>,
 {
     for number in 1..=policy.max_attempts {
         match attempt(number).await {
             Ok(value) => return Ok(value),
-            Err(XsError::Errno(Errno::EAGAIN)) => continue,
+            Err(error) if error.is_conflict() => continue,
             Err(error) => return Err(TransactionError::Failed(error)),
         }
     }
@@ -167,7 +180,7 @@ mod tests {
         let mut calls = 0;
         let result = block_on(with_retries(RetryPolicy { max_attempts: 0 }, async |_| {
             calls += 1;
-            Ok(())
+            Ok::<(), XsError>(())
         }));
         assert_eq!(result, Err(TransactionError::TooManyConflicts { attempts: 0 }));
         assert_eq!(calls, 0);

@@ -60,7 +60,7 @@ fn panic_crashes(ctx: &mut Ctx) -> Result<(), String> {
     if !row.is_crashed() {
         return Err(format!("expected a crash, got state {}\n{log}", row.state));
     }
-    expect_contains(&log, "panic: selftest: deliberate panic requested on the command line at kernel/src/main.rs:", "console log")?;
+    expect_contains(&log, "panic: selftest: deliberate panic requested on the command line at kernel/src/selftest.rs:", "console log")?;
     expect_contains(&log, "backtrace: 0x", "console log")?;
     if log.contains("powering off") {
         return Err("image went on past its panic".into());

@@ -2,6 +2,7 @@
 
 pub mod hvm;
 pub mod kernel;
+pub mod runtime;
 
 use crate::harness::Test;
 
@@ -9,6 +10,7 @@ use crate::harness::Test;
 pub fn all() -> Vec<Test> {
     let mut v = Vec::new();
     v.extend(kernel::tests());
+    v.extend(runtime::tests());
     v.extend(hvm::tests());
     v
 }

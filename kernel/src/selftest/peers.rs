@@ -1,0 +1,211 @@
+//! Self-tests with a peer in dom0 (the real-Xen suite's counterpart). They meet
+//! through this domain's `data/` directory in xenstore, which the toolstack makes
+//! writable for the domain; event channels are offered to dom0 (domain 0).
+
+use crate::events::{self, Port};
+use crate::{gnttab, mm, println, time, xs};
+use alloc::format;
+use alloc::string::String;
+use core::time::Duration;
+use xenstore::transaction::{RetryPolicy, TransactionError};
+
+type Result<T> = core::result::Result<T, String>;
+
+fn fail<E: core::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Waits until node `path` exists (bounded), returning its value.
+async fn await_node(path: &str, limit: Duration) -> Result<String> {
+    let deadline = time::Deadline::after_ms(limit.as_millis() as u64);
+    loop {
+        if let Ok(v) = xs::read_string(xs::NO_TX, path).await {
+            return Ok(v);
+        }
+        if deadline.passed() {
+            return Err(format!("{path} did not appear within {} s", limit.as_secs()));
+        }
+        time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads its own identity, echoes a value dom0 writes to a watched node, commits a
+/// transaction that races a dom0 writer, and gives up on one that a dom0 write storm
+/// keeps conflicting.
+pub async fn xenstore() -> Result<()> {
+    let domid = xs::read_string(xs::NO_TX, "domid").await.map_err(fail("reading domid"))?;
+    let name = xs::read_string(xs::NO_TX, "name").await.map_err(fail("reading name"))?;
+    let domid_num: u16 = domid.parse().map_err(|_| format!("domid {domid:?} is not a number"))?;
+    let home = xs::get_domain_path(domid_num).await.map_err(fail("get_domain_path"))?;
+    println!("xenstore: domid={domid} name={name} home={home}");
+
+    // Watch, then tell dom0 we are ready; the first event is the registration's.
+    let watch = xs::watch("data/echo-in").await.map_err(fail("watching data/echo-in"))?;
+    xs::write(xs::NO_TX, "data/ready", b"1").await.map_err(fail("writing data/ready"))?;
+    let echoed = loop {
+        let path = watch.next(Duration::from_secs(60)).await.map_err(fail("waiting for data/echo-in"))?;
+        match xs::read(xs::NO_TX, "data/echo-in").await {
+            Ok(v) if !v.is_empty() => break v,
+            _ => log::debug!("watch fired for {path}, nothing to echo yet"),
+        }
+    };
+    xs::write(xs::NO_TX, "data/echo-out", &echoed).await.map_err(fail("writing data/echo-out"))?;
+    watch.cancel().await.map_err(fail("unwatching"))?;
+    println!("xenstore: echoed {}", String::from_utf8_lossy(&echoed));
+
+    // Race: in attempt 1, after our read, dom0 rewrites data/race: the commit must
+    // conflict and attempt 2 must commit what dom0 wrote.
+    let policy = RetryPolicy::default();
+    let (attempt, seen) = xs::transaction(policy, async |tx, attempt| {
+        let value = xs::read_string(tx, "data/race").await?;
+        if attempt == 1 {
+            xs::write(xs::NO_TX, "data/race-attempt", b"1").await?;
+            // dom0 polls for that and writes data/race; give it time.
+            let deadline = time::Deadline::after_ms(10_000);
+            while xs::read_string(xs::NO_TX, "data/race").await.as_deref() == Ok(value.as_str()) && !deadline.passed() {
+                time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        xs::write(tx, "data/race-result", format!("{value}-seen").as_bytes()).await?;
+        Ok((attempt, value))
+    })
+    .await
+    .map_err(fail("race transaction"))?;
+    if attempt < 2 {
+        return Err(format!("race transaction committed on attempt {attempt}: the dom0 write did not conflict"));
+    }
+    println!("xenstore: race transaction committed on attempt {attempt} with {seen}");
+
+    // Storm: dom0 writes data/storm every few ms; each attempt reads it, waits, and
+    // commits, so every commit conflicts and the bounded retries must give up.
+    xs::write(xs::NO_TX, "data/storm-go", b"1").await.map_err(fail("writing data/storm-go"))?;
+    await_node("data/storm", Duration::from_secs(30)).await?;
+    let started = time::now_ns();
+    let storm = xs::transaction(policy, async |tx, _| {
+        let value = xs::read(tx, "data/storm").await?;
+        time::sleep(Duration::from_millis(300)).await;
+        xs::write(tx, "data/storm-seen", &value).await
+    })
+    .await;
+    xs::write(xs::NO_TX, "data/storm-done", b"1").await.map_err(fail("writing data/storm-done"))?;
+    match storm {
+        Err(TransactionError::TooManyConflicts { attempts }) => println!(
+            "xenstore: storm transaction gave up after {attempts} attempts in {} ms: {}",
+            (time::now_ns() - started) / 1_000_000,
+            TransactionError::<xs::Error>::TooManyConflicts { attempts }
+        ),
+        Ok(()) => return Err("storm transaction committed despite the dom0 writer".into()),
+        Err(e) => return Err(format!("storm transaction failed otherwise: {e}")),
+    }
+    println!("xenstore: ok");
+    Ok(())
+}
+
+/// Offers dom0 an event channel at data/<name>-port and returns it.
+async fn offer_port(name: &str) -> Result<Port> {
+    let port = events::alloc_unbound(0).map_err(|e| format!("alloc_unbound: {e:?}"))?;
+    xs::write(xs::NO_TX, &format!("data/{name}-port"), format!("{}", port.0).as_bytes())
+        .await
+        .map_err(fail("publishing the port"))?;
+    Ok(port)
+}
+
+async fn next_event(port: Port, what: &str) -> Result<()> {
+    time::timeout(Duration::from_secs(30), events::wait(port)).await.map_err(|_| format!("no event for {what} within 30 s"))
+}
+
+/// Answers every event dom0 sends with one back, `rounds` times.
+pub async fn evtchn_echo(rounds: u64) -> Result<()> {
+    let port = offer_port("evtchn").await?;
+    for i in 0..rounds {
+        next_event(port, &format!("round {i}")).await?;
+        events::send(port).map_err(|e| format!("send: {e:?}"))?;
+    }
+    println!("evtchn: echoed {rounds} events (upcalls {}, blocks {})", events::upcall_count(), crate::executor::block_count());
+    events::close(port).map_err(|e| format!("close: {e:?}"))?;
+    Ok(())
+}
+
+/// Echoes pings (so dom0 can measure the event round trip), then on the last
+/// ping sleeps 200 ms before answering; dom0 times the sleep with its own clock.
+pub async fn timed_sleep() -> Result<()> {
+    const PINGS: u64 = 20;
+    let port = offer_port("sleep").await?;
+    for i in 0..PINGS {
+        next_event(port, &format!("ping {i}")).await?;
+        events::send(port).map_err(|e| format!("send: {e:?}"))?;
+    }
+    next_event(port, "the sleep request").await?;
+    let t0 = time::now_ns();
+    time::sleep(Duration::from_millis(200)).await;
+    let t1 = time::now_ns();
+    events::send(port).map_err(|e| format!("send: {e:?}"))?;
+    let (sec, nsec) = time::wallclock();
+    xs::write(xs::NO_TX, "data/sleep-wallclock", format!("{sec}.{nsec:09}").as_bytes()).await.map_err(fail("writing the wall clock"))?;
+    println!("sleep: 200 ms measured {} us by the image; wallclock {sec}.{nsec:09}", (t1 - t0) / 1000);
+    Ok(())
+}
+
+fn grant_pattern(seed: u8, i: usize) -> u8 {
+    seed.wrapping_add((i as u8).wrapping_mul(7)) ^ (i >> 8) as u8
+}
+
+/// Grants dom0 a page with a pattern; ending the grant must be refused while dom0
+/// has it mapped and succeed after it unmaps. Also checks GNTTABOP_copy and a
+/// mapping of our own frame through a mapping slot (the foreign-mapping path).
+pub async fn grant(seed: u8) -> Result<()> {
+    let mut page = mm::alloc_page().map_err(|e| format!("alloc_page: {e:?}"))?;
+    for (i, b) in page.as_mut_slice().iter_mut().enumerate() {
+        *b = grant_pattern(seed, i);
+    }
+    let gref = gnttab::grant_access(0, page.mfn(), true).map_err(|e| format!("grant_access: {e:?}"))?;
+    let watch = xs::watch("data/grant-state").await.map_err(fail("watching data/grant-state"))?;
+    xs::write(xs::NO_TX, "data/grant-ref", format!("{}", gref.0).as_bytes()).await.map_err(fail("publishing the grant"))?;
+    let mut refused_while_mapped = false;
+    loop {
+        watch.next(Duration::from_secs(60)).await.map_err(fail("waiting for data/grant-state"))?;
+        match xs::read_string(xs::NO_TX, "data/grant-state").await.as_deref() {
+            Ok("mapped") if !refused_while_mapped => {
+                let verdict = match gnttab::end_access(gref) {
+                    Err(gnttab::GrantError::InUse) => "refused",
+                    Ok(()) => "ended",
+                    Err(_) => "error",
+                };
+                xs::write(xs::NO_TX, "data/grant-busy", verdict.as_bytes()).await.map_err(fail("writing data/grant-busy"))?;
+                if verdict != "refused" {
+                    return Err(format!("end_access while dom0 had the page mapped: {verdict}"));
+                }
+                refused_while_mapped = true;
+            }
+            Ok("unmapped") if refused_while_mapped => {
+                gnttab::end_access(gref).map_err(|e| format!("end_access after unmap: {e:?}"))?;
+                xs::write(xs::NO_TX, "data/grant-end", b"ok").await.map_err(fail("writing data/grant-end"))?;
+                break;
+            }
+            _ => {}
+        }
+    }
+    println!("grant: end_access refused while mapped, succeeded after unmap");
+
+    // GNTTABOP_copy between two of our own frames.
+    let target = mm::alloc_page().map_err(|e| format!("alloc_page: {e:?}"))?;
+    let mut op = xen_abi::grant_table::GnttabCopy {
+        source: xen_abi::grant_table::GnttabCopyPtr { ref_or_gmfn: page.mfn(), domid: xen_abi::event_channel::DOMID_SELF, offset: 100 },
+        dest: xen_abi::grant_table::GnttabCopyPtr { ref_or_gmfn: target.mfn(), domid: xen_abi::event_channel::DOMID_SELF, offset: 200 },
+        len: 1000,
+        ..Default::default()
+    };
+    gnttab::copy(core::slice::from_mut(&mut op)).map_err(|e| format!("GNTTABOP_copy: {e:?}"))?;
+    // The copy landed in `target`; read it through a mapping slot of its frame.
+    let slot = mm::MappingSlot::new().map_err(|e| format!("mapping slot: {e:?}"))?;
+    slot.map_foreign(xen_abi::event_channel::DOMID_SELF, target.mfn(), false).map_err(|e| format!("map_foreign: {e:?}"))?;
+    let mut copied = [0u8; 1000];
+    slot.read(200, &mut copied);
+    slot.unmap().map_err(|e| format!("unmap: {e:?}"))?;
+    if copied.iter().enumerate().any(|(i, &b)| b != grant_pattern(seed, 100 + i)) {
+        return Err("GNTTABOP_copy result differs from the source".into());
+    }
+    println!("grant: copy of 1000 bytes verified through a foreign-frame mapping");
+    println!("grant: ok");
+    Ok(())
+}
