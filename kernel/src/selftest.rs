@@ -27,6 +27,7 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         Some(b"evtchn") => peers::evtchn_echo(cmdline.number("rounds").unwrap_or(10_000)).await,
         Some(b"sleep") => peers::timed_sleep().await,
         Some(b"grant") => peers::grant(cmdline.number("seed").unwrap_or(1) as u8).await,
+        Some(b"mapgrant") => peers::map_dom0_grant(cmdline.number("seed").unwrap_or(1) as u8).await,
         Some(other) => Err(alloc::format!("unknown selftest \"{}\"", Cmdline::new(other).display())),
     }
 }

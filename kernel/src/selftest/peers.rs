@@ -83,7 +83,11 @@ pub async fn xenstore() -> Result<()> {
     let started = time::now_ns();
     let storm = xs::transaction(policy, async |tx, _| {
         let value = xs::read(tx, "data/storm").await?;
-        time::sleep(Duration::from_millis(300)).await;
+        // Hold the transaction open until dom0's next write has landed (bounded).
+        let deadline = time::Deadline::after_ms(5_000);
+        while xs::read(xs::NO_TX, "data/storm").await.as_ref() == Ok(&value) && !deadline.passed() {
+            time::sleep(Duration::from_millis(20)).await;
+        }
         xs::write(tx, "data/storm-seen", &value).await
     })
     .await;
@@ -97,7 +101,45 @@ pub async fn xenstore() -> Result<()> {
         Ok(()) => return Err("storm transaction committed despite the dom0 writer".into()),
         Err(e) => return Err(format!("storm transaction failed otherwise: {e}")),
     }
+    tree_operations(domid_num).await?;
     println!("xenstore: ok");
+    Ok(())
+}
+
+/// mkdir, directory, get/set_perms, rm, and the request size limit.
+async fn tree_operations(domid: u16) -> Result<()> {
+    use xenstore::wire::{Access, Permission};
+    xs::mkdir(xs::NO_TX, "data/tree").await.map_err(fail("mkdir"))?;
+    xs::write(xs::NO_TX, "data/tree/b", b"2").await.map_err(fail("write"))?;
+    xs::write(xs::NO_TX, "data/tree/a", b"1").await.map_err(fail("write"))?;
+    let mut children = xs::directory(xs::NO_TX, "data/tree").await.map_err(fail("directory"))?;
+    children.sort();
+    if children != ["a", "b"] {
+        return Err(format!("directory data/tree lists {children:?}"));
+    }
+    let perms = xs::get_perms(xs::NO_TX, "data/tree/a").await.map_err(fail("get_perms"))?;
+    if perms.first().map(|p| p.domid) != Some(domid) {
+        return Err(format!("data/tree/a is not owned by us: {perms:?}"));
+    }
+    // Let dom0 read it (dom0 can anyway), others nothing; then read the perms back.
+    let wanted = [Permission { domid, access: Access::None }, Permission { domid: 0, access: Access::Read }];
+    xs::set_perms(xs::NO_TX, "data/tree/a", &wanted).await.map_err(fail("set_perms"))?;
+    let perms = xs::get_perms(xs::NO_TX, "data/tree/a").await.map_err(fail("get_perms"))?;
+    if perms != wanted {
+        return Err(format!("set_perms wrote {wanted:?} but get_perms reads {perms:?}"));
+    }
+    xs::rm(xs::NO_TX, "data/tree").await.map_err(fail("rm"))?;
+    match xs::read(xs::NO_TX, "data/tree/a").await {
+        Err(xs::Error::Xs(xenstore::reply::XsError::Errno(xenstore::reply::Errno::ENOENT))) => {}
+        other => return Err(format!("after rm, reading data/tree/a gave {other:?}")),
+    }
+    // A value over the 4096-byte payload limit is refused before it reaches the ring.
+    let big = alloc::vec![b'x'; 5000];
+    match xs::write(xs::NO_TX, "data/big", &big).await {
+        Err(xs::Error::Encode(_)) => {}
+        other => return Err(format!("an oversized write gave {other:?}")),
+    }
+    println!("xenstore: mkdir, directory, get/set_perms, rm and the size limit ok");
     Ok(())
 }
 
@@ -122,6 +164,20 @@ pub async fn evtchn_echo(rounds: u64) -> Result<()> {
         events::send(port).map_err(|e| format!("send: {e:?}"))?;
     }
     println!("evtchn: echoed {rounds} events (upcalls {}, blocks {})", events::upcall_count(), crate::executor::block_count());
+
+    // Masked: dom0's event must wait, not vanish, and arrive on unmask.
+    events::mask(port);
+    xs::write(xs::NO_TX, "data/evtchn-masked", b"1").await.map_err(fail("writing data/evtchn-masked"))?;
+    await_node("data/evtchn-sent", Duration::from_secs(60)).await?;
+    time::sleep(Duration::from_millis(100)).await;
+    events::dispatch_pending();
+    if events::take_fired(port) {
+        return Err("an event was delivered while its port was masked".into());
+    }
+    events::unmask(port).map_err(|e| format!("unmask: {e:?}"))?;
+    next_event(port, "the event sent while masked").await?;
+    events::send(port).map_err(|e| format!("send: {e:?}"))?;
+    println!("evtchn: event sent while masked was held and delivered on unmask");
     events::close(port).map_err(|e| format!("close: {e:?}"))?;
     Ok(())
 }
@@ -207,5 +263,26 @@ pub async fn grant(seed: u8) -> Result<()> {
     }
     println!("grant: copy of 1000 bytes verified through a foreign-frame mapping");
     println!("grant: ok");
+    Ok(())
+}
+
+/// Maps a page dom0 granted us (GNTTABOP_map_grant_ref), checks dom0's pattern,
+/// writes an answer into it and unmaps it.
+pub async fn map_dom0_grant(seed: u8) -> Result<()> {
+    let gref: u32 = await_node("data/dom0-grant-ref", Duration::from_secs(60))
+        .await?
+        .parse()
+        .map_err(|_| "data/dom0-grant-ref is not a number")?;
+    let mapping = gnttab::map_grant(0, gref, false).map_err(|e| format!("map_grant_ref of dom0's grant {gref}: {e:?}"))?;
+    let mut page = alloc::vec![0u8; 2048];
+    mapping.read(0, &mut page);
+    if let Some(i) = (0..page.len()).find(|&i| page[i] != grant_pattern(seed, i)) {
+        return Err(format!("dom0's page differs from the pattern at byte {i}"));
+    }
+    let answer = format!("image-was-here:{seed}");
+    mapping.write(2048, answer.as_bytes());
+    drop(mapping);
+    xs::write(xs::NO_TX, "data/mapgrant-done", b"1").await.map_err(fail("writing data/mapgrant-done"))?;
+    println!("mapgrant: read dom0's pattern, wrote the answer, unmapped");
     Ok(())
 }

@@ -52,11 +52,13 @@ fn banner_and_poweroff(ctx: &mut Ctx) -> Result<(), String> {
     // 16 MiB are 4096 pages; the cmdline must come back verbatim from start_info.
     expect_contains(&log, "magic=xen-3.0-x86_64 nr_pages=4096 ", "console log")?;
     expect_contains(&log, &format!("cmdline=\"{cmdline}\""), "console log")?;
+    // Logging is on at level info by default.
+    expect_contains(&log, "[INFO rust_stubdom::boot] memory: Stats {", "console log")?;
     expect_contains(&log, "rust-stubdom: powering off", "console log")
 }
 
 fn panic_crashes(ctx: &mut Ctx) -> Result<(), String> {
-    let (row, log) = boot(ctx, "panicker", 16, "selftest=panic")?;
+    let (row, log) = boot(ctx, "panicker", 16, "selftest=panic loglevel=off")?;
     if !row.is_crashed() {
         return Err(format!("expected a crash, got state {}\n{log}", row.state));
     }
@@ -64,6 +66,9 @@ fn panic_crashes(ctx: &mut Ctx) -> Result<(), String> {
     expect_contains(&log, "backtrace: 0x", "console log")?;
     if log.contains("powering off") {
         return Err("image went on past its panic".into());
+    }
+    if log.contains("[INFO") {
+        return Err("loglevel=off still printed info messages".into());
     }
     Ok(())
 }
@@ -104,7 +109,7 @@ fn allocator_stress(ctx: &mut Ctx) -> Result<(), String> {
 }
 
 fn timers_in_order(ctx: &mut Ctx) -> Result<(), String> {
-    let log = boot_selftest(ctx, "timers", 16, "selftest=timers count=1000")?;
+    let log = boot_selftest(ctx, "timers", 8, "selftest=timers count=1000")?;
     let line = line_with(&log, "timers: 1000 fired in deadline order").ok_or_else(|| format!("no timer result:\n{log}"))?;
     println!("@@metric xen::time::thousand_timers_fire_in_order| {line}");
     Ok(())

@@ -1,16 +1,18 @@
 //! Safe wrappers over dom0's Xen devices, for tests whose counterpart lives in dom0.
 //!
 //! A guest under test offers an event channel port or a granted page; dom0 uses them
-//! through Linux's Xen drivers (/dev/xen/evtchn, /dev/xen/gntdev). This is one of the
+//! through Linux's Xen drivers (/dev/xen/evtchn, /dev/xen/gntdev), and dom0 grants a
+//! guest a page through /dev/xen/gntalloc. This is one of the
 //! few places outside the kernel crate allowed `unsafe`: every block is as small as
 //! it can be, says why it holds, and nothing unsafe leaks out of these modules.
-//! Ioctl numbers and structs follow /usr/include/xen/sys/{evtchn,gntdev}.h; the
+//! Ioctl numbers and structs follow /usr/include/xen/sys/{evtchn,gntdev,gntalloc}.h; the
 //! host tests below compile those headers and compare.
 
 // Nothing in main calls these yet: the dom0-side test cases that will are being written.
 #![allow(dead_code)]
 
 pub mod evtchn;
+pub mod gntalloc;
 pub mod gntdev;
 
 use std::fs::{File, OpenOptions};
@@ -61,7 +63,7 @@ mod tests {
         let mut source = String::from(
             "#include <stddef.h>\n#include <stdio.h>\n#include <stdint.h>\n#include <sys/ioctl.h>\n\
              #define __XEN_INTERFACE_VERSION__ 0x00040e00\n#include <xen/xen.h>\n#include <xen/event_channel.h>\n\
-             #include <xen/sys/evtchn.h>\n#include <xen/sys/gntdev.h>\n\
+             #include <xen/sys/evtchn.h>\n#include <xen/sys/gntdev.h>\n#include <xen/sys/gntalloc.h>\n\
              int main(void) {\n",
         );
         for e in exprs {
@@ -84,7 +86,8 @@ mod tests {
 
     #[test]
     fn ioctls_and_structs_match_xen_headers() {
-        let pairs: Vec<(&str, usize)> = evtchn::abi_facts().into_iter().chain(gntdev::abi_facts()).collect();
+        let pairs: Vec<(&str, usize)> =
+            [evtchn::abi_facts(), gntdev::abi_facts(), gntalloc::abi_facts()].into_iter().flatten().collect();
         let exprs: Vec<&str> = pairs.iter().map(|p| p.0).collect();
         let c = c_values(&exprs);
         assert_eq!(c.len(), pairs.len());
