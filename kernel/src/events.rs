@@ -11,7 +11,7 @@
 
 use crate::arch::hypercall::{self, XenError};
 use crate::shared_info;
-use alloc::collections::BTreeMap;
+use litemap::LiteMap;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +23,7 @@ use xen_abi::event_channel::{self as ev, EvtchnAllocUnbound, EvtchnBindInterdoma
 static FIRED: [AtomicU64; NR_EVENT_CHANNELS / 64] = [const { AtomicU64::new(0) }; NR_EVENT_CHANNELS / 64];
 /// Set when FIRED gained a bit since the executor last looked.
 static NEW_EVENTS: AtomicBool = AtomicBool::new(false);
-static WAKERS: Mutex<BTreeMap<u32, Waker>> = Mutex::new(BTreeMap::new());
+static WAKERS: Mutex<LiteMap<u32, Waker>> = Mutex::new(LiteMap::new());
 static UPCALLS: AtomicU64 = AtomicU64::new(0);
 
 /// A local event channel port.

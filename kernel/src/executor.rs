@@ -7,7 +7,8 @@ use crate::arch::hypercall;
 use crate::events::{self, Port};
 use crate::{shared_info, time};
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
+use litemap::LiteMap;
 use alloc::sync::Arc;
 use alloc::task::Wake;
 use core::future::Future;
@@ -67,9 +68,17 @@ pub fn block_count() -> u64 {
 /// Runs `main` (and spawned tasks) until `main` completes.
 pub fn block_on<F: Future>(main: F) -> F::Output {
     let mut main = core::pin::pin!(main);
-    let mut tasks: BTreeMap<u64, Task> = BTreeMap::new();
-    let wakers: Mutex<BTreeMap<u64, Waker>> = Mutex::new(BTreeMap::new());
-    let waker_for = |id: u64| wakers.lock().entry(id).or_insert_with(|| Waker::from(Arc::new(TaskWaker(id)))).clone();
+    let mut tasks: LiteMap<u64, Task> = LiteMap::new();
+    let wakers: Mutex<LiteMap<u64, Waker>> = Mutex::new(LiteMap::new());
+    let waker_for = |id: u64| {
+        let mut wakers = wakers.lock();
+        if let Some(w) = wakers.get(&id) {
+            return w.clone();
+        }
+        let w = Waker::from(Arc::new(TaskWaker(id)));
+        wakers.insert(id, w.clone());
+        w
+    };
     READY.lock().push_back(0);
     loop {
         events::dispatch_pending();
@@ -78,7 +87,7 @@ pub fn block_on<F: Future>(main: F) -> F::Output {
             events::take_fired(port);
         }
         time::fire_expired();
-        tasks.extend(NEW_TASKS.lock().0.drain(..));
+        adopt_new_tasks(&mut tasks);
 
         let ready: VecDeque<u64> = core::mem::take(&mut *READY.lock());
         for id in ready {
@@ -94,9 +103,15 @@ pub fn block_on<F: Future>(main: F) -> F::Output {
                     wakers.lock().remove(&id);
                 }
             }
-            tasks.extend(NEW_TASKS.lock().0.drain(..));
+            adopt_new_tasks(&mut tasks);
         }
         idle();
+    }
+}
+
+fn adopt_new_tasks(tasks: &mut LiteMap<u64, Task>) {
+    for (id, task) in NEW_TASKS.lock().0.drain(..) {
+        tasks.insert(id, task);
     }
 }
 

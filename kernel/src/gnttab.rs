@@ -8,7 +8,7 @@
 
 use crate::arch::boot::{GRANT_TABLE_FRAMES, grant_table_frames};
 use crate::arch::hypercall::{self, XenError};
-use crate::mm::{self, MappingSlot};
+use crate::mm::MappingSlot;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU16, Ordering, fence};
 use spin::Mutex;
@@ -30,6 +30,18 @@ pub enum GrantError {
     /// The peer still has the grant mapped; try again after it unmaps.
     InUse,
     NotGranted,
+}
+
+impl core::fmt::Display for GrantError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            GrantError::Xen(e) => write!(f, "Xen refused the grant operation (errno {})", e.0),
+            GrantError::Status(s) => write!(f, "grant operation failed with GNTST {s}"),
+            GrantError::TableFull => write!(f, "no free grant reference"),
+            GrantError::InUse => write!(f, "the peer still has the grant mapped"),
+            GrantError::NotGranted => write!(f, "not a grant of ours"),
+        }
+    }
 }
 
 impl From<XenError> for GrantError {
@@ -178,17 +190,4 @@ impl Drop for ForeignGrant {
         // SAFETY: unmaps the grant we mapped at our slot; nothing refers into it.
         let _ = unsafe { hypercall::grant_table_op(gt::GNTTABOP_UNMAP_GRANT_REF, &mut op, 1) };
     }
-}
-
-/// A page of ours granted to another domain; ending the grant gives the page back.
-pub struct SharedPage {
-    pub page: mm::Page,
-    pub grant: GrantRef,
-}
-
-/// Takes a page from the pool and grants it to `domid`.
-pub fn share_page(domid: u16, readonly: bool) -> Result<SharedPage, GrantError> {
-    let page = mm::alloc_page().map_err(|_| GrantError::TableFull)?;
-    let grant = grant_access(domid, page.mfn(), readonly)?;
-    Ok(SharedPage { page, grant })
 }

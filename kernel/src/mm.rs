@@ -45,6 +45,16 @@ pub enum MmError {
     BadPfn(u64),
 }
 
+impl core::fmt::Display for MmError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MmError::Xen(e) => write!(f, "Xen refused a page-table update (errno {})", e.0),
+            MmError::OutOfPages => write!(f, "no free page left"),
+            MmError::BadPfn(pfn) => write!(f, "page frame {pfn} is outside the domain"),
+        }
+    }
+}
+
 impl From<XenError> for MmError {
     fn from(e: XenError) -> Self {
         MmError::Xen(e)
@@ -262,6 +272,37 @@ impl Page {
         // writable at va(), and `&mut self` makes this the only reference to it.
         unsafe { core::slice::from_raw_parts_mut(self.va() as *mut u8, PAGE_SIZE as usize) }
     }
+}
+
+fn page_range_check(offset: usize, len: usize) {
+    assert!(offset.checked_add(len).is_some_and(|end| end <= PAGE_SIZE as usize), "access beyond the page ({offset}+{len})");
+}
+
+/// Copies bytes out of one of our pages with volatile reads (it may be shared).
+pub fn read_page(page: &Page, offset: usize, out: &mut [u8]) {
+    page_range_check(offset, out.len());
+    for (i, b) in out.iter_mut().enumerate() {
+        // SAFETY: inside our page (checked above), mapped at va() since `init`.
+        *b = unsafe { ((page.va() as usize + offset + i) as *const u8).read_volatile() };
+    }
+}
+
+/// Copies bytes into one of our pages with volatile writes (it may be shared).
+pub fn write_page(page: &Page, offset: usize, data: &[u8]) {
+    page_range_check(offset, data.len());
+    for (i, &b) in data.iter().enumerate() {
+        // SAFETY: inside our page (checked above), mapped writable at va().
+        unsafe { ((page.va() as usize + offset + i) as *mut u8).write_volatile(b) };
+    }
+}
+
+/// Writes an aligned u32 into one of our pages with one volatile store, so a peer
+/// never sees half of it.
+pub fn write_u32(page: &Page, offset: usize, value: u32) {
+    page_range_check(offset, 4);
+    assert!(offset % 4 == 0, "unaligned u32 at {offset}");
+    // SAFETY: an aligned u32 inside our page (checked above), mapped writable.
+    unsafe { ((page.va() as usize + offset) as *mut u32).write_volatile(value) };
 }
 
 /// Takes a zeroed page from the pool.

@@ -1,12 +1,17 @@
 //! Self-tests the real-Xen suite runs by naming one on the command line
-//! (`selftest=NAME`). Each prints its findings on console 0 in a fixed form the
+//! (`selftest=NAME`). The shipped image has only `panic` and `pagefault`; the rest
+//! are built with the `selftests` feature into the test bed's second image. Each prints its findings on console 0 in a fixed form the
 //! dom0 side checks; those that need a peer meet it through xenstore and events.
 
+#[cfg(feature = "selftests")]
 mod peers;
 
 use crate::cmdline::Cmdline;
+#[cfg(feature = "selftests")]
 use crate::{mm, time};
+#[cfg(feature = "selftests")]
 use alloc::vec::Vec;
+#[cfg(feature = "selftests")]
 use core::time::Duration;
 
 /// Runs the self-test the command line names; Err is a failure to report.
@@ -21,20 +26,32 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
             let v = unsafe { (0xdead_0000 as *const u64).read_volatile() };
             Err(alloc::format!("unmapped read returned {v:#x}"))
         }
+        #[cfg(feature = "selftests")]
         Some(b"alloc") => alloc_stress(cmdline.number("rounds").unwrap_or(20_000)),
+        #[cfg(feature = "selftests")]
         Some(b"timers") => timers_in_order(cmdline.number("count").unwrap_or(1000) as usize).await,
+        #[cfg(feature = "selftests")]
         Some(b"xenstore") => peers::xenstore().await,
+        #[cfg(feature = "selftests")]
         Some(b"evtchn") => peers::evtchn_echo(cmdline.number("rounds").unwrap_or(10_000)).await,
+        #[cfg(feature = "selftests")]
         Some(b"sleep") => peers::timed_sleep().await,
+        #[cfg(feature = "selftests")]
         Some(b"grant") => peers::grant(cmdline.number("seed").unwrap_or(1) as u8).await,
+        #[cfg(feature = "selftests")]
         Some(b"mapgrant") => peers::map_dom0_grant(cmdline.number("seed").unwrap_or(1) as u8).await,
-        Some(other) => Err(alloc::format!("unknown selftest \"{}\"", Cmdline::new(other).display())),
+        Some(other) => Err(alloc::format!(
+            "unknown selftest \"{}\" (the peer and stress tests need an image built with feature selftests)",
+            Cmdline::new(other).display()
+        )),
     }
 }
 
 /// A small deterministic generator for test patterns (xorshift64).
+#[cfg(feature = "selftests")]
 struct Rng(u64);
 
+#[cfg(feature = "selftests")]
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
@@ -47,16 +64,19 @@ impl Rng {
     }
 }
 
+#[cfg(feature = "selftests")]
 fn fill(buf: &mut [u8], seed: u8) {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = seed.wrapping_add(i as u8).wrapping_mul(31);
     }
 }
 
+#[cfg(feature = "selftests")]
 fn intact(buf: &[u8], seed: u8) -> bool {
     buf.iter().enumerate().all(|(i, &b)| b == seed.wrapping_add(i as u8).wrapping_mul(31))
 }
 
+#[cfg(feature = "selftests")]
 /// Random heap and page allocations with patterns checked on free, then both pools
 /// driven to exhaustion: every failure must be an error value, and every byte and
 /// page must come back.
@@ -174,6 +194,7 @@ fn alloc_stress(rounds: u64) -> Result<(), alloc::string::String> {
     Ok(())
 }
 
+#[cfg(feature = "selftests")]
 /// `count` tasks sleep for pseudo-random times; they must wake in deadline order.
 async fn timers_in_order(count: usize) -> Result<(), alloc::string::String> {
     use alloc::rc::Rc;

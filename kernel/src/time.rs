@@ -6,7 +6,7 @@
 
 use crate::arch;
 use crate::shared_info;
-use alloc::collections::BTreeMap;
+use litemap::LiteMap;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +41,7 @@ impl Deadline {
 }
 
 /// Pending timers: (deadline ns, arrival number) -> the task to wake.
-static TIMERS: Mutex<BTreeMap<(u64, u64), Waker>> = Mutex::new(BTreeMap::new());
+static TIMERS: Mutex<LiteMap<(u64, u64), Waker>> = Mutex::new(LiteMap::new());
 static ARRIVALS: AtomicU64 = AtomicU64::new(0);
 
 /// Wakes every timer whose deadline has passed, earliest first. Returns how many.
@@ -51,8 +51,8 @@ pub fn fire_expired() -> usize {
     loop {
         let next = {
             let mut timers = TIMERS.lock();
-            match timers.first_key_value() {
-                Some((&(deadline, _), _)) if deadline <= now => timers.pop_first(),
+            match timers.first().map(|(&key, _)| key) {
+                Some(key) if key.0 <= now => timers.remove(&key).map(|w| (key, w)),
                 _ => None,
             }
         };
@@ -68,7 +68,7 @@ pub fn fire_expired() -> usize {
 
 /// The earliest pending deadline, if any.
 pub fn next_deadline() -> Option<u64> {
-    TIMERS.lock().first_key_value().map(|(&(d, _), _)| d)
+    TIMERS.lock().first().map(|(&(d, _), _)| d)
 }
 
 /// Completes at absolute system time `deadline_ns`.
@@ -84,12 +84,6 @@ pub fn sleep(duration: Duration) -> Sleep {
 pub struct Sleep {
     deadline: u64,
     key: Option<(u64, u64)>,
-}
-
-impl Sleep {
-    pub fn deadline(&self) -> u64 {
-        self.deadline
-    }
 }
 
 impl Future for Sleep {

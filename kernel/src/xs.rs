@@ -10,10 +10,10 @@
 use crate::events::{self, Port};
 use crate::mm;
 use crate::time::{self, TimedOut};
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
+use litemap::LiteMap;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::fmt;
 use core::future::poll_fn;
 use core::sync::atomic::{AtomicU64, Ordering, fence};
 use core::task::{Poll, Waker};
@@ -23,47 +23,12 @@ use xenstore::decoder::Decoder;
 use xenstore::reply::{self, WatchEvent, XsError};
 use xenstore::ring::{self as xsring, RING_SIZE};
 use xenstore::session::{Incoming, Session};
-use xenstore::transaction::{Conflict, RetryPolicy, TransactionError, with_retries};
-use xenstore::wire::{EncodeError, Message, MsgType, Permission, Request};
+use xenstore::wire::{Message, MsgType, Permission, Request};
 
 /// How long a request waits for its reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a xenstore operation failed.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Error {
-    /// xenstored answered with an error (ENOENT, EACCES, EAGAIN, ...) or a bad reply.
-    Xs(XsError),
-    /// The request was refused before sending (path too long, bad characters, ...).
-    Encode(EncodeError),
-    /// No reply within the time limit.
-    Timeout,
-    /// The ring or the stream is corrupt; nothing more can be exchanged.
-    Broken(&'static str),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Xs(e) => write!(f, "xenstore: {e}"),
-            Error::Encode(e) => write!(f, "xenstore request refused: {e}"),
-            Error::Timeout => write!(f, "xenstore: no reply within {} s", REPLY_TIMEOUT.as_secs()),
-            Error::Broken(why) => write!(f, "xenstore connection broken: {why}"),
-        }
-    }
-}
-
-impl Conflict for Error {
-    fn is_conflict(&self) -> bool {
-        matches!(self, Error::Xs(e) if e.is_conflict())
-    }
-}
-
-impl From<XsError> for Error {
-    fn from(e: XsError) -> Self {
-        Error::Xs(e)
-    }
-}
+pub use xen_seams::{Tx, XenstoreError as Error};
 
 struct Connection {
     page: *mut u8,
@@ -71,9 +36,9 @@ struct Connection {
     session: Session,
     decoder: Decoder,
     outgoing: VecDeque<u8>,
-    replies: BTreeMap<u32, Result<Message, XsError>>,
-    reply_wakers: BTreeMap<u32, Waker>,
-    watches: BTreeMap<String, (VecDeque<WatchEvent>, Option<Waker>)>,
+    replies: LiteMap<u32, Result<Message, XsError>>,
+    reply_wakers: LiteMap<u32, Waker>,
+    watches: LiteMap<String, (VecDeque<WatchEvent>, Option<Waker>)>,
     broken: Option<&'static str>,
 }
 
@@ -97,9 +62,9 @@ pub fn init(store_mfn: u64, store_evtchn: u32) -> Result<(), Error> {
         session: Session::new(),
         decoder: Decoder::new(),
         outgoing: VecDeque::new(),
-        replies: BTreeMap::new(),
-        reply_wakers: BTreeMap::new(),
-        watches: BTreeMap::new(),
+        replies: LiteMap::new(),
+        reply_wakers: LiteMap::new(),
+        watches: LiteMap::new(),
         broken: None,
     });
     events::unmask(Port(store_evtchn)).map_err(|_| Error::Broken("cannot unmask the xenstore event channel"))?;
@@ -289,11 +254,7 @@ async fn call(tx: u32, request: &Request<'_>) -> Result<Message, Error> {
     }
 }
 
-/// A transaction id; 0 is "no transaction".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tx(pub u32);
-
-pub const NO_TX: Tx = Tx(0);
+pub const NO_TX: Tx = Tx::NONE;
 
 pub async fn read(tx: Tx, path: &str) -> Result<Vec<u8>, Error> {
     Ok(reply::read(&call(tx.0, &Request::Read { path }).await?)?)
@@ -342,25 +303,6 @@ pub async fn transaction_end(tx: Tx, commit: bool) -> Result<(), Error> {
     Ok(reply::ok(&call(tx.0, &Request::TransactionEnd { commit }).await?, MsgType::TransactionEnd)?)
 }
 
-/// Runs `body` in a transaction, redoing the whole transaction when its commit
-/// conflicts, at most `policy.max_attempts` times; past that, TooManyConflicts.
-pub async fn transaction<T>(
-    policy: RetryPolicy,
-    mut body: impl AsyncFnMut(Tx, u32) -> Result<T, Error>,
-) -> Result<T, TransactionError<Error>> {
-    with_retries(policy, async |attempt| {
-        let tx = transaction_start().await?;
-        match body(tx, attempt).await {
-            Ok(value) => transaction_end(tx, true).await.map(|()| value),
-            Err(e) => {
-                let _ = transaction_end(tx, false).await;
-                Err(e)
-            }
-        }
-    })
-    .await
-}
-
 /// A registered watch; events arrive through `next`. Dropping it unregisters.
 pub struct Watch {
     path: String,
@@ -385,7 +327,7 @@ pub async fn watch(path: &str) -> Result<Watch, Error> {
 
 impl Watch {
     /// The next event (path that changed), waiting at most `limit`.
-    pub async fn next(&self, limit: Duration) -> Result<String, Error> {
+    pub async fn next_event(&self, limit: Duration) -> Result<String, Error> {
         let event = poll_fn(|cx| {
             let mut guard = CONNECTION.lock();
             let Some(c) = guard.as_mut() else { return Poll::Ready(Err(Error::Broken("xenstore closed"))) };

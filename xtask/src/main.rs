@@ -57,7 +57,7 @@ fn main() -> Result<()> {
         }
         Cmd::Testbed { action: TestbedCmd::Shell } => {
             testbed::ensure_packages()?;
-            let overlay = testbed::prepare_overlay(&image::build()?, &host::build_suite()?)?;
+            let overlay = testbed::prepare_overlay(&image::build_both()?, &host::build_suite()?)?;
             testbed::shell(&overlay)?;
         }
     }
@@ -66,9 +66,9 @@ fn main() -> Result<()> {
 
 fn run() -> Result<()> {
     testbed::ensure_packages()?;
-    let image = image::build()?;
+    let images = image::build_both()?;
     let suite = host::build_suite()?;
-    let overlay = testbed::prepare_overlay(&image, &suite)?;
+    let overlay = testbed::prepare_overlay(&images, &suite)?;
     println!("xtask: booting Xen + dom0 under QEMU (TCG); the image's console follows");
     let outcome = testbed::boot(&overlay, "demo", "", Duration::from_secs(600), true)?;
     if !outcome.saw("@@demo: rust-stubdom ended") {
@@ -85,14 +85,14 @@ fn test(filter: &str) -> Result<()> {
     println!("== host tests");
     host::unit_tests(filter, &mut tally)?;
 
-    let image = image::build()?;
+    let images = image::build_both()?;
     let suite = host::build_suite()?;
     let xen_tests: Vec<String> = host::list_xen_tests(&suite)?.into_iter().filter(|t| t.contains(filter)).collect();
     if xen_tests.is_empty() {
         println!("== real-Xen suite: no test matches {filter:?}");
     } else {
         println!("== real-Xen suite ({} tests, Xen 4.17 + dom0 under QEMU TCG)", xen_tests.len());
-        let overlay = testbed::prepare_overlay(&image, &suite)?;
+        let overlay = testbed::prepare_overlay(&images, &suite)?;
         // Each test has its own limit inside dom0; this bounds the whole boot.
         let limit = Duration::from_secs(300 + 240 * xen_tests.len() as u64);
         let outcome = testbed::boot(&overlay, "run", filter, limit, false)?;

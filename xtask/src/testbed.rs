@@ -4,7 +4,8 @@
 //! dom0's initramfs is two gzip'd cpio archives back to back (Linux unpacks both):
 //! a large base (busybox, Xen's toolstack, dom0's QEMU, firmware, kernel modules),
 //! rebuilt only when the packages it is made from change, and a small overlay with
-//! the project's files (/init, /suite/xen-suite, /suite/rust-stubdom) made every run.
+//! the project's files (/init, /suite/xen-suite, /suite/rust-stubdom and
+//! /suite/rust-stubdom-selftest) made every run.
 //! Every boot is bounded by a host-side limit and a watchdog inside dom0; the serial
 //! log and the guests' console logs are left under target/testbed/logs/.
 
@@ -246,7 +247,7 @@ pub struct Overlay {
 }
 
 /// Adds the project's files on top of the base initramfs.
-pub fn prepare_overlay(image: &Path, suite: &Path) -> Result<Overlay> {
+pub fn prepare_overlay(images: &crate::image::Images, suite: &Path) -> Result<Overlay> {
     let base = base_initramfs()?;
     let dir = Path::new(DIR);
     let root = dir.join("overlay-root");
@@ -255,7 +256,8 @@ pub fn prepare_overlay(image: &Path, suite: &Path) -> Result<Overlay> {
     }
     fs::create_dir_all(root.join("suite"))?;
     fs::copy("tests/dom0/init", root.join("init"))?;
-    fs::copy(image, root.join("suite/rust-stubdom"))?;
+    fs::copy(&images.image, root.join("suite/rust-stubdom"))?;
+    fs::copy(&images.selftest, root.join("suite/rust-stubdom-selftest"))?;
     copy_with_libs(&root, fs::canonicalize(suite)?.to_str().unwrap())?;
     let suite_in_root = root.join(fs::canonicalize(suite)?.to_str().unwrap().trim_start_matches('/'));
     fs::rename(&suite_in_root, root.join("suite/xen-suite"))?;

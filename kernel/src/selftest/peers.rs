@@ -3,11 +3,12 @@
 //! writable for the domain; event channels are offered to dom0 (domain 0).
 
 use crate::events::{self, Port};
-use crate::{gnttab, mm, println, time, xs};
+use crate::{gnttab, mm, time, xs};
 use alloc::format;
 use alloc::string::String;
 use core::time::Duration;
-use xenstore::transaction::{RetryPolicy, TransactionError};
+use crate::seams::KernelXen;
+use xen_seams::{RetryPolicy, TransactionError, Xenstore};
 
 type Result<T> = core::result::Result<T, String>;
 
@@ -43,7 +44,7 @@ pub async fn xenstore() -> Result<()> {
     let watch = xs::watch("data/echo-in").await.map_err(fail("watching data/echo-in"))?;
     xs::write(xs::NO_TX, "data/ready", b"1").await.map_err(fail("writing data/ready"))?;
     let echoed = loop {
-        let path = watch.next(Duration::from_secs(60)).await.map_err(fail("waiting for data/echo-in"))?;
+        let path = watch.next_event(Duration::from_secs(60)).await.map_err(fail("waiting for data/echo-in"))?;
         match xs::read(xs::NO_TX, "data/echo-in").await {
             Ok(v) if !v.is_empty() => break v,
             _ => log::debug!("watch fired for {path}, nothing to echo yet"),
@@ -56,7 +57,8 @@ pub async fn xenstore() -> Result<()> {
     // Race: in attempt 1, after our read, dom0 rewrites data/race: the commit must
     // conflict and attempt 2 must commit what dom0 wrote.
     let policy = RetryPolicy::default();
-    let (attempt, seen) = xs::transaction(policy, async |tx, attempt| {
+    let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
+    let (attempt, seen) = xen.transaction(policy, async |tx, attempt| {
         let value = xs::read_string(tx, "data/race").await?;
         if attempt == 1 {
             xs::write(xs::NO_TX, "data/race-attempt", b"1").await?;
@@ -81,7 +83,7 @@ pub async fn xenstore() -> Result<()> {
     xs::write(xs::NO_TX, "data/storm-go", b"1").await.map_err(fail("writing data/storm-go"))?;
     await_node("data/storm", Duration::from_secs(30)).await?;
     let started = time::now_ns();
-    let storm = xs::transaction(policy, async |tx, _| {
+    let storm = xen.transaction(policy, async |tx, _| {
         let value = xs::read(tx, "data/storm").await?;
         // Hold the transaction open until dom0's next write has landed (bounded).
         let deadline = time::Deadline::after_ms(5_000);
@@ -210,16 +212,16 @@ fn grant_pattern(seed: u8, i: usize) -> u8 {
 /// has it mapped and succeed after it unmaps. Also checks GNTTABOP_copy and a
 /// mapping of our own frame through a mapping slot (the foreign-mapping path).
 pub async fn grant(seed: u8) -> Result<()> {
-    let mut page = mm::alloc_page().map_err(|e| format!("alloc_page: {e:?}"))?;
+    let mut page = mm::alloc_page().map_err(|e| format!("alloc_page: {e}"))?;
     for (i, b) in page.as_mut_slice().iter_mut().enumerate() {
         *b = grant_pattern(seed, i);
     }
-    let gref = gnttab::grant_access(0, page.mfn(), true).map_err(|e| format!("grant_access: {e:?}"))?;
+    let gref = gnttab::grant_access(0, page.mfn(), true).map_err(|e| format!("grant_access: {e}"))?;
     let watch = xs::watch("data/grant-state").await.map_err(fail("watching data/grant-state"))?;
     xs::write(xs::NO_TX, "data/grant-ref", format!("{}", gref.0).as_bytes()).await.map_err(fail("publishing the grant"))?;
     let mut refused_while_mapped = false;
     loop {
-        watch.next(Duration::from_secs(60)).await.map_err(fail("waiting for data/grant-state"))?;
+        watch.next_event(Duration::from_secs(60)).await.map_err(fail("waiting for data/grant-state"))?;
         match xs::read_string(xs::NO_TX, "data/grant-state").await.as_deref() {
             Ok("mapped") if !refused_while_mapped => {
                 let verdict = match gnttab::end_access(gref) {
@@ -234,7 +236,7 @@ pub async fn grant(seed: u8) -> Result<()> {
                 refused_while_mapped = true;
             }
             Ok("unmapped") if refused_while_mapped => {
-                gnttab::end_access(gref).map_err(|e| format!("end_access after unmap: {e:?}"))?;
+                gnttab::end_access(gref).map_err(|e| format!("end_access after unmap: {e}"))?;
                 xs::write(xs::NO_TX, "data/grant-end", b"ok").await.map_err(fail("writing data/grant-end"))?;
                 break;
             }
@@ -244,20 +246,20 @@ pub async fn grant(seed: u8) -> Result<()> {
     println!("grant: end_access refused while mapped, succeeded after unmap");
 
     // GNTTABOP_copy between two of our own frames.
-    let target = mm::alloc_page().map_err(|e| format!("alloc_page: {e:?}"))?;
+    let target = mm::alloc_page().map_err(|e| format!("alloc_page: {e}"))?;
     let mut op = xen_abi::grant_table::GnttabCopy {
         source: xen_abi::grant_table::GnttabCopyPtr { ref_or_gmfn: page.mfn(), domid: xen_abi::event_channel::DOMID_SELF, offset: 100 },
         dest: xen_abi::grant_table::GnttabCopyPtr { ref_or_gmfn: target.mfn(), domid: xen_abi::event_channel::DOMID_SELF, offset: 200 },
         len: 1000,
         ..Default::default()
     };
-    gnttab::copy(core::slice::from_mut(&mut op)).map_err(|e| format!("GNTTABOP_copy: {e:?}"))?;
+    gnttab::copy(core::slice::from_mut(&mut op)).map_err(|e| format!("GNTTABOP_copy: {e}"))?;
     // The copy landed in `target`; read it through a mapping slot of its frame.
-    let slot = mm::MappingSlot::new().map_err(|e| format!("mapping slot: {e:?}"))?;
-    slot.map_foreign(xen_abi::event_channel::DOMID_SELF, target.mfn(), false).map_err(|e| format!("map_foreign: {e:?}"))?;
+    let slot = mm::MappingSlot::new().map_err(|e| format!("mapping slot: {e}"))?;
+    slot.map_foreign(xen_abi::event_channel::DOMID_SELF, target.mfn(), false).map_err(|e| format!("map_foreign: {e}"))?;
     let mut copied = [0u8; 1000];
     slot.read(200, &mut copied);
-    slot.unmap().map_err(|e| format!("unmap: {e:?}"))?;
+    slot.unmap().map_err(|e| format!("unmap: {e}"))?;
     if copied.iter().enumerate().any(|(i, &b)| b != grant_pattern(seed, 100 + i)) {
         return Err("GNTTABOP_copy result differs from the source".into());
     }
@@ -273,7 +275,7 @@ pub async fn map_dom0_grant(seed: u8) -> Result<()> {
         .await?
         .parse()
         .map_err(|_| "data/dom0-grant-ref is not a number")?;
-    let mapping = gnttab::map_grant(0, gref, false).map_err(|e| format!("map_grant_ref of dom0's grant {gref}: {e:?}"))?;
+    let mapping = gnttab::map_grant(0, gref, false).map_err(|e| format!("map_grant_ref of dom0's grant {gref}: {e}"))?;
     let mut page = alloc::vec![0u8; 2048];
     mapping.read(0, &mut page);
     if let Some(i) = (0..page.len()).find(|&i| page[i] != grant_pattern(seed, i)) {

@@ -4,8 +4,10 @@ use crate::harness::{self, Ctx, Test, console_log, expect_contains};
 use crate::xl;
 use std::time::Duration;
 
-/// Where the test bed puts the image in dom0.
+/// Where the test bed puts the shipped image in dom0.
 pub const IMAGE: &str = "/suite/rust-stubdom";
+/// The same image built with the `selftests` feature (stress and peer self-tests).
+pub const SELFTEST_IMAGE: &str = "/suite/rust-stubdom-selftest";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub fn tests() -> Vec<Test> {
@@ -19,10 +21,13 @@ pub fn tests() -> Vec<Test> {
 }
 
 /// An xl config for the image as a PV domU with `memory_mib` and `cmdline`. Both
-/// shutdown reasons are preserved so the test can read which one it was.
+/// shutdown reasons are preserved so the test can read which one it was. Command
+/// lines naming a stress or peer self-test run the self-test image.
 pub fn pv_config(name: &str, memory_mib: u32, cmdline: &str) -> String {
+    let shipped = ["selftest=none", "selftest=panic", "selftest=pagefault"];
+    let image = if !cmdline.contains("selftest=") || shipped.iter().any(|w| cmdline.contains(w)) { IMAGE } else { SELFTEST_IMAGE };
     format!(
-        "name = \"{name}\"\ntype = \"pv\"\nkernel = \"{IMAGE}\"\nextra = \"{cmdline}\"\nmemory = {memory_mib}\n\
+        "name = \"{name}\"\ntype = \"pv\"\nkernel = \"{image}\"\nextra = \"{cmdline}\"\nmemory = {memory_mib}\n\
          vcpus = 1\non_poweroff = \"preserve\"\non_crash = \"preserve\"\non_reboot = \"preserve\"\n"
     )
 }

@@ -1,0 +1,1 @@
+//! An in-memory Xen for host tests: being written.
