@@ -7,4 +7,5 @@
 
 extern crate alloc;
 
+pub mod console;
 pub mod xenbus;

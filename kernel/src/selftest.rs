@@ -39,6 +39,8 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         #[cfg(feature = "selftests")]
         Some(b"grant") => peers::grant(cmdline.number("seed").unwrap_or(1) as u8).await,
         #[cfg(feature = "selftests")]
+        Some(b"consoles") => peers::consoles().await,
+        #[cfg(feature = "selftests")]
         Some(b"mapgrant") => peers::map_dom0_grant(cmdline.number("seed").unwrap_or(1) as u8).await,
         Some(other) => Err(alloc::format!(
             "unknown selftest \"{}\" (the peer and stress tests need an image built with feature selftests)",

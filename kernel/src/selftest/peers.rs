@@ -288,3 +288,44 @@ pub async fn map_dom0_grant(seed: u8) -> Result<()> {
     println!("mapgrant: read dom0's pattern, wrote the answer, unmapped");
     Ok(())
 }
+
+/// As a stub domain: writes to console 1 (the save channel, a file in dom0) and
+/// console 3 (the guest's serial port, a pty in dom0), then echoes what dom0 types
+/// on console 3 until it sends "quit" (bounded).
+pub async fn consoles() -> Result<()> {
+    use frontends::console::Console;
+    let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
+    let save = Console::connect(&xen, 1).await.map_err(fail("console 1"))?;
+    save.write(b"rust-stubdom: console 1 (save channel) works\n").await.map_err(fail("writing console 1"))?;
+    let serial = Console::connect(&xen, 3).await.map_err(fail("console 3"))?;
+    serial.write(b"rust-stubdom: console 3 (guest serial) ready\n").await.map_err(fail("writing console 3"))?;
+    println!("consoles: 1 and 3 connected");
+    let deadline = time::Deadline::after_ms(120_000);
+    let mut line = alloc::vec::Vec::new();
+    loop {
+        if deadline.passed() {
+            return Err("no \"quit\" on console 3 within 120 s".into());
+        }
+        let mut buf = [0u8; 256];
+        let n = serial.read(&mut buf, Duration::from_secs(1)).await.map_err(fail("reading console 3"))?;
+        for &b in &buf[..n] {
+            if b == b'\n' || b == b'\r' {
+                if line == b"quit" {
+                    save.close().await.map_err(fail("closing console 1"))?;
+                    serial.close().await.map_err(fail("closing console 3"))?;
+                    println!("consoles: ok");
+                    return Ok(());
+                }
+                if !line.is_empty() {
+                    let mut reply = b"echo: ".to_vec();
+                    reply.extend_from_slice(&line);
+                    reply.push(b'\n');
+                    serial.write(&reply).await.map_err(fail("writing console 3"))?;
+                    line.clear();
+                }
+            } else if line.len() < 200 {
+                line.push(b);
+            }
+        }
+    }
+}

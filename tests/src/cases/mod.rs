@@ -3,6 +3,7 @@
 pub mod hvm;
 pub mod kernel;
 pub mod runtime;
+pub mod stubdom;
 
 use crate::harness::Test;
 
@@ -11,6 +12,7 @@ pub fn all() -> Vec<Test> {
     let mut v = Vec::new();
     v.extend(kernel::tests());
     v.extend(runtime::tests());
+    v.extend(stubdom::tests());
     v.extend(hvm::tests());
     v
 }
