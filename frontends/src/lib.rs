@@ -8,4 +8,9 @@
 extern crate alloc;
 
 pub mod console;
+pub mod vchan;
 pub mod xenbus;
+pub mod blkif;
+pub mod blkfront;
+pub mod netif;
+pub mod netfront;

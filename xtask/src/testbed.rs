@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 const DIR: &str = "target/testbed";
 /// Bump when the way the base initramfs is assembled changes.
-const BASE_LAYOUT: u32 = 2;
+const BASE_LAYOUT: u32 = 3;
 const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -39,6 +39,8 @@ const PACKAGES: &[&str] = &[
     "gcc",
     "libxen-dev",
 ];
+/// Kernel modules the Linux PV domU (the benchmarks' peer) loads.
+const DOMU_MODULES: &[&str] = &["xen-blkfront", "xen-netfront"];
 /// Kernel modules dom0 loads (with their dependencies).
 const DOM0_MODULES: &[&str] =
     &["xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-blkback", "xen-netback", "loop", "bridge", "tun"];
@@ -84,7 +86,9 @@ fn kernel_version() -> Result<String> {
 
 /// What the base initramfs is made from; a change means a rebuild.
 fn base_inputs(kver: &str) -> String {
-    let mut s = format!("layout {BASE_LAYOUT}\nkernel {kver}\n");
+    let domu_init = fs::read_to_string("tests/dom0/domU-init").unwrap_or_default();
+    let mut s = format!("layout {BASE_LAYOUT}\nkernel {kver}\ndomU-init {}\n", domu_init.len());
+    s.push_str(&domu_init);
     for p in PACKAGES {
         s.push_str(&format!("{p} {}\n", installed_version(p).unwrap_or_default()));
     }
@@ -131,9 +135,9 @@ fn copy_into(root: &Path, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn copy_modules(root: &Path, kver: &str) -> Result<()> {
+fn copy_modules(root: &Path, kver: &str, modules: &[&str]) -> Result<()> {
     let mut files = BTreeSet::new();
-    for m in DOM0_MODULES {
+    for m in modules {
         let out = Command::new("modprobe").args(["-S", kver, "--show-depends", m]).output()?;
         if !out.status.success() {
             bail!("modprobe --show-depends {m}: {}", String::from_utf8_lossy(&out.stderr));
@@ -165,6 +169,34 @@ fn pack(dir: &Path, out: &Path) -> Result<()> {
     if !status.success() {
         bail!("packing {} failed", dir.display());
     }
+    Ok(())
+}
+
+/// A busybox initramfs with the PV block and net drivers, coreutils' dd and
+/// tests/dom0/domU-init as /init.
+fn build_domu_initramfs(dir: &Path, kver: &str, out: &Path) -> Result<()> {
+    let root = dir.join("domU-root");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    for d in ["bin", "sbin", "usr/bin", "proc", "sys", "dev", "tmp"] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox"))?;
+    let applets = Command::new("/bin/busybox").arg("--list").output()?;
+    for a in String::from_utf8_lossy(&applets.stdout).lines() {
+        if a != "busybox" && a != "dd" && a != "date" {
+            symlink("busybox", root.join("bin").join(a))?;
+        }
+    }
+    run(Command::new("mknod").args(["-m", "600"]).arg(root.join("dev/console")).args(["c", "5", "1"]))?;
+    copy_with_libs(&root, "/usr/bin/dd")?;
+    copy_with_libs(&root, "/usr/bin/date")?;
+    symlink("/usr/bin/dd", root.join("bin/dd"))?;
+    fs::copy("tests/dom0/domU-init", root.join("init"))?;
+    copy_modules(&root, kver, DOMU_MODULES)?;
+    pack(&root, out)?;
+    fs::remove_dir_all(&root)?;
     Ok(())
 }
 
@@ -228,7 +260,11 @@ pub fn base_initramfs() -> Result<PathBuf> {
     copy_into(&root, "/usr/share/seabios/bios-256k.bin")?;
     copy_into(&root, "/usr/share/qemu/keymaps")?;
     copy_into(&root, "/usr/share/qemu/kvmvapic.bin")?;
-    copy_modules(&root, &kver)?;
+    copy_modules(&root, &kver, DOM0_MODULES)?;
+    // The Linux PV domU the benchmarks compare against: its kernel and initramfs.
+    fs::create_dir_all(root.join("guest"))?;
+    fs::copy(format!("/boot/vmlinuz-{kver}"), root.join("guest/linux-domU"))?;
+    build_domu_initramfs(dir, &kver, &root.join("guest/linux-domU-initrd.gz"))?;
 
     let tmp = dir.join("base-initrd.gz.tmp");
     pack(&root, &tmp)?;

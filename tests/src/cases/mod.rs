@@ -2,6 +2,7 @@
 
 pub mod hvm;
 pub mod kernel;
+pub mod linux;
 pub mod runtime;
 pub mod stubdom;
 
@@ -13,6 +14,7 @@ pub fn all() -> Vec<Test> {
     v.extend(kernel::tests());
     v.extend(runtime::tests());
     v.extend(stubdom::tests());
+    v.extend(linux::tests());
     v.extend(hvm::tests());
     v
 }
