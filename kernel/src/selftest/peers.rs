@@ -329,3 +329,30 @@ pub async fn consoles() -> Result<()> {
         }
     }
 }
+
+/// A libvchan echo service at data/vchan for dom0 (vchan-socket-proxy connects once
+/// per unix client): each connection gets a greeting, then its bytes echoed back.
+pub async fn vchan_echo(connections: u64) -> Result<()> {
+    use frontends::vchan::{Orders, Server, VchanError};
+    let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
+    let mut server = Server::listen(&xen, 0, "data/vchan", Orders::DEFAULT).await.map_err(fail("vchan listen"))?;
+    let mut echoed = 0u64;
+    for n in 0..connections {
+        server.accept(Duration::from_secs(120)).await.map_err(|e| format!("vchan accept #{n}: {e}"))?;
+        server.write_all(b"rust-stubdom vchan echo\n").await.map_err(|e| format!("vchan greeting #{n}: {e}"))?;
+        let mut buf = [0u8; 4096];
+        loop {
+            match server.read(&mut buf).await {
+                Ok(k) => {
+                    server.write_all(&buf[..k]).await.map_err(|e| format!("vchan echo #{n}: {e}"))?;
+                    echoed += k as u64;
+                }
+                Err(VchanError::Closed) => break,
+                Err(e) => return Err(format!("vchan read #{n}: {e}")),
+            }
+        }
+    }
+    server.shutdown().await.map_err(fail("vchan shutdown"))?;
+    println!("vchan: served {connections} connections, echoed {echoed} bytes");
+    Ok(())
+}

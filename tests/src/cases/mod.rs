@@ -5,6 +5,7 @@ pub mod kernel;
 pub mod linux;
 pub mod runtime;
 pub mod stubdom;
+pub mod vchan;
 
 use crate::harness::Test;
 
@@ -14,6 +15,7 @@ pub fn all() -> Vec<Test> {
     v.extend(kernel::tests());
     v.extend(runtime::tests());
     v.extend(stubdom::tests());
+    v.extend(vchan::tests());
     v.extend(linux::tests());
     v.extend(hvm::tests());
     v

@@ -20,6 +20,10 @@ pub fn tests() -> Vec<Test> {
 }
 
 /// Starts the image with `cmdline` and returns its domid; it keeps running.
+pub fn start_image(ctx: &mut Ctx, name: &str, cmdline: &str) -> Result<u32, String> {
+    start(ctx, name, cmdline)
+}
+
 fn start(ctx: &mut Ctx, name: &str, cmdline: &str) -> Result<u32, String> {
     // The bar: the runtime's self-tests run in an 8 MiB domain.
     let cfg = ctx.prepare_domain(name, &pv_config(name, 8, cmdline))?;
@@ -28,7 +32,7 @@ fn start(ctx: &mut Ctx, name: &str, cmdline: &str) -> Result<u32, String> {
 }
 
 /// Waits for the image to power off cleanly and returns its console log.
-fn finish(name: &str) -> Result<String, String> {
+pub fn finish(name: &str) -> Result<String, String> {
     let row = xl::wait_shutdown(name, Duration::from_secs(120))?;
     let log = proc::poll(Duration::from_secs(5), Duration::from_millis(100), || {
         let log = console_log(name);
