@@ -639,8 +639,8 @@ mod tests {
         let mut segments = [Segment::default(); MAX_SEGMENTS_PER_REQUEST];
         segments[0] = Segment { gref: 8, first_sect: 0, last_sect: 7 };
         segments[1] = Segment { gref: 9, first_sect: 0, last_sect: 3 };
-        let expected =
-            RequestRepr::Direct { operation: Operation::Read, handle: 768, id: 42, sector: 0x1000, nr_segments: 2, segments };
+        let operation = Operation::Read;
+        let expected = RequestRepr::Direct { operation, handle: 768, id: 42, sector: 0x1000, nr_segments: 2, segments };
         assert_eq!(repr, expected);
         assert_eq!(segments[1].nr_sectors(), 4);
         let mut bytes = [0xffu8; REQUEST_LEN];

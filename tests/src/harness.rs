@@ -54,6 +54,11 @@ pub fn nonce() -> String {
         .unwrap_or_else(|_| format!("{:x}", Instant::now().elapsed().as_nanos()))
 }
 
+/// Prints the console logs of a test's domains and destroys them.
+pub fn clean_up(ctx: &Ctx) {
+    report_domains(ctx)
+}
+
 fn report_domains(ctx: &Ctx) {
     for d in &ctx.domains {
         for line in console_log(d).lines() {

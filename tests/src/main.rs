@@ -30,6 +30,10 @@ fn main() -> ExitCode {
             let (passed, failed) = harness::run(&cases::all(), filter);
             if failed == 0 && passed > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
+        Some("bench") => {
+            let filter = args.get(1).map(String::as_str).unwrap_or("");
+            if cases::bench::run(filter) == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
         Some("demo") => match cases::kernel::demo() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -38,7 +42,7 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: xen-suite list | run [FILTER] | demo");
+            eprintln!("usage: xen-suite list | run [FILTER] | bench [FILTER] | demo");
             ExitCode::from(2)
         }
     }

@@ -3,6 +3,7 @@
 //! Everything runs on Debian's Rust 1.96 (rust-toolchain.toml points rustup at /usr);
 //! `./x` installs it on a fresh machine before handing over to this program.
 
+mod bench;
 mod host;
 mod image;
 mod results;
@@ -27,6 +28,8 @@ enum Cmd {
     Run,
     /// Host unit tests, then the real-Xen suite; FILTER selects tests by name.
     Test { filter: Option<String> },
+    /// Throughput benchmarks against the peers the issues name (one test-bed boot).
+    Bench { filter: Option<String> },
     /// The test bed on its own.
     Testbed {
         #[command(subcommand)]
@@ -51,6 +54,7 @@ fn main() -> Result<()> {
         }
         Cmd::Run => run()?,
         Cmd::Test { filter } => test(filter.as_deref().unwrap_or(""))?,
+        Cmd::Bench { filter } => bench(filter.as_deref().unwrap_or(""))?,
         Cmd::Testbed { action: TestbedCmd::Build } => {
             testbed::ensure_packages()?;
             testbed::base_initramfs()?;
@@ -103,6 +107,25 @@ fn test(filter: &str) -> Result<()> {
     println!("{} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 || tally.passed == 0 {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn bench(filter: &str) -> Result<()> {
+    testbed::ensure_packages()?;
+    let images = image::build_both()?;
+    let suite = host::build_suite()?;
+    let overlay = testbed::prepare_overlay(&images, &suite)?;
+    println!("== benchmarks (Xen 4.17 + dom0 under QEMU TCG; figures are for comparison within one boot)");
+    let outcome = testbed::boot(&overlay, "bench", filter, Duration::from_secs(1800), false)?;
+    let (results, failures) = bench::collect(&outcome);
+    let text = bench::report(&results, &failures);
+    print!("{text}");
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write("target/bench/results.txt", &text)?;
+    println!("xtask: results in target/bench/results.txt; serial log in {}", outcome.serial_log.display());
+    if !failures.is_empty() || results.is_empty() {
+        bail!("{} benchmark(s) failed", failures.len().max(1));
     }
     Ok(())
 }

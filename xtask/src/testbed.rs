@@ -431,7 +431,7 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
 
 /// One line of progress per milestone while tests run (results are judged later).
 fn show_progress(t: f64, line: &str) {
-    for tag in ["@@dom0: ", "@@test-start "] {
+    for tag in ["@@dom0: ", "@@test-start ", "@@bench-start "] {
         if let Some(at) = line.find(tag) {
             println!("  [{t:7.1} s] {}", &line[at + 2..]);
         }

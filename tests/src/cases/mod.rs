@@ -1,5 +1,6 @@
 //! The real-Xen test cases, one module per area.
 
+pub mod bench;
 pub mod hvm;
 pub mod kernel;
 pub mod linux;

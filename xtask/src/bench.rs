@@ -1,0 +1,81 @@
+//! `cargo xtask bench`: boots the test bed once with dom0 running `xen-suite bench`,
+//! collects `@@bench <name>| <value> <unit>` lines, and prints each result and the
+//! ratio of every `<x>/image` to its `<x>/linux` peer. Results also go to
+//! target/bench/results.txt.
+
+use crate::testbed::BootOutcome;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// One measurement: name, value, unit.
+pub type Measurement = (String, f64, String);
+
+/// Pulls the measurements and failures out of a bench boot's serial lines.
+pub fn collect(outcome: &BootOutcome) -> (Vec<Measurement>, Vec<String>) {
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for l in &outcome.lines {
+        if let Some(at) = l.find("@@bench ") {
+            let Some((name, rest)) = l[at + 8..].split_once("| ") else { continue };
+            let mut parts = rest.split_whitespace();
+            if let (Some(v), Some(unit)) = (parts.next().and_then(|v| v.parse().ok()), parts.next()) {
+                results.push((name.to_string(), v, unit.to_string()));
+            }
+        } else if let Some(at) = l.find("@@bench-failed ") {
+            failures.push(l[at + 15..].to_string());
+        }
+    }
+    (results, failures)
+}
+
+/// The report: every measurement, then `<x>: image/linux = ratio` lines.
+pub fn report(results: &[Measurement], failures: &[String]) -> String {
+    let mut out = String::new();
+    for (name, value, unit) in results {
+        let _ = writeln!(out, "{name:<32} {value:>12.3} {unit}");
+    }
+    let by_name: BTreeMap<&str, f64> = results.iter().map(|(n, v, _)| (n.as_str(), *v)).collect();
+    for (name, value) in &by_name {
+        if let Some(base) = name.strip_suffix("/image") {
+            match by_name.get(format!("{base}/linux").as_str()) {
+                Some(linux) if *linux > 0.0 => {
+                    let _ = writeln!(out, "ratio {base}: image/linux = {:.2}", value / linux);
+                }
+                _ => {
+                    let _ = writeln!(out, "ratio {base}: no Linux peer measured");
+                }
+            }
+        }
+    }
+    for f in failures {
+        let _ = writeln!(out, "FAILED {f}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_become_ratios() {
+        let outcome = BootOutcome {
+            lines: vec![
+                "[ 1.0] @@bench blk-seq-read/linux| 100.000 MB/s".into(),
+                "@@bench blk-seq-read/image| 95.000 MB/s".into(),
+                "@@bench vchan/image| 3.5 MB/s".into(),
+                "@@bench-failed net| backend gone".into(),
+                "@@bench garbage".into(),
+            ],
+            timed_out: false,
+            serial_log: "s".into(),
+            log_dir: ".".into(),
+        };
+        let (results, failures) = collect(&outcome);
+        assert_eq!(results.len(), 3);
+        let text = report(&results, &failures);
+        assert!(text.contains("ratio blk-seq-read: image/linux = 0.95"), "{text}");
+        assert!(text.contains("ratio vchan: no Linux peer measured"), "{text}");
+        assert!(text.contains("FAILED net| backend gone"), "{text}");
+    }
+}
