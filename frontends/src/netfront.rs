@@ -389,7 +389,7 @@ impl TxQueue {
             self.reclaim(pages)?;
         }
         let room = !self.free.is_empty() && self.ring.free_slots() > 0;
-        self.blocked |= !room;
+        self.blocked = !room;
         Ok(room)
     }
 
@@ -798,9 +798,6 @@ impl<'x, X: Xen> Netfront<'x, X> {
             self.tx.flush(&self.pages, link)?;
             self.tx.reclaim(&self.pages)?;
             let send = self.tx.blocked && self.tx.has_room(&self.pages)?;
-            if send {
-                self.tx.blocked = false;
-            }
             let receive = self.rx.next_frame(&self.pages)?.is_some();
             Ok(Ready { receive, send })
         })();

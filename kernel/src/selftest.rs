@@ -41,6 +41,10 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         #[cfg(feature = "selftests")]
         Some(b"consoles") => peers::consoles().await,
         #[cfg(feature = "selftests")]
+        Some(b"blk") => peers::blk(cmdline.number("devid").unwrap_or(51712) as u32).await,
+        #[cfg(feature = "selftests")]
+        Some(b"blkbench") => peers::blk_bench(cmdline.number("devid").unwrap_or(51712) as u32).await,
+        #[cfg(feature = "selftests")]
         Some(b"vchan") => peers::vchan_echo(cmdline.number("connections").unwrap_or(101)).await,
         #[cfg(feature = "selftests")]
         Some(b"mapgrant") => peers::map_dom0_grant(cmdline.number("seed").unwrap_or(1) as u8).await,
