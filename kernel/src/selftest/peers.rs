@@ -389,7 +389,14 @@ pub async fn blk(devid: u32) -> Result<()> {
     let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
     let disk = Disk::connect(&xen, devid, Options::default()).await.map_err(fail("connecting the disk"))?;
     let info = disk.info().clone();
-    println!("blk: {devid} connected: {} sectors, sector size {}, {:?}", info.sectors, info.sector_size, disk.features());
+    println!(
+        "blk: {devid} connected: {} sectors, sector size {}, read-only {}, cdrom {}, {:?}",
+        info.sectors,
+        info.sector_size,
+        info.read_only,
+        info.cdrom,
+        disk.features()
+    );
     let mut buf = alloc::vec![0u8; 1 << 20];
     let started = time::now_ns();
     let mut sector = 0;

@@ -24,11 +24,16 @@ pub fn tests() -> Vec<Test> {
 /// shutdown reasons are preserved so the test can read which one it was. Command
 /// lines naming a stress or peer self-test run the self-test image.
 pub fn pv_config(name: &str, memory_mib: u32, cmdline: &str) -> String {
+    pv_config_with(name, memory_mib, cmdline, "")
+}
+
+/// `pv_config` plus extra xl.cfg lines (disks, vifs).
+pub fn pv_config_with(name: &str, memory_mib: u32, cmdline: &str, extra: &str) -> String {
     let shipped = ["selftest=none", "selftest=panic", "selftest=pagefault"];
     let image = if !cmdline.contains("selftest=") || shipped.iter().any(|w| cmdline.contains(w)) { IMAGE } else { SELFTEST_IMAGE };
     format!(
         "name = \"{name}\"\ntype = \"pv\"\nkernel = \"{image}\"\nextra = \"{cmdline}\"\nmemory = {memory_mib}\n\
-         vcpus = 1\non_poweroff = \"preserve\"\non_crash = \"preserve\"\non_reboot = \"preserve\"\n"
+         vcpus = 1\non_poweroff = \"preserve\"\non_crash = \"preserve\"\non_reboot = \"preserve\"\n{extra}"
     )
 }
 

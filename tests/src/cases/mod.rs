@@ -1,6 +1,7 @@
 //! The real-Xen test cases, one module per area.
 
 pub mod bench;
+pub mod blk;
 pub mod hvm;
 pub mod kernel;
 pub mod linux;
@@ -15,6 +16,7 @@ pub fn all() -> Vec<Test> {
     let mut v = Vec::new();
     v.extend(kernel::tests());
     v.extend(runtime::tests());
+    v.extend(blk::tests());
     v.extend(stubdom::tests());
     v.extend(vchan::tests());
     v.extend(linux::tests());
