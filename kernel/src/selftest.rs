@@ -43,7 +43,12 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         #[cfg(feature = "selftests")]
         Some(b"blk") => peers::blk(cmdline.number("devid").unwrap_or(51712) as u32).await,
         #[cfg(feature = "selftests")]
-        Some(b"blkbench") => peers::blk_bench(cmdline.number("devid").unwrap_or(51712) as u32).await,
+        Some(b"blkbench") => {
+            let mut options = frontends::blkfront::Options::default();
+            options.max_ring_page_order = cmdline.number("ring_order").unwrap_or(2) as u32;
+            options.max_data_pages = cmdline.number("data_pages").unwrap_or(512) as usize;
+            peers::blk_bench(cmdline.number("devid").unwrap_or(51712) as u32, options).await
+        }
         #[cfg(feature = "selftests")]
         Some(b"vchan") => peers::vchan_echo(cmdline.number("connections").unwrap_or(101)).await,
         #[cfg(feature = "selftests")]

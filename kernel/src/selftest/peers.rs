@@ -427,11 +427,12 @@ pub async fn blk(devid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Throughput: reads the whole disk, then writes it, in 1 MiB requests, timed.
-pub async fn blk_bench(devid: u32) -> Result<()> {
-    use frontends::blkfront::{Disk, Options};
+/// Throughput: reads the whole disk, then writes it, in 1 MiB calls, timed.
+pub async fn blk_bench(devid: u32, options: frontends::blkfront::Options) -> Result<()> {
+    use frontends::blkfront::Disk;
     let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
-    let disk = Disk::connect(&xen, devid, Options::default()).await.map_err(fail("connecting the disk"))?;
+    let disk = Disk::connect(&xen, devid, options).await.map_err(fail("connecting the disk"))?;
+    println!("blkbench: {:?}", disk.features());
     let sectors = disk.info().sectors;
     let mut buf = alloc::vec![0u8; 1 << 20];
     let bytes = sectors * 512;
@@ -451,7 +452,9 @@ pub async fn blk_bench(devid: u32) -> Result<()> {
     }
     disk.flush().await.map_err(fail("flush"))?;
     let t2 = time::now_ns();
+    let disk_stats = disk.stats();
     disk.close().await.map_err(fail("closing the disk"))?;
     println!("blkbench: read {bytes} bytes in {} ns; wrote {bytes} bytes in {} ns", t1 - t0, t2 - t1);
+    println!("blkbench: {:?}", disk_stats);
     Ok(())
 }
