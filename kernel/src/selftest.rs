@@ -43,6 +43,8 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         #[cfg(feature = "selftests")]
         Some(b"blk") => peers::blk(cmdline.number("devid").unwrap_or(51712) as u32).await,
         #[cfg(feature = "selftests")]
+        Some(b"blkhotplug") => peers::blk_hotplug(cmdline.number("devid").unwrap_or(51744) as u32).await,
+        #[cfg(feature = "selftests")]
         Some(b"blkbench") => {
             let mut options = frontends::blkfront::Options::default();
             options.max_ring_page_order = cmdline.number("ring_order").unwrap_or(2) as u32;

@@ -458,3 +458,57 @@ pub async fn blk_bench(devid: u32, options: frontends::blkfront::Options) -> Res
     println!("blkbench: {:?}", disk_stats);
     Ok(())
 }
+
+/// Hot-plug: waits for dom0 to attach disk `devid` (`xl block-attach`), reads it,
+/// and lets dom0 detach it, first while idle, then while reads are in flight.
+/// Either way the disk must notice, fail what was in flight, and close cleanly.
+pub async fn blk_hotplug(devid: u32) -> Result<()> {
+    use frontends::blkfront::{Disk, Options};
+    let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
+    let node = format!("device/vbd/{devid}");
+    xs::write(xs::NO_TX, "data/hotplug-ready", b"1").await.map_err(fail("writing data/hotplug-ready"))?;
+    let mut buf = alloc::vec![0u8; 1 << 20];
+    for round in 1..=2u32 {
+        await_node(&format!("{node}/backend"), Duration::from_secs(120)).await?;
+        let disk = Disk::connect(&xen, devid, Options::default()).await.map_err(|e| format!("round {round}: connect: {e}"))?;
+        disk.read(0, &mut buf).await.map_err(|e| format!("round {round}: first read: {e}"))?;
+        check_sectors(&buf, 0, 0)?;
+        xs::write(xs::NO_TX, "data/hotplug-connected", format!("{round}").as_bytes()).await.map_err(fail("writing data/hotplug-connected"))?;
+        let how = if round == 1 {
+            // Idle: only the backend watch can notice the detach.
+            let reason = time::timeout(Duration::from_secs(120), disk.watch_backend()).await.map_err(|_| "round 1: no detach within 120 s")?;
+            format!("detached while idle: {reason}")
+        } else {
+            let mut reads = 0u64;
+            let sectors = disk.info().sectors;
+            let deadline = time::Deadline::after_ms(120_000);
+            let error = loop {
+                let start = (reads * 2048) % sectors.saturating_sub(2048).max(1);
+                match disk.read(start, &mut buf).await {
+                    Ok(()) => {
+                        check_sectors(&buf, start, 0)?;
+                        reads += 1;
+                    }
+                    Err(e) => break e,
+                }
+                if deadline.passed() {
+                    return Err("round 2: no detach within 120 s".into());
+                }
+            };
+            format!("detached during reads after {reads} MiB: the read in flight failed with: {error}")
+        };
+        disk.close().await.map_err(|e| format!("round {round}: close: {e}"))?;
+        println!("hotplug: round {round}: {how}; closed cleanly");
+        // libxl removes the device's nodes once we are Closed; wait for that before
+        // looking for the next attach.
+        let deadline = time::Deadline::after_ms(60_000);
+        while xs::read(xs::NO_TX, &format!("{node}/backend")).await.is_ok() {
+            if deadline.passed() {
+                return Err(format!("round {round}: {node} still there 60 s after close"));
+            }
+            time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    println!("hotplug: ok");
+    Ok(())
+}

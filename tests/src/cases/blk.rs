@@ -6,13 +6,16 @@ use crate::cases::kernel::pv_config_with;
 use crate::cases::linux::patterned_disk;
 use crate::cases::runtime::finish;
 use crate::harness::{Ctx, Test, expect_contains};
-use crate::xl;
+use crate::xs::{self, data_path};
+use crate::{proc, xl};
+use std::process::Command;
 use std::time::Duration;
 
 pub fn tests() -> Vec<Test> {
     vec![
         Test { name: "xen::blk::blkback_64_mib_read_write_flush", limit: Duration::from_secs(300), run: blkback },
         Test { name: "xen::blk::qdisk_cdrom_read", limit: Duration::from_secs(300), run: qdisk_cdrom },
+        Test { name: "xen::blk::hot_attach_and_detach_idle_and_in_flight", limit: Duration::from_secs(400), run: hotplug },
     ]
 }
 
@@ -74,5 +77,38 @@ fn qdisk_cdrom(ctx: &mut Ctx) -> Result<(), String> {
     expect_contains(&log, "(read-only: no write)", "console log")?;
     let line = log.lines().find(|l| l.contains("connected")).unwrap_or_default();
     println!("@@metric xen::blk::qdisk_cdrom_read| {line}");
+    Ok(())
+}
+
+fn xl_block(args: &[&str]) -> Result<(), String> {
+    let out = proc::run(Command::new("xl").args(args), Duration::from_secs(120))?;
+    if out.success { Ok(()) } else { Err(format!("xl {}: {}{}", args.join(" "), out.stdout, out.stderr)) }
+}
+
+/// `xl block-attach` a disk to the running image, `xl block-detach` it while the
+/// image is idle, attach again, detach while reads are in flight.
+fn hotplug(ctx: &mut Ctx) -> Result<(), String> {
+    const IMAGE: &str = "/tmp/hotplug.img";
+    patterned_disk(IMAGE, 16)?;
+    let name = "hotplug-test";
+    let domid = crate::cases::runtime::start_image(ctx, name, "selftest=blkhotplug devid=51744")?;
+    let dom = domid.to_string();
+    let limit = Duration::from_secs(120);
+    xs::wait_for(&data_path(domid, "hotplug-ready"), limit, |v| v == "1")?;
+    for round in ["1", "2"] {
+        xl_block(&["block-attach", &dom, "/tmp/hotplug.img,raw,xvdc,rw"])?;
+        xs::wait_for(&data_path(domid, "hotplug-connected"), limit, |v| v == round)?;
+        if round == "2" {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        xl_block(&["block-detach", &dom, "xvdc"])?;
+    }
+    let log = finish(name)?;
+    expect_contains(&log, "hotplug: round 1: detached while idle: ", "console log")?;
+    expect_contains(&log, "hotplug: round 2: detached during reads after ", "console log")?;
+    expect_contains(&log, "hotplug: ok", "console log")?;
+    for l in log.lines().filter(|l| l.starts_with("hotplug: round")) {
+        println!("@@metric xen::blk::hot_attach_and_detach_idle_and_in_flight| {l}");
+    }
     Ok(())
 }
