@@ -43,6 +43,8 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         #[cfg(feature = "selftests")]
         Some(b"blk") => peers::blk(cmdline.number("devid").unwrap_or(51712) as u32).await,
         #[cfg(feature = "selftests")]
+        Some(b"net") => peers::net([192, 0, 2, cmdline.number("host").unwrap_or(2) as u8], cmdline.number("connections").unwrap_or(1)).await,
+        #[cfg(feature = "selftests")]
         Some(b"blkhotplug") => peers::blk_hotplug(cmdline.number("devid").unwrap_or(51744) as u32).await,
         #[cfg(feature = "selftests")]
         Some(b"blkbench") => {

@@ -512,3 +512,72 @@ pub async fn blk_hotplug(devid: u32) -> Result<()> {
     println!("hotplug: ok");
     Ok(())
 }
+
+/// The network: netfront + smoltcp at `ip`/24 answering pings (smoltcp replies to
+/// ICMP echo itself) and echoing TCP port 7, for `connections` connections.
+pub async fn net(ip: [u8; 4], connections: u64) -> Result<()> {
+    use frontends::netfront::Netfront;
+    use smoltcp::iface::{Config, Interface, SocketSet};
+    use smoltcp::socket::tcp;
+    use smoltcp::time::Instant;
+    use smoltcp::wire::{IpAddress, IpCidr};
+    let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
+    let mut netdev = Netfront::connect(&xen, 0).await.map_err(fail("connecting vif 0"))?;
+    let now = || Instant::from_micros((time::now_ns() / 1000) as i64);
+    let mut config = Config::new(netdev.hardware_address());
+    config.random_seed = time::now_ns();
+    let mut iface = Interface::new(config, &mut netdev, now());
+    iface.update_ip_addrs(|addrs| {
+        let _ = addrs.push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), 24));
+    });
+    let mut sockets = SocketSet::new(alloc::vec![]);
+    let socket = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 65536]), tcp::SocketBuffer::new(alloc::vec![0; 65536]));
+    let echo = sockets.add(socket);
+    sockets.get_mut::<tcp::Socket>(echo).listen(7).map_err(|e| format!("listen: {e:?}"))?;
+    println!("net: {}.{}.{}.{}/24 up, mac {:02x?}", ip[0], ip[1], ip[2], ip[3], netdev.mac());
+    xs::write(xs::NO_TX, "data/net-ready", b"1").await.map_err(fail("writing data/net-ready"))?;
+    let (mut served, mut echoed, mut was_open) = (0u64, 0u64, false);
+    let deadline = time::Deadline::after_ms(300_000);
+    let mut chunk = alloc::vec![0u8; 16384];
+    let mut next_report = time::now_ns() + 5_000_000_000;
+    while served < connections {
+        if time::now_ns() > next_report {
+            next_report = time::now_ns() + 5_000_000_000;
+            log::info!("net: {:?}", netdev.stats());
+        }
+        if deadline.passed() {
+            return Err(format!("served {served} of {connections} connections in 300 s"));
+        }
+        iface.poll(now(), &mut netdev, &mut sockets);
+        let s = sockets.get_mut::<tcp::Socket>(echo);
+        if s.can_recv() && s.can_send() {
+            let room = (s.send_capacity() - s.send_queue()).min(chunk.len());
+            let n = s.recv_slice(&mut chunk[..room]).map_err(|e| format!("recv: {e:?}"))?;
+            s.send_slice(&chunk[..n]).map_err(|e| format!("send: {e:?}"))?;
+            echoed += n as u64;
+        }
+        if s.is_open() {
+            was_open = true;
+        }
+        if s.state() == tcp::State::CloseWait && s.send_queue() == 0 {
+            s.close();
+        }
+        if s.state() == tcp::State::Closed && was_open {
+            was_open = false;
+            served += 1;
+            s.listen(7).map_err(|e| format!("listen: {e:?}"))?;
+        }
+        iface.poll(now(), &mut netdev, &mut sockets);
+        let delay = iface
+            .poll_delay(now(), &sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+            .unwrap_or(Duration::from_millis(100))
+            .min(Duration::from_millis(100));
+        netdev.wait(delay).await.map_err(fail("netfront"))?;
+    }
+    let stats = netdev.stats();
+    netdev.close().await.map_err(fail("closing vif 0"))?;
+    println!("net: served {served} connections, echoed {echoed} bytes; {stats:?}");
+    println!("net: ok");
+    Ok(())
+}

@@ -5,6 +5,7 @@ pub mod blk;
 pub mod hvm;
 pub mod kernel;
 pub mod linux;
+pub mod net;
 pub mod runtime;
 pub mod stubdom;
 pub mod vchan;
@@ -17,6 +18,7 @@ pub fn all() -> Vec<Test> {
     v.extend(kernel::tests());
     v.extend(runtime::tests());
     v.extend(blk::tests());
+    v.extend(net::tests());
     v.extend(stubdom::tests());
     v.extend(vchan::tests());
     v.extend(linux::tests());
