@@ -534,6 +534,11 @@ pub async fn net(ip: [u8; 4], connections: u64) -> Result<()> {
     let socket = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 65536]), tcp::SocketBuffer::new(alloc::vec![0; 65536]));
     let echo = sockets.add(socket);
     sockets.get_mut::<tcp::Socket>(echo).listen(7).map_err(|e| format!("listen: {e:?}"))?;
+    // A discard service on port 5001 for throughput runs.
+    let sink_socket = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 65536]), tcp::SocketBuffer::new(alloc::vec![0; 1024]));
+    let sink = sockets.add(sink_socket);
+    sockets.get_mut::<tcp::Socket>(sink).listen(5001).map_err(|e| format!("listen: {e:?}"))?;
+    let (mut sunk, mut sink_open) = (0u64, false);
     println!("net: {}.{}.{}.{}/24 up, mac {:02x?}", ip[0], ip[1], ip[2], ip[3], netdev.mac());
     xs::write(xs::NO_TX, "data/net-ready", b"1").await.map_err(fail("writing data/net-ready"))?;
     let (mut served, mut echoed, mut was_open) = (0u64, 0u64, false);
@@ -567,6 +572,21 @@ pub async fn net(ip: [u8; 4], connections: u64) -> Result<()> {
             served += 1;
             s.listen(7).map_err(|e| format!("listen: {e:?}"))?;
         }
+        let k = sockets.get_mut::<tcp::Socket>(sink);
+        while k.can_recv() {
+            sunk += k.recv(|d| (d.len(), d.len())).map_err(|e| format!("recv: {e:?}"))? as u64;
+        }
+        if k.is_open() {
+            sink_open = true;
+        }
+        if k.state() == tcp::State::CloseWait {
+            k.close();
+        }
+        if k.state() == tcp::State::Closed && sink_open {
+            sink_open = false;
+            served += 1;
+            k.listen(5001).map_err(|e| format!("listen: {e:?}"))?;
+        }
         iface.poll(now(), &mut netdev, &mut sockets);
         let delay = iface
             .poll_delay(now(), &sockets)
@@ -577,7 +597,7 @@ pub async fn net(ip: [u8; 4], connections: u64) -> Result<()> {
     }
     let stats = netdev.stats();
     netdev.close().await.map_err(fail("closing vif 0"))?;
-    println!("net: served {served} connections, echoed {echoed} bytes; {stats:?}");
+    println!("net: served {served} connections, echoed {echoed} bytes, discarded {sunk} bytes; {stats:?}");
     println!("net: ok");
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! into ratios.
 
 use crate::cases::kernel::pv_config_with;
-use crate::cases::linux::{dd_mb_per_s, linux_job, patterned_disk};
+use crate::cases::linux::{dd_mb_per_s, finish_linux, linux_job, patterned_disk, start_linux};
+use crate::cases::net::{start_net_image, tcp_send_rate};
 use crate::cases::runtime::finish;
 use crate::xl;
 use crate::harness::{self, Ctx};
@@ -16,7 +17,7 @@ pub struct Bench {
 }
 
 pub fn all() -> Vec<Bench> {
-    vec![Bench { name: "blk", run: blk }]
+    vec![Bench { name: "blk", run: blk }, Bench { name: "net", run: net }]
 }
 
 /// Sequential read and write, 64 MiB, on a blkback (loop) disk in dom0's tmpfs,
@@ -44,6 +45,28 @@ fn blk(ctx: &mut Ctx) -> Result<Vec<(String, f64, &'static str)>, String> {
         ("blk-seq-read/linux".to_string(), median(&mut linux_read), "MB/s"),
         ("blk-seq-write/linux".to_string(), median(&mut linux_write), "MB/s"),
     ])
+}
+
+/// TCP throughput from dom0 into the guest (32 MiB into a discard service) over
+/// netback and xenbr0: the image's netfront + smoltcp against Linux's netfront +
+/// TCP stack. Three alternating rounds, medians.
+fn net(ctx: &mut Ctx) -> Result<Vec<(String, f64, &'static str)>, String> {
+    const BYTES: usize = 32 << 20;
+    let (mut image, mut linux) = (vec![], vec![]);
+    for round in 0..3 {
+        let name = format!("bench-image-net-{round}");
+        start_net_image(ctx, &name, "selftest=net host=2 connections=1")?;
+        image.push(tcp_send_rate("192.0.2.2", BYTES)?);
+        finish(&name)?;
+        xl::destroy(&name);
+        let name = format!("bench-linux-net-{round}");
+        start_linux(ctx, &name, "net-sink", "bench.ip=192.0.2.3", "vif = [ \"bridge=xenbr0\" ]\n")?;
+        linux.push(tcp_send_rate("192.0.2.3", BYTES)?);
+        finish_linux(&name)?;
+        xl::destroy(&name);
+    }
+    println!("@@bench-detail net| image MB/s per round: {image:.1?}; linux MB/s per round: {linux:.1?}");
+    Ok(vec![("net-tcp-rx/image".to_string(), median(&mut image), "MB/s"), ("net-tcp-rx/linux".to_string(), median(&mut linux), "MB/s")])
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -10,24 +10,35 @@ pub fn tests() -> Vec<Test> {
     vec![Test { name: "xen::linux::domU_reads_its_disk_with_dd", limit: Duration::from_secs(240), run: domu_reads_disk }]
 }
 
-/// Runs the Linux domU with `mode` and a disk on `disk_image`; returns its
-/// `DOMU-RESULT` line.
-pub fn linux_job(ctx: &mut Ctx, name: &str, mode: &str, extra: &str, disk_image: &str) -> Result<String, String> {
+/// Starts the Linux domU with `mode` (its /init's job), extra command-line words and
+/// extra xl.cfg lines; it powers off when the job is done.
+pub fn start_linux(ctx: &mut Ctx, name: &str, mode: &str, extra: &str, cfg_extra: &str) -> Result<(), String> {
     let cfg = ctx.prepare_domain(
         name,
         &format!(
             "name = \"{name}\"\ntype = \"pv\"\nkernel = \"/guest/linux-domU\"\nramdisk = \"/guest/linux-domU-initrd.gz\"\n\
              extra = \"console=hvc0 quiet bench.mode={mode} {extra}\"\nmemory = 256\nvcpus = 1\n\
-             disk = [ \"{disk_image},raw,xvda,rw\" ]\non_poweroff = \"preserve\"\non_crash = \"preserve\"\n"
+             on_poweroff = \"preserve\"\non_crash = \"preserve\"\n{cfg_extra}"
         ),
     )?;
-    xl::create(&cfg)?;
+    xl::create(&cfg)
+}
+
+/// Waits for the Linux domU's job to end; returns its console log.
+pub fn finish_linux(name: &str) -> Result<String, String> {
     xl::wait_shutdown(name, Duration::from_secs(180))?;
-    let log = proc::poll(Duration::from_secs(5), Duration::from_millis(100), || {
+    proc::poll(Duration::from_secs(5), Duration::from_millis(100), || {
         let log = console_log(name);
         log.contains("DOMU-DONE").then_some(log)
     })
-    .ok_or_else(|| format!("the Linux domU did not finish its job:\n{}", console_log(name)))?;
+    .ok_or_else(|| format!("the Linux domU did not finish its job:\n{}", console_log(name)))
+}
+
+/// Runs the Linux domU with `mode` and a disk on `disk_image`; returns its
+/// `DOMU-RESULT` line with dd's byte count.
+pub fn linux_job(ctx: &mut Ctx, name: &str, mode: &str, extra: &str, disk_image: &str) -> Result<String, String> {
+    start_linux(ctx, name, mode, extra, &format!("disk = [ \"{disk_image},raw,xvda,rw\" ]\n"))?;
+    let log = finish_linux(name)?;
     log.lines()
         .filter_map(|l| l.split_once("DOMU-RESULT ").map(|(_, r)| r.to_string()))
         .find(|r| r.contains(" bytes ") && r.contains(" copied"))

@@ -70,11 +70,35 @@ fn ping_and_echo(ctx: &mut Ctx) -> Result<(), String> {
     }
     drop(stream);
     let log = finish(name)?;
-    expect_contains(&log, "net: served 1 connections, echoed 10485760 bytes", "console log")?;
+    expect_contains(&log, "net: served 1 connections, echoed 10485760 bytes,", "console log")?;
     println!(
         "@@metric xen::net::ping_100_and_10_mib_tcp_echo| {summary}; {rtt}; 10 MiB TCP echo in {:.2} s ({:.2} MB/s each way)",
         elapsed.as_secs_f64(),
         BYTES as f64 / elapsed.as_secs_f64() / 1e6
     );
     Ok(())
+}
+
+/// Sends `bytes` to `addr`:5001 (a discard service) and returns MB/s, timed from
+/// connect to the peer's close after it has read everything.
+pub fn tcp_send_rate(addr: &str, bytes: usize) -> Result<f64, String> {
+    let target = format!("{addr}:5001").parse().map_err(|e| format!("{e}"))?;
+    let mut stream = proc::poll(Duration::from_secs(90), Duration::from_millis(500), || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(5)).ok()
+    })
+    .ok_or_else(|| format!("nobody listens on {addr}:5001"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+    let chunk = vec![0x5au8; 1 << 16];
+    let started = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        stream.write_all(&chunk[..n]).map_err(|e| format!("sending: {e}"))?;
+        left -= n;
+    }
+    stream.shutdown(std::net::Shutdown::Write).map_err(|e| e.to_string())?;
+    // The peer closes once it has read everything.
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    Ok(bytes as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
