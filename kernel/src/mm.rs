@@ -278,21 +278,47 @@ fn page_range_check(offset: usize, len: usize) {
     assert!(offset.checked_add(len).is_some_and(|end| end <= PAGE_SIZE as usize), "access beyond the page ({offset}+{len})");
 }
 
-/// Copies bytes out of one of our pages with volatile reads (it may be shared).
+/// Copies bytes out of one of our pages with volatile reads (it may be shared),
+/// a machine word at a time where alignment allows.
 pub fn read_page(page: &Page, offset: usize, out: &mut [u8]) {
     page_range_check(offset, out.len());
-    for (i, b) in out.iter_mut().enumerate() {
+    let base = page.va() as usize + offset;
+    let head = (base.next_multiple_of(8) - base).min(out.len());
+    let words = (out.len() - head) / 8;
+    for (i, b) in out[..head].iter_mut().enumerate() {
         // SAFETY: inside our page (checked above), mapped at va() since `init`.
-        *b = unsafe { ((page.va() as usize + offset + i) as *const u8).read_volatile() };
+        *b = unsafe { ((base + i) as *const u8).read_volatile() };
+    }
+    for (w, chunk) in out[head..head + words * 8].chunks_exact_mut(8).enumerate() {
+        // SAFETY: an 8-byte aligned word inside our page (head aligned the address).
+        let v = unsafe { ((base + head + w * 8) as *const u64).read_volatile() };
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in out[head + words * 8..].iter_mut().enumerate() {
+        // SAFETY: inside our page, as above.
+        *b = unsafe { ((base + head + words * 8 + i) as *const u8).read_volatile() };
     }
 }
 
-/// Copies bytes into one of our pages with volatile writes (it may be shared).
+/// Copies bytes into one of our pages with volatile writes (it may be shared),
+/// a machine word at a time where alignment allows.
 pub fn write_page(page: &Page, offset: usize, data: &[u8]) {
     page_range_check(offset, data.len());
-    for (i, &b) in data.iter().enumerate() {
+    let base = page.va() as usize + offset;
+    let head = (base.next_multiple_of(8) - base).min(data.len());
+    let words = (data.len() - head) / 8;
+    for (i, &b) in data[..head].iter().enumerate() {
         // SAFETY: inside our page (checked above), mapped writable at va().
-        unsafe { ((page.va() as usize + offset + i) as *mut u8).write_volatile(b) };
+        unsafe { ((base + i) as *mut u8).write_volatile(b) };
+    }
+    for (w, chunk) in data[head..head + words * 8].chunks_exact(8).enumerate() {
+        let v = u64::from_ne_bytes(chunk.try_into().unwrap());
+        // SAFETY: an 8-byte aligned word inside our page, mapped writable.
+        unsafe { ((base + head + w * 8) as *mut u64).write_volatile(v) };
+    }
+    for (i, &b) in data[head + words * 8..].iter().enumerate() {
+        // SAFETY: inside our page, as above.
+        unsafe { ((base + head + words * 8 + i) as *mut u8).write_volatile(b) };
     }
 }
 
