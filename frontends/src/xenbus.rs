@@ -229,6 +229,76 @@ impl<'x, X: Xen> Device<'x, X> {
     }
 }
 
+/// A change in the set of devices of one kind under our `device/` directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceEvent {
+    /// `device/<kind>/<id>` appeared with its `backend` node (a hot attach).
+    Added(u32),
+    /// `device/<kind>/<id>` is gone (the toolstack removed it after a detach).
+    Removed(u32),
+}
+
+/// Watches `device/<kind>` for devices the toolstack attaches and removes while we
+/// run (`xl block-attach` / `xl block-detach` on our domain).
+pub struct DeviceWatch<'x, X: Xen> {
+    xen: &'x X,
+    kind: String,
+    watch: X::Watch,
+    known: alloc::collections::BTreeSet<u32>,
+    pending: alloc::collections::VecDeque<DeviceEvent>,
+}
+
+impl<'x, X: Xen> DeviceWatch<'x, X> {
+    /// Starts watching; devices present now are reported as `Added` first.
+    pub async fn new(xen: &'x X, kind: &str) -> Result<Self, Error> {
+        let watch = xen.watch(&format!("device/{kind}")).await?;
+        Ok(DeviceWatch { xen, kind: kind.to_string(), watch, known: Default::default(), pending: Default::default() })
+    }
+
+    /// Devices whose node is complete enough to connect (has `backend`).
+    async fn present(&self) -> Result<alloc::collections::BTreeSet<u32>, Error> {
+        let dir = format!("device/{}", self.kind);
+        let ids = match self.xen.directory(Tx::NONE, &dir).await {
+            Ok(ids) => ids,
+            Err(e) if e.is_missing() => alloc::vec::Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut present = alloc::collections::BTreeSet::new();
+        for id in ids.iter().filter_map(|i| i.parse::<u32>().ok()) {
+            if self.xen.read(Tx::NONE, &format!("{dir}/{id}/backend")).await.is_ok() {
+                present.insert(id);
+            }
+        }
+        Ok(present)
+    }
+
+    /// The next change, waiting at most `limit` (None when nothing changed in time).
+    pub async fn next(&mut self, limit: Duration) -> Result<Option<DeviceEvent>, Error> {
+        let deadline = self.xen.now_ns().saturating_add(limit.as_nanos() as u64);
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            let present = self.present().await?;
+            self.pending.extend(present.difference(&self.known).map(|&id| DeviceEvent::Added(id)));
+            self.pending.extend(self.known.difference(&present).map(|&id| DeviceEvent::Removed(id)));
+            self.known = present;
+            if !self.pending.is_empty() {
+                continue;
+            }
+            let now = self.xen.now_ns();
+            if now >= deadline {
+                return Ok(None);
+            }
+            match self.watch.next(Duration::from_nanos(deadline - now)).await {
+                Ok(_) => {}
+                Err(XenstoreError::Timeout) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 async fn read_node<X: Xen>(xen: &X, path: &str) -> Result<String, Error> {
     match xen.read_string(Tx::NONE, path).await {
         Ok(v) if !v.is_empty() => Ok(v),
@@ -426,6 +496,39 @@ mod tests {
             .unwrap();
         assert_eq!(result, Err(Error::TooManyConflicts));
         assert_eq!(front_node(&world, "ring-ref").as_deref(), Some("9"), "nothing of the failed attempts stuck");
+    }
+
+    #[test]
+    fn device_watch_reports_hot_attach_and_removal() {
+        let world = World::new();
+        let front = world.domain(FRONT);
+        let mut executor = Executor::new(&world);
+        let events = executor.spawn("frontend", async {
+            let mut watch = DeviceWatch::new(&front, "vbd").await.unwrap();
+            let mut seen = vec![];
+            while seen.len() < 3 {
+                match watch.next(Duration::from_secs(60)).await.unwrap() {
+                    Some(e) => seen.push(e),
+                    None => break,
+                }
+            }
+            seen
+        });
+        let toolstack_world = world.clone();
+        let back = world.domain(0);
+        executor.spawn("toolstack", async move {
+            back.sleep(Duration::from_millis(10)).await;
+            toolstack(&toolstack_world); // attaches vbd 768
+            back.sleep(Duration::from_millis(10)).await;
+            // A node without its backend entry yet is not a device yet.
+            toolstack_world.xenstore_write("/local/domain/5/device/vbd/832/state", b"1").unwrap();
+            back.sleep(Duration::from_millis(10)).await;
+            toolstack_world.xenstore_write("/local/domain/5/device/vbd/832/backend", b"/x").unwrap();
+            back.sleep(Duration::from_millis(10)).await;
+            toolstack_world.xenstore_rm(FRONT_NODE).unwrap();
+        });
+        executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
+        assert_eq!(events.take().unwrap(), [DeviceEvent::Added(768), DeviceEvent::Added(832), DeviceEvent::Removed(768)]);
     }
 
     #[test]

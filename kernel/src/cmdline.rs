@@ -41,6 +41,19 @@ impl<'a> Cmdline<'a> {
         core::str::from_utf8(self.value(key)?).ok()?.parse().ok()
     }
 
+    /// The value of `key=A.B.C.D/N` as an IPv4 address and prefix length.
+    pub fn ipv4_cidr(self, key: &str) -> Option<([u8; 4], u8)> {
+        let text = core::str::from_utf8(self.value(key)?).ok()?;
+        let (addr, prefix) = text.split_once('/')?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+        let mut octets = [0u8; 4];
+        let mut parts = addr.split('.');
+        for o in octets.iter_mut() {
+            *o = parts.next()?.parse().ok()?;
+        }
+        parts.next().is_none().then_some((octets, prefix))
+    }
+
     /// The whole line as text; a byte that is not UTF-8 shows as U+FFFD.
     pub fn display(self) -> LossyText<'a> {
         LossyText(self.0)
@@ -90,6 +103,15 @@ mod tests {
         assert_eq!(Cmdline::new(b"").log_level(), log::LevelFilter::Info);
         assert_eq!(Cmdline::new(b"rounds=10000 x=-1").number("rounds"), Some(10000));
         assert_eq!(Cmdline::new(b"x=-1").number("x"), None);
+    }
+
+    #[test]
+    fn ipv4_cidr_parses_and_rejects() {
+        let c = Cmdline::new(b"ip=192.0.2.2/24 bad=1.2.3/8 wide=1.2.3.4/33 long=1.2.3.4.5/8 big=256.1.1.1/8");
+        assert_eq!(c.ipv4_cidr("ip"), Some(([192, 0, 2, 2], 24)));
+        for key in ["bad", "wide", "long", "big", "missing"] {
+            assert_eq!(c.ipv4_cidr(key), None, "{key}");
+        }
     }
 
     #[test]

@@ -43,7 +43,10 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         #[cfg(feature = "selftests")]
         Some(b"blk") => peers::blk(cmdline.number("devid").unwrap_or(51712) as u32).await,
         #[cfg(feature = "selftests")]
-        Some(b"net") => peers::net([192, 0, 2, cmdline.number("host").unwrap_or(2) as u8], cmdline.number("connections").unwrap_or(1)).await,
+        Some(b"net") => {
+            let (ip, prefix) = cmdline.ipv4_cidr("ip").ok_or("selftest=net needs ip=A.B.C.D/N on the command line")?;
+            peers::net(ip, prefix, cmdline.number("connections").unwrap_or(1)).await
+        }
         #[cfg(feature = "selftests")]
         Some(b"blkhotplug") => peers::blk_hotplug(cmdline.number("devid").unwrap_or(51744) as u32).await,
         #[cfg(feature = "selftests")]

@@ -465,11 +465,16 @@ pub async fn blk_bench(devid: u32, options: frontends::blkfront::Options) -> Res
 pub async fn blk_hotplug(devid: u32) -> Result<()> {
     use frontends::blkfront::{Disk, Options};
     let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
-    let node = format!("device/vbd/{devid}");
+    use frontends::xenbus::{DeviceEvent, DeviceWatch};
+    let mut devices = DeviceWatch::new(&xen, "vbd").await.map_err(fail("watching device/vbd"))?;
     xs::write(xs::NO_TX, "data/hotplug-ready", b"1").await.map_err(fail("writing data/hotplug-ready"))?;
     let mut buf = alloc::vec![0u8; 1 << 20];
     for round in 1..=2u32 {
-        await_node(&format!("{node}/backend"), Duration::from_secs(120)).await?;
+        // The attach arrives as an event from the device watch.
+        match devices.next(Duration::from_secs(120)).await.map_err(fail("device watch"))? {
+            Some(DeviceEvent::Added(id)) if id == devid => {}
+            other => return Err(format!("round {round}: expected vbd {devid} to be attached, got {other:?}")),
+        }
         let disk = Disk::connect(&xen, devid, Options::default()).await.map_err(|e| format!("round {round}: connect: {e}"))?;
         disk.read(0, &mut buf).await.map_err(|e| format!("round {round}: first read: {e}"))?;
         check_sectors(&buf, 0, 0)?;
@@ -499,23 +504,19 @@ pub async fn blk_hotplug(devid: u32) -> Result<()> {
         };
         disk.close().await.map_err(|e| format!("round {round}: close: {e}"))?;
         println!("hotplug: round {round}: {how}; closed cleanly");
-        // libxl removes the device's nodes once we are Closed; wait for that before
-        // looking for the next attach.
-        let deadline = time::Deadline::after_ms(60_000);
-        while xs::read(xs::NO_TX, &format!("{node}/backend")).await.is_ok() {
-            if deadline.passed() {
-                return Err(format!("round {round}: {node} still there 60 s after close"));
-            }
-            time::sleep(Duration::from_millis(100)).await;
+        // libxl removes the device's nodes once we are Closed.
+        match devices.next(Duration::from_secs(60)).await.map_err(fail("device watch"))? {
+            Some(DeviceEvent::Removed(id)) if id == devid => {}
+            other => return Err(format!("round {round}: expected vbd {devid} to be removed, got {other:?}")),
         }
     }
     println!("hotplug: ok");
     Ok(())
 }
 
-/// The network: netfront + smoltcp at `ip`/24 answering pings (smoltcp replies to
+/// The network: netfront + smoltcp at `ip`/`prefix` answering pings (smoltcp replies to
 /// ICMP echo itself) and echoing TCP port 7, for `connections` connections.
-pub async fn net(ip: [u8; 4], connections: u64) -> Result<()> {
+pub async fn net(ip: [u8; 4], prefix: u8, connections: u64) -> Result<()> {
     use frontends::netfront::Netfront;
     use smoltcp::iface::{Config, Interface, SocketSet};
     use smoltcp::socket::tcp;
@@ -528,7 +529,7 @@ pub async fn net(ip: [u8; 4], connections: u64) -> Result<()> {
     config.random_seed = time::now_ns();
     let mut iface = Interface::new(config, &mut netdev, now());
     iface.update_ip_addrs(|addrs| {
-        let _ = addrs.push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), 24));
+        let _ = addrs.push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), prefix));
     });
     let mut sockets = SocketSet::new(alloc::vec![]);
     let socket = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 65536]), tcp::SocketBuffer::new(alloc::vec![0; 65536]));
@@ -539,7 +540,7 @@ pub async fn net(ip: [u8; 4], connections: u64) -> Result<()> {
     let sink = sockets.add(sink_socket);
     sockets.get_mut::<tcp::Socket>(sink).listen(5001).map_err(|e| format!("listen: {e:?}"))?;
     let (mut sunk, mut sink_open) = (0u64, false);
-    println!("net: {}.{}.{}.{}/24 up, mac {:02x?}", ip[0], ip[1], ip[2], ip[3], netdev.mac());
+    println!("net: {}.{}.{}.{}/{prefix} up, mac {:02x?}", ip[0], ip[1], ip[2], ip[3], netdev.mac());
     xs::write(xs::NO_TX, "data/net-ready", b"1").await.map_err(fail("writing data/net-ready"))?;
     let (mut served, mut echoed, mut was_open) = (0u64, 0u64, false);
     let deadline = time::Deadline::after_ms(300_000);

@@ -55,7 +55,7 @@ fn net(ctx: &mut Ctx) -> Result<Vec<(String, f64, &'static str)>, String> {
     let (mut image, mut linux) = (vec![], vec![]);
     for round in 0..3 {
         let name = format!("bench-image-net-{round}");
-        start_net_image(ctx, &name, "selftest=net host=2 connections=1")?;
+        start_net_image(ctx, &name, "selftest=net ip=192.0.2.2/24 connections=1")?;
         image.push(tcp_send_rate("192.0.2.2", BYTES)?);
         finish(&name)?;
         xl::destroy(&name);

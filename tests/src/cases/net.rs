@@ -42,7 +42,7 @@ pub fn start_net_image(ctx: &mut Ctx, name: &str, cmdline: &str) -> Result<u32, 
 fn ping_and_echo(ctx: &mut Ctx) -> Result<(), String> {
     const BYTES: usize = 10 << 20;
     let name = "net-test";
-    start_net_image(ctx, name, "selftest=net host=2 connections=1")?;
+    start_net_image(ctx, name, "selftest=net ip=192.0.2.2/24 connections=1")?;
     let ping = proc::run(Command::new("ping").args(["-c", "100", "-A", "-W", "5", "-w", "120", "192.0.2.2"]), Duration::from_secs(150))?;
     let summary = ping.stdout.lines().find(|l| l.contains("packets transmitted")).unwrap_or_default().to_string();
     if !summary.contains("100 packets transmitted, 100 packets received") {
