@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 const DIR: &str = "target/testbed";
 /// Bump when the way the base initramfs is assembled changes.
-const BASE_LAYOUT: u32 = 3;
+const BASE_LAYOUT: u32 = 4;
 const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -40,7 +40,7 @@ const PACKAGES: &[&str] = &[
     "libxen-dev",
 ];
 /// Kernel modules the Linux PV domU (the benchmarks' peer) loads.
-const DOMU_MODULES: &[&str] = &["xen-blkfront", "xen-netfront"];
+const DOMU_MODULES: &[&str] = &["xen-blkfront", "xen-netfront", "xen-gntalloc", "xen-evtchn"];
 /// Kernel modules dom0 loads (with their dependencies).
 const DOM0_MODULES: &[&str] =
     &["xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-blkback", "xen-netback", "loop", "bridge", "tun"];
@@ -192,6 +192,8 @@ fn build_domu_initramfs(dir: &Path, kver: &str, out: &Path) -> Result<()> {
     run(Command::new("mknod").args(["-m", "600"]).arg(root.join("dev/console")).args(["c", "5", "1"]))?;
     copy_with_libs(&root, "/usr/bin/dd")?;
     copy_with_libs(&root, "/usr/bin/date")?;
+    // A libxenvchan server for the vchan benchmark's Linux peer.
+    copy_with_libs(&root, &format!("{XEN_BIN}/vchan-socket-proxy"))?;
     symlink("/usr/bin/dd", root.join("bin/dd"))?;
     fs::copy("tests/dom0/domU-init", root.join("init"))?;
     copy_modules(&root, kver, DOMU_MODULES)?;

@@ -18,7 +18,7 @@ const SOCKET: &str = "/tmp/vchan-test.sock";
 const GREETING: &str = "rust-stubdom vchan echo\n";
 
 /// Kills the proxy when the test ends.
-struct Proxy(std::process::Child);
+pub struct Proxy(std::process::Child);
 
 impl Drop for Proxy {
     fn drop(&mut self) {
@@ -27,17 +27,59 @@ impl Drop for Proxy {
     }
 }
 
-fn connect() -> Result<(UnixStream, BufReader<UnixStream>), String> {
+/// Starts dom0's vchan-socket-proxy (client mode) for `domid`'s server at `path`,
+/// listening on SOCKET; it is killed when the returned guard drops.
+pub fn start_proxy(domid: u32, path: &str) -> Result<Proxy, String> {
+    xs::wait_for(&format!("{path}/event-channel"), Duration::from_secs(60), |_| true)?;
+    let _ = std::fs::remove_file(SOCKET);
+    Ok(Proxy(
+        Command::new("vchan-socket-proxy")
+            .args([&domid.to_string(), path, SOCKET])
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("vchan-socket-proxy: {e}"))?,
+    ))
+}
+
+/// Connects to the proxy; with `greeting`, reads and checks the image's greeting.
+fn connect_with(greeting: bool) -> Result<(UnixStream, BufReader<UnixStream>), String> {
     let stream = proc::poll(Duration::from_secs(30), Duration::from_millis(100), || UnixStream::connect(SOCKET).ok())
         .ok_or("cannot connect to the proxy's socket")?;
     stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut greeting = String::new();
-    reader.read_line(&mut greeting).map_err(|e| format!("reading the greeting: {e}"))?;
-    if greeting != GREETING {
-        return Err(format!("greeting was {greeting:?}"));
+    if greeting {
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(|e| format!("reading the greeting: {e}"))?;
+        if line != GREETING {
+            return Err(format!("greeting was {line:?}"));
+        }
     }
     Ok((stream, reader))
+}
+
+fn connect() -> Result<(UnixStream, BufReader<UnixStream>), String> {
+    connect_with(true)
+}
+
+/// Sends `bytes` pseudo-random bytes through the proxy and checks they come back;
+/// returns the time from the first byte sent to the last byte received.
+pub fn echo_exchange(greeting: bool, bytes: usize) -> Result<Duration, String> {
+    let (stream, mut reader) = connect_with(greeting)?;
+    let data: Vec<u8> = (0..bytes as u64).map(|i| (i.wrapping_mul(0x9e37_79b9) >> 13) as u8).collect();
+    let started = Instant::now();
+    let sent = data.clone();
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let send = std::thread::spawn(move || writer.write_all(&sent));
+    let mut back = vec![0u8; bytes];
+    reader.read_exact(&mut back).map_err(|e| format!("reading the echo: {e}"))?;
+    let elapsed = started.elapsed();
+    send.join().map_err(|_| "writer panicked")?.map_err(|e| format!("writing: {e}"))?;
+    if back != data {
+        let at = back.iter().zip(&data).position(|(a, b)| a != b).unwrap_or(0);
+        return Err(format!("echo differs from what was sent at byte {at}"));
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    Ok(elapsed)
 }
 
 fn proxy(ctx: &mut Ctx) -> Result<(), String> {
@@ -46,31 +88,10 @@ fn proxy(ctx: &mut Ctx) -> Result<(), String> {
     let name = "vchan-test";
     let domid = start_image(ctx, name, &format!("selftest=vchan connections={}", RECONNECTS + 1))?;
     let path = format!("/local/domain/{domid}/data/vchan");
-    xs::wait_for(&format!("{path}/event-channel"), Duration::from_secs(60), |_| true)?;
-    let _ = std::fs::remove_file(SOCKET);
-    let _proxy = Proxy(
-        Command::new("vchan-socket-proxy")
-            .args([&domid.to_string(), &path, SOCKET])
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("vchan-socket-proxy: {e}"))?,
-    );
+    let _proxy = start_proxy(domid, &path)?;
 
     // 10 MiB of pseudo-random bytes out, the same back, concurrently.
-    let (mut stream, mut reader) = connect()?;
-    let data: Vec<u8> = (0..BYTES as u64).map(|i| (i.wrapping_mul(0x9e37_79b9) >> 13) as u8).collect();
-    let started = Instant::now();
-    let sent = data.clone();
-    let writer = std::thread::spawn(move || stream.write_all(&sent).map(|()| stream));
-    let mut back = vec![0u8; BYTES];
-    reader.read_exact(&mut back).map_err(|e| format!("reading the echo: {e}"))?;
-    let elapsed = started.elapsed();
-    let stream = writer.join().map_err(|_| "writer panicked")?.map_err(|e| format!("writing: {e}"))?;
-    if back != data {
-        let at = back.iter().zip(&data).position(|(a, b)| a != b).unwrap_or(0);
-        return Err(format!("echo differs from what was sent at byte {at}"));
-    }
-    drop((stream, reader));
+    let elapsed = echo_exchange(true, BYTES)?;
     let rate = BYTES as f64 / elapsed.as_secs_f64() / 1e6;
 
     for i in 0..RECONNECTS {
