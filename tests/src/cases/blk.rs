@@ -80,7 +80,7 @@ fn qdisk_cdrom(ctx: &mut Ctx) -> Result<(), String> {
     Ok(())
 }
 
-fn xl_block(args: &[&str]) -> Result<(), String> {
+pub fn xl_block(args: &[&str]) -> Result<(), String> {
     let out = proc::run(Command::new("xl").args(args), Duration::from_secs(120))?;
     if out.success { Ok(()) } else { Err(format!("xl {}: {}{}", args.join(" "), out.stdout, out.stderr)) }
 }

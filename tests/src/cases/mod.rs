@@ -6,6 +6,7 @@ pub mod hvm;
 pub mod kernel;
 pub mod linux;
 pub mod net;
+pub mod qmp;
 pub mod runtime;
 pub mod stubdom;
 pub mod vchan;
@@ -21,6 +22,7 @@ pub fn all() -> Vec<Test> {
     v.extend(net::tests());
     v.extend(stubdom::tests());
     v.extend(vchan::tests());
+    v.extend(qmp::tests());
     v.extend(linux::tests());
     v.extend(hvm::tests());
     v

@@ -14,7 +14,7 @@ pub fn tests() -> Vec<Test> {
     vec![Test { name: "xen::vchan::proxy_exchanges_10_mib_then_reconnects_100_times", limit: Duration::from_secs(600), run: proxy }]
 }
 
-const SOCKET: &str = "/tmp/vchan-test.sock";
+pub const SOCKET: &str = "/tmp/vchan-test.sock";
 const GREETING: &str = "rust-stubdom vchan echo\n";
 
 /// Kills the proxy when the test ends.
