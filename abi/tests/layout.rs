@@ -1,10 +1,10 @@
 //! Checks every ABI struct's size and field offsets against Xen's own headers.
 //!
 //! A C program is compiled against /usr/include/xen (Debian's libxen-dev, which
-//! `cargo xtask` installs) and prints sizeof/offsetof; the Rust side must agree.
+//! `cargo xtask` installs) by the c-layout helper and prints sizeof/offsetof; the
+//! Rust side must agree.
 
 use std::mem::{offset_of, size_of};
-use std::process::Command;
 use xen_abi::console::XenconsInterface;
 use xen_abi::event_channel::{EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq};
 use xen_abi::grant_table::{
@@ -202,56 +202,15 @@ fn rust_constants() -> Vec<(&'static str, usize)> {
     ]
 }
 
-fn c_values(exprs: &[&str]) -> Vec<usize> {
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("xen-abi-layout-{}-{call}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut src = String::from(
-        "#include <stddef.h>\n#include <stdio.h>\n#include <stdint.h>\n\
-         #define __XEN_INTERFACE_VERSION__ 0x00040e00\n\
-         #include <xen/xen.h>\n#include <xen/callback.h>\n#include <xen/sched.h>\n\
-         #include <xen/event_channel.h>\n#include <xen/grant_table.h>\n#include <xen/elfnote.h>\n#include <xen/io/console.h>\n\
-         int main(void) {\n",
-    );
-    for e in exprs {
-        src.push_str(&format!("  printf(\"%lu\\n\", (unsigned long)({e}));\n"));
-    }
-    src.push_str("  return 0;\n}\n");
-    let c = dir.join("layout.c");
-    let exe = dir.join("layout");
-    std::fs::write(&c, src).unwrap();
-    let out = Command::new("cc")
-        .arg("-o")
-        .arg(&exe)
-        .arg(&c)
-        .output()
-        .expect("running cc (gcc) for the layout check");
-    assert!(
-        out.status.success(),
-        "compiling against /usr/include/xen failed (is libxen-dev installed?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(&exe).output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect()
-}
+/// The headers every check here compiles against.
+const PRELUDE: &str = "#define __XEN_INTERFACE_VERSION__ 0x00040e00\n\
+    #include <xen/xen.h>\n#include <xen/callback.h>\n#include <xen/sched.h>\n\
+    #include <xen/event_channel.h>\n#include <xen/grant_table.h>\n#include <xen/elfnote.h>\n\
+    #include <xen/io/console.h>\n";
 
 fn check(pairs: Vec<(&'static str, usize)>) {
-    let exprs: Vec<&str> = pairs.iter().map(|p| p.0).collect();
-    let c = c_values(&exprs);
-    assert_eq!(c.len(), pairs.len());
-    let wrong: Vec<String> = pairs
-        .iter()
-        .zip(&c)
-        .filter(|((_, r), c)| r != *c)
-        .map(|((e, r), c)| format!("{e}: Rust {r}, C {c}"))
-        .collect();
-    assert!(wrong.is_empty(), "layout mismatches:\n{}", wrong.join("\n"));
+    let pairs: Vec<(&str, u64)> = pairs.into_iter().map(|(e, v)| (e, v as u64)).collect();
+    c_layout::check(PRELUDE, &pairs);
 }
 
 #[test]

@@ -5,7 +5,6 @@
 //! the header; the sim tests' client, written from init.c, covers those.
 
 use frontends::vchan::layout::*;
-use std::process::Command;
 
 /// (C expression, Rust value) pairs.
 fn pairs() -> Vec<(&'static str, usize)> {
@@ -38,43 +37,10 @@ fn pairs() -> Vec<(&'static str, usize)> {
     ]
 }
 
-fn c_values(exprs: &[&str]) -> Vec<usize> {
-    let dir = std::env::temp_dir().join(format!("vchan-layout-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut src = String::from(
-        "#include <stddef.h>\n#include <stdio.h>\n#include <stdint.h>\n#include <sys/types.h>\n\
-         #include <xen/io/libxenvchan.h>\nint main(void) {\n",
-    );
-    for e in exprs {
-        src.push_str(&format!("  printf(\"%lu\\n\", (unsigned long)({e}));\n"));
-    }
-    src.push_str("  return 0;\n}\n");
-    let (c, exe) = (dir.join("layout.c"), dir.join("layout"));
-    std::fs::write(&c, src).unwrap();
-    let out = Command::new("cc").arg("-o").arg(&exe).arg(&c).output().expect("running cc for the layout check");
-    assert!(
-        out.status.success(),
-        "compiling against /usr/include/xen/io/libxenvchan.h failed (is libxen-dev installed?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(&exe).output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect()
-}
-
 #[test]
 fn vchan_interface_matches_libxenvchan_h() {
-    let pairs = pairs();
-    let exprs: Vec<&str> = pairs.iter().map(|p| p.0).collect();
-    let c = c_values(&exprs);
-    assert_eq!(c.len(), pairs.len());
-    let wrong: Vec<String> = pairs
-        .iter()
-        .zip(&c)
-        .filter(|((_, rust), c)| rust != *c)
-        .map(|((e, rust), c)| format!("{e}: Rust {rust}, C {c}"))
-        .collect();
-    assert!(wrong.is_empty(), "layout mismatches:\n{}", wrong.join("\n"));
+    let pairs: Vec<(&str, u64)> = pairs().into_iter().map(|(e, v)| (e, v as u64)).collect();
+    c_layout::check("#include <sys/types.h>\n#include <xen/io/libxenvchan.h>\n", &pairs);
 }
 
 #[test]
