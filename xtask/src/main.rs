@@ -6,6 +6,7 @@
 mod bench;
 mod host;
 mod image;
+mod qmp_client;
 mod results;
 mod testbed;
 
@@ -88,6 +89,7 @@ fn test(filter: &str) -> Result<()> {
 
     println!("== host tests");
     host::unit_tests(filter, &mut tally)?;
+    qmp_client::host_tests(filter, &mut tally)?;
 
     let images = image::build_both()?;
     let suite = host::build_suite()?;
