@@ -981,6 +981,10 @@ pub struct Disk<'x, X: Xen> {
     inner: RefCell<Inner<X>>,
     /// Everything was released (by `close` or a failed `connect`).
     closed: Cell<bool>,
+    /// The backend's state changed and has not been read since: set before the read
+    /// and cleared after it, so a caller cancelled mid-read (a short timeout around
+    /// `watch_backend`) does not lose the change.
+    backend_changed: Cell<bool>,
 }
 
 impl<'x, X: Xen> Disk<'x, X> {
@@ -1015,6 +1019,7 @@ impl<'x, X: Xen> Disk<'x, X> {
             options,
             inner: RefCell::new(Inner::new(backend_id)),
             closed: Cell::new(false),
+            backend_changed: Cell::new(false),
         };
         match disk.handshake(order).await {
             Ok(()) => Ok(disk),
@@ -1363,6 +1368,9 @@ impl<'x, X: Xen> Disk<'x, X> {
 
     async fn lead(&self, deadline: u64, ready: &impl Fn(&Inner<X>) -> bool) -> bool {
         loop {
+            if self.backend_changed.get() {
+                self.check_backend().await;
+            }
             {
                 let mut inner = self.inner.borrow_mut();
                 inner.process_responses(self.xen);
@@ -1395,7 +1403,10 @@ impl<'x, X: Xen> Disk<'x, X> {
             };
             match woke {
                 Woke::Event | Woke::Condition | Woke::Watch(Err(XenstoreError::Timeout)) => {}
-                Woke::Watch(Ok(_)) => self.check_backend().await,
+                Woke::Watch(Ok(_)) => {
+                    self.backend_changed.set(true);
+                    self.check_backend().await;
+                }
                 Woke::Watch(Err(e)) => self.inner.borrow_mut().fail(e.into()),
             }
         }
@@ -1425,6 +1436,7 @@ impl<'x, X: Xen> Disk<'x, X> {
             Ok(Some(state @ (State::Closing | State::Closed))) => Some(Some(state)),
             _ => None,
         };
+        self.backend_changed.set(false);
         if let Some(state) = gone {
             self.inner.borrow_mut().fail(Error::BackendGone { state });
         }

@@ -58,9 +58,7 @@ pub async fn serve(path: &str, cd_devid: u32) -> Result<(), String> {
     let xen = KernelXen::new().await.map_err(|e| format!("reading our domid: {e}"))?;
     let mut engine = Engine::new(NoDevices, EngineConfig::default());
     let mut devices = DeviceWatch::new(&xen, "vbd").await.map_err(|e| format!("watching device/vbd: {e}"))?;
-    // Each connected PV disk with a watch on its backend's state (kept across loop
-    // turns, so a detach is seen without re-registering anything).
-    let mut disks: BTreeMap<u32, (Disk<'_, KernelXen>, xs::Watch, String)> = BTreeMap::new();
+    let mut disks: BTreeMap<u32, Disk<'_, KernelXen>> = BTreeMap::new();
     let mut drive_added = false;
     let mut server = Server::listen(&xen, 0, path, Orders::DEFAULT).await.map_err(|e| format!("vchan listen: {e}"))?;
     server.read_timeout = Duration::from_millis(20);
@@ -80,12 +78,7 @@ pub async fn serve(path: &str, cd_devid: u32) -> Result<(), String> {
                     let info = PvDiskInfo { read_only: disk.info().read_only, size_bytes: disk.info().capacity_bytes() };
                     let fdset = engine.pv_disk_connected(devid, info);
                     println!("qmp: PV disk {devid} connected ({} bytes) as fdset {fdset}", info.size_bytes);
-                    let backend = xs::read_string(xs::NO_TX, &format!("device/vbd/{devid}/backend"))
-                        .await
-                        .map_err(|e| format!("disk {devid}'s backend: {e}"))?;
-                    let state = format!("{backend}/state");
-                    let watch = xs::watch(&state).await.map_err(|e| format!("watching {state}: {e}"))?;
-                    disks.insert(devid, (disk, watch, state));
+                    disks.insert(devid, disk);
                     if devid == cd_devid && !drive_added {
                         let medium = MediumSource { filename: format!("/dev/fdset/{fdset}"), format: Some("host_device".into()) };
                         engine
@@ -98,23 +91,18 @@ pub async fn serve(path: &str, cd_devid: u32) -> Result<(), String> {
             }
         }
         // A detach shows first as the backend closing: close our side so it completes.
+        // (Polled with a 1 ms limit: blkfront keeps a backend change it saw but had no
+        // time to read, so the next poll still reports it.)
         let mut gone = Vec::new();
-        for (&devid, (_, watch, state)) in &disks {
-            if watch.next_event(Duration::from_millis(1)).await.is_ok() {
-                // Closing (5), Closed (6) or gone: the toolstack is detaching it.
-                let closing = match xs::read_string(xs::NO_TX, state).await {
-                    Ok(s) => s.trim().parse::<u32>().map_or(true, |s| s >= 5),
-                    Err(_) => true,
-                };
-                if closing {
-                    println!("qmp: PV disk {devid} detached");
-                    gone.push(devid);
-                }
+        for (&devid, disk) in &disks {
+            if let Ok(reason) = time::timeout(Duration::from_millis(1), disk.watch_backend()).await {
+                println!("qmp: PV disk {devid} detached ({reason})");
+                gone.push(devid);
             }
         }
         for devid in gone {
             engine.pv_disk_disconnected(devid);
-            if let Some((disk, _, _)) = disks.remove(&devid) {
+            if let Some(disk) = disks.remove(&devid) {
                 let _ = disk.close().await;
             }
         }
@@ -141,7 +129,7 @@ pub async fn serve(path: &str, cd_devid: u32) -> Result<(), String> {
             }
         }
     }
-    for (_, (disk, _, _)) in disks {
+    for (_, disk) in disks {
         let _ = disk.close().await;
     }
     let _ = server.shutdown().await;
