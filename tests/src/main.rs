@@ -6,6 +6,8 @@
 //! log written by xenconsoled, hypervisor log). Results go to dom0's console, which
 //! is the test bed's serial port, as `test xen::NAME ... ok|FAILED`; xtask reads them
 //! from there. Lines starting with `@@` carry guest console logs and failure details.
+//! `xen-suite bench` runs the throughput comparisons (`cargo xtask bench`) and prints
+//! `@@bench <name>| <value> <unit>`; `xen-suite demo` is `cargo xtask run`'s job.
 
 mod cases;
 mod dom0;

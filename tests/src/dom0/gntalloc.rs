@@ -8,7 +8,7 @@
 //! guest still has the page mapped then, the kernel keeps the page until the guest
 //! unmaps it: releasing never waits for the guest.
 
-use super::gntdev::PAGE_SIZE;
+use super::{PAGE_SIZE, page_range};
 use super::{check, ioctl_none, open_device};
 use std::fs::File;
 use std::io;
@@ -194,14 +194,6 @@ fn dealloc_index(device: &File, index: u64) -> Result<(), String> {
     check(result, || format!("IOCTL_GNTALLOC_DEALLOC_GREF at index {index:#x} on {DEVICE}")).map(drop)
 }
 
-/// The page offsets that `len` bytes at `offset` cover, if they fit in the page.
-fn page_range(offset: usize, len: usize) -> Result<std::ops::Range<usize>, String> {
-    match offset.checked_add(len) {
-        Some(end) if end <= PAGE_SIZE => Ok(offset..end),
-        _ => Err(format!("{len} bytes at offset {offset} do not fit in a {PAGE_SIZE}-byte page")),
-    }
-}
-
 /// (C expression, Rust value) pairs for the header check in `dom0::tests`.
 #[cfg(test)]
 pub(super) fn abi_facts() -> Vec<(&'static str, usize)> {
@@ -312,14 +304,5 @@ mod tests {
         // munmap worked; only the ioctl failed, and the error names it and the grant.
         assert!(!err.contains("munmap"), "{err}");
         assert!(err.contains("IOCTL_GNTALLOC_DEALLOC_GREF at index 0x1000") && err.contains("grant ref 42"), "{err}");
-    }
-
-    #[test]
-    fn page_range_accepts_only_what_fits() {
-        assert_eq!(page_range(0, PAGE_SIZE), Ok(0..PAGE_SIZE));
-        assert_eq!(page_range(4090, 6), Ok(4090..4096));
-        assert_eq!(page_range(PAGE_SIZE, 0), Ok(PAGE_SIZE..PAGE_SIZE));
-        assert!(page_range(4090, 7).unwrap_err().contains("7 bytes at offset 4090"));
-        assert!(page_range(usize::MAX, 2).is_err());
     }
 }

@@ -16,7 +16,8 @@ use std::ptr;
 pub const DEVICE: &str = "/dev/xen/gntdev";
 
 /// The size of a granted page (Xen's page size on x86).
-pub const PAGE_SIZE: usize = 4096;
+pub use super::PAGE_SIZE;
+use super::page_range;
 
 /// `struct ioctl_gntdev_grant_ref`.
 #[repr(C)]
@@ -180,14 +181,6 @@ fn unmap_index(device: &File, index: u64) -> Result<(), String> {
     check(result, || format!("IOCTL_GNTDEV_UNMAP_GRANT_REF at index {index:#x} on {DEVICE}")).map(drop)
 }
 
-/// The page offsets that `len` bytes at `offset` cover, if they fit in the page.
-fn page_range(offset: usize, len: usize) -> Result<std::ops::Range<usize>, String> {
-    match offset.checked_add(len) {
-        Some(end) if end <= PAGE_SIZE => Ok(offset..end),
-        _ => Err(format!("{len} bytes at offset {offset} do not fit in a {PAGE_SIZE}-byte page")),
-    }
-}
-
 /// (C expression, Rust value) pairs for the header check in `dom0::tests`.
 #[cfg(test)]
 pub(super) fn abi_facts() -> Vec<(&'static str, usize)> {
@@ -228,14 +221,5 @@ mod tests {
         let device = GrantDevice { device: File::options().read(true).write(true).open("/dev/null").unwrap() };
         let err = device.map(3, 8, false).unwrap_err();
         assert!(err.contains("grant ref 8 of domain 3") && err.contains(DEVICE), "{err}");
-    }
-
-    #[test]
-    fn page_range_accepts_only_what_fits() {
-        assert_eq!(page_range(0, PAGE_SIZE), Ok(0..PAGE_SIZE));
-        assert_eq!(page_range(4090, 6), Ok(4090..4096));
-        assert_eq!(page_range(PAGE_SIZE, 0), Ok(PAGE_SIZE..PAGE_SIZE));
-        assert!(page_range(4090, 7).unwrap_err().contains("7 bytes at offset 4090"));
-        assert!(page_range(usize::MAX, 2).is_err());
     }
 }

@@ -19,6 +19,18 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 
+/// Bytes in one granted page.
+pub const PAGE_SIZE: usize = 4096;
+
+/// The page offsets that `len` bytes at `offset` cover, if they fit in the page
+/// (shared by the gntdev and gntalloc mappings).
+pub(crate) fn page_range(offset: usize, len: usize) -> Result<std::ops::Range<usize>, String> {
+    match offset.checked_add(len) {
+        Some(end) if end <= PAGE_SIZE => Ok(offset..end),
+        _ => Err(format!("{len} bytes at offset {offset} do not fit in a {PAGE_SIZE}-byte page")),
+    }
+}
+
 /// Linux's `_IOC(_IOC_NONE, kind, number, size)`: no direction bits (the Xen drivers
 /// ignore them), the argument size in bits 16..30, the type in 8..16, the number in 0..8.
 pub(crate) const fn ioctl_none(kind: u8, number: u8, size: usize) -> u32 {
@@ -64,6 +76,15 @@ mod tests {
                        #include <xen/xen.h>\n#include <xen/event_channel.h>\n#include <xen/sys/evtchn.h>\n\
                        #include <xen/sys/gntdev.h>\n#include <xen/sys/gntalloc.h>\n";
         c_layout::check(prelude, &pairs);
+    }
+
+    #[test]
+    fn page_range_accepts_only_what_fits() {
+        assert_eq!(page_range(0, PAGE_SIZE), Ok(0..PAGE_SIZE));
+        assert_eq!(page_range(4090, 6), Ok(4090..4096));
+        assert_eq!(page_range(PAGE_SIZE, 0), Ok(PAGE_SIZE..PAGE_SIZE));
+        assert!(page_range(4090, 7).unwrap_err().contains("7 bytes at offset 4090"));
+        assert!(page_range(usize::MAX, 2).is_err());
     }
 
     #[test]
