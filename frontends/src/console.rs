@@ -117,6 +117,27 @@ impl<'x, X: Xen> Console<'x, X> {
         Ok(())
     }
 
+    /// Waits until the backend has taken everything written (a state file on the save
+    /// console is complete in dom0 only then); fails if it stalls for `WRITE_WAIT`.
+    pub async fn drain(&self) -> Result<(), ConsoleError> {
+        let mut last = self.indexes(ring::OUT_CONS_OFFSET, ring::OUT_PROD_OFFSET, OUT_RING_SIZE)?;
+        let mut last_progress = self.xen.now_ns();
+        loop {
+            let now = self.indexes(ring::OUT_CONS_OFFSET, ring::OUT_PROD_OFFSET, OUT_RING_SIZE)?;
+            if now.2 == 0 {
+                return Ok(());
+            }
+            if now.0 != last.0 {
+                last = now;
+                last_progress = self.xen.now_ns();
+            } else if self.xen.now_ns() - last_progress > WRITE_WAIT.as_nanos() as u64 {
+                return Err(ConsoleError::Stalled);
+            }
+            let _ = self.xen.notify(self.port);
+            wait_or_sleep(self.xen, self.port, Duration::from_millis(20)).await;
+        }
+    }
+
     /// Reads what dom0 sent, waiting at most `limit` for something to arrive;
     /// returns 0 on timeout.
     pub async fn read(&self, buf: &mut [u8], limit: Duration) -> Result<usize, ConsoleError> {
@@ -268,6 +289,7 @@ mod tests {
         let mut executor = Executor::new(&world);
         executor.spawn("backend", backend(back, to_guest.clone(), to_dom0.len(), got.clone(), true));
         let expected_in = to_guest.len();
+        let taken = got.clone();
         let received = executor.spawn("console", async move {
             let console = Console::connect(&front, 3).await.unwrap();
             console.write(&to_dom0[..10]).await.unwrap();
@@ -283,6 +305,9 @@ mod tests {
                 let n = console.read(&mut buf, Duration::from_millis(10)).await.unwrap();
                 received.extend_from_slice(&buf[..n]);
             }
+            // Once drained, dom0 holds every byte written.
+            console.drain().await.unwrap();
+            assert_eq!(taken.borrow().len(), 100_000);
             console.close().await.unwrap();
             received
         });
@@ -303,6 +328,8 @@ mod tests {
         executor.spawn_background("backend", backend(back, Vec::new(), 0, got, false));
         let result = executor.spawn("console", async move {
             let console = Console::connect(&front, 3).await.unwrap();
+            console.write(&pattern(100, 1)).await.unwrap();
+            assert_eq!(console.drain().await, Err(ConsoleError::Stalled));
             console.write(&pattern(10_000, 1)).await
         });
         executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));

@@ -21,6 +21,8 @@ mod arch;
 #[macro_use]
 mod console;
 #[cfg(not(test))]
+mod device_model;
+#[cfg(not(test))]
 mod events;
 #[cfg(not(test))]
 mod executor;
@@ -51,7 +53,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 mod boot {
     use crate::arch::{self, hypercall};
     use crate::cmdline::Cmdline;
-    use crate::{console, executor, gnttab, logger, mm, selftest, shared_info, xs};
+    use crate::{console, device_model, executor, gnttab, logger, mm, selftest, shared_info, xs};
     use xen_abi::sched::ShutdownReason;
     use xen_abi::start_info::StartInfo;
 
@@ -97,10 +99,17 @@ mod boot {
         }
         log::info!("memory: {:?}", mm::stats());
 
-        match executor::block_on(selftest::run(cmdline)) {
+        // A self-test named on the command line, or else the device model if this
+        // start asks for one (as a stub domain, or `qmp.path=`), or else nothing.
+        let (what, outcome) = if cmdline.value("selftest").is_some() {
+            ("selftest", executor::block_on(selftest::run(cmdline)))
+        } else {
+            ("device model", executor::block_on(device_model::run(cmdline)).map(drop))
+        };
+        match outcome {
             Ok(()) => {}
             Err(e) => {
-                println!("selftest: FAILED: {e}");
+                println!("{what}: FAILED: {e}");
                 console::flush();
                 hypercall::shutdown(ShutdownReason::Crash);
             }

@@ -5,8 +5,6 @@
 
 #[cfg(feature = "selftests")]
 mod peers;
-#[cfg(feature = "selftests")]
-mod qmp_service;
 
 use crate::cmdline::Cmdline;
 #[cfg(feature = "selftests")]
@@ -48,11 +46,6 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         Some(b"net") => {
             let (ip, prefix) = cmdline.ipv4_cidr("ip").ok_or("selftest=net needs ip=A.B.C.D/N on the command line")?;
             peers::net(ip, prefix, cmdline.number("connections").unwrap_or(1)).await
-        }
-        #[cfg(feature = "selftests")]
-        Some(b"qmp") => {
-            let path = cmdline.value("qmp.path").and_then(|p| core::str::from_utf8(p).ok()).unwrap_or("data/qmp-vchan");
-            qmp_service::serve(path, cmdline.number("cd").unwrap_or(5632) as u32).await
         }
         #[cfg(feature = "selftests")]
         Some(b"blkhotplug") => peers::blk_hotplug(cmdline.number("devid").unwrap_or(51744) as u32).await,

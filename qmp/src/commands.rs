@@ -49,11 +49,12 @@ use crate::json::Object;
 use crate::protocol::{Timestamp, VersionInfo};
 
 /// Every command this server knows, in the order `query-commands` lists them.
-pub const COMMANDS: [&str; 18] = [
+pub const COMMANDS: [&str; 19] = [
     "qmp_capabilities",
     "query-version",
     "query-commands",
     "query-status",
+    "query-cpus-fast",
     "stop",
     "cont",
     "quit",
@@ -177,6 +178,8 @@ pub struct EngineConfig {
     pub run_state: RunState,
     /// the PV console registered as fdset 1, the save channel (libxl's console 1)
     pub save_console: u32,
+    /// the guest's vCPUs, all online (`-smp`; there is no CPU hotplug)
+    pub vcpus: u32,
 }
 
 impl Default for EngineConfig {
@@ -185,6 +188,7 @@ impl Default for EngineConfig {
             version: VersionInfo::default(),
             run_state: RunState::Running,
             save_console: 1,
+            vcpus: 1,
         }
     }
 }
@@ -201,6 +205,7 @@ pub struct Engine<D: DeviceModel> {
     block: BlockLayer,
     events: VecDeque<TimedEvent>,
     quit_requested: bool,
+    vcpus: u32,
 }
 
 impl<D: DeviceModel> Engine<D> {
@@ -219,6 +224,7 @@ impl<D: DeviceModel> Engine<D> {
             block,
             events: VecDeque::new(),
             quit_requested: false,
+            vcpus: config.vcpus,
         }
     }
 
@@ -361,6 +367,24 @@ impl<D: DeviceModel> Engine<D> {
                     "running": self.run_state == RunState::Running,
                     "status": self.run_state.as_str(),
                 }))
+            }
+            "query-cpus-fast" => {
+                // libxl reads the online vCPUs from it (xl save, xl list -l): QEMU's
+                // CpuInfoFast for qemu-system-i386, one socket per vCPU.
+                args.finish()?;
+                Ok(serde_json::Value::Array(
+                    (0..self.vcpus)
+                        .map(|cpu| {
+                            json!({
+                                "cpu-index": cpu,
+                                "qom-path": format!("/machine/unattached/device[{cpu}]"),
+                                "thread-id": cpu,
+                                "props": { "socket-id": cpu, "core-id": 0, "thread-id": 0 },
+                                "target": "i386",
+                            })
+                        })
+                        .collect(),
+                ))
             }
             "stop" => {
                 args.finish()?;

@@ -261,3 +261,31 @@ fn fdsets_outlive_connections_and_each_connection_negotiates_again() {
     let save = before.as_array().unwrap().iter().find(|set| set["fdset-id"] == 1).unwrap();
     assert_eq!(save["fds"][0]["opaque"], "stub-console:1");
 }
+
+#[test]
+fn xl_save_first_reads_the_online_vcpus_with_query_cpus_fast() {
+    // libxl_retrieve_domain_configuration (xl save, xl list -l) asks query-cpus-fast and
+    // falls back to query-cpus; a failure of both fails the save. libxl sets one bit of
+    // the online map per entry's cpu-index (qmp_parse_query_cpus_fast).
+    let mut client = Client::negotiated();
+    let mut libxl = Libxl::connect(&mut client);
+    let exchange = libxl.send("query-cpus-fast", None);
+    let cpus = exchange.ok().as_array().unwrap();
+    let indexes: Vec<i64> = cpus.iter().map(|cpu| cpu["cpu-index"].as_i64().unwrap()).collect();
+    assert_eq!(indexes, [0]);
+    assert_eq!(cpus[0]["target"], json!("i386"));
+    assert_eq!(cpus[0]["props"]["socket-id"], json!(0));
+}
+
+#[test]
+fn query_cpus_fast_lists_every_vcpu_of_the_command_line() {
+    let config = qmp::EngineConfig { vcpus: 4, ..qmp::EngineConfig::default() };
+    let mut engine = qmp::Engine::new(qmp::sim::SimDeviceModel::default(), config);
+    let mut session = engine.open_session();
+    let now = qmp::Timestamp::new(0, 0);
+    session.feed(&mut engine, b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-cpus-fast\",\"id\":7}", now);
+    let output = String::from_utf8(session.take_output()).unwrap();
+    let reply: Value = serde_json::from_str(output.trim_end().lines().last().unwrap()).unwrap();
+    let indexes: Vec<i64> = reply["return"].as_array().unwrap().iter().map(|c| c["cpu-index"].as_i64().unwrap()).collect();
+    assert_eq!(indexes, [0, 1, 2, 3]);
+}

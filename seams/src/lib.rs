@@ -68,6 +68,35 @@ pub trait Clock {
     fn now_ns(&self) -> u64;
     /// Completes after `duration`.
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
+
+    /// Runs `future` but gives up after `limit`.
+    fn timeout<F: Future>(&self, limit: Duration, future: F) -> impl Future<Output = Result<F::Output, TimedOut>> {
+        let sleep = self.sleep(limit);
+        async move {
+            let mut future = core::pin::pin!(future);
+            let mut sleep = core::pin::pin!(sleep);
+            core::future::poll_fn(|cx| {
+                if let core::task::Poll::Ready(value) = future.as_mut().poll(cx) {
+                    return core::task::Poll::Ready(Ok(value));
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return core::task::Poll::Ready(Err(TimedOut));
+                }
+                core::task::Poll::Pending
+            })
+            .await
+        }
+    }
+}
+
+/// A bounded wait ([`Clock::timeout`]) ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedOut;
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "timed out")
+    }
 }
 
 /// Event channels to other domains.

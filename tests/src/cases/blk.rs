@@ -80,9 +80,19 @@ fn qdisk_cdrom(ctx: &mut Ctx) -> Result<(), String> {
     Ok(())
 }
 
+/// `xl block-attach|block-detach ...`; a failure reports xl's verbose log and the
+/// domain's vbd backends.
 pub fn xl_block(args: &[&str]) -> Result<(), String> {
-    let out = proc::run(Command::new("xl").args(args), Duration::from_secs(120))?;
-    if out.success { Ok(()) } else { Err(format!("xl {}: {}{}", args.join(" "), out.stdout, out.stderr)) }
+    let out = proc::run(Command::new("xl").arg("-vvv").args(args), Duration::from_secs(120))?;
+    if out.success {
+        return Ok(());
+    }
+    let backends = args
+        .get(1)
+        .and_then(|dom| proc::run(Command::new("xenstore-ls").arg(format!("/local/domain/0/backend/vbd/{dom}")), Duration::from_secs(20)).ok())
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    Err(format!("xl {}: {}{}\nbackend/vbd/{}:\n{backends}", args.join(" "), out.stdout, out.stderr, args.get(1).unwrap_or(&"")))
 }
 
 /// `xl block-attach` a disk to the running image, `xl block-detach` it while the

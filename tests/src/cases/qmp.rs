@@ -19,17 +19,18 @@ pub fn tests() -> Vec<Test> {
     vec![Test { name: "xen::qmp::cd_insert_over_vchan_with_pv_disk_swap", limit: Duration::from_secs(400), run: cd_insert }]
 }
 
-/// A QMP client on the proxy's socket.
-struct Client {
+/// A QMP client on a vchan-socket-proxy's socket.
+pub struct Client {
     stream: UnixStream,
     reader: BufReader<UnixStream>,
     next_id: u64,
 }
 
 impl Client {
-    fn connect() -> Result<(Self, Value), String> {
-        let stream = proc::poll(Duration::from_secs(30), Duration::from_millis(100), || UnixStream::connect(SOCKET).ok())
-            .ok_or("cannot connect to the proxy's socket")?;
+    /// Connects to `socket`; returns the client and the greeting.
+    pub fn connect(socket: &str) -> Result<(Self, Value), String> {
+        let stream = proc::poll(Duration::from_secs(30), Duration::from_millis(100), || UnixStream::connect(socket).ok())
+            .ok_or_else(|| format!("cannot connect to {socket}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
         let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
         let mut client = Client { stream, reader, next_id: 1 };
@@ -44,7 +45,7 @@ impl Client {
     }
 
     /// Runs a command; returns its `return` value, or Err with the error reply.
-    fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
         let id = self.next_id;
         self.next_id += 1;
         let mut request = json!({ "execute": command, "id": id });
@@ -67,8 +68,20 @@ impl Client {
         }
     }
 
+    /// query-block's entry for the drive whose device or qdev id is `id`.
+    pub fn drive(&mut self, id: &str) -> Result<Value, String> {
+        let block = self.execute("query-block", Value::Null)?;
+        block
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["qdev"] == json!(id) || d["device"] == json!(id))
+            .cloned()
+            .ok_or_else(|| format!("no {id} in query-block: {block}"))
+    }
+
     /// The fdset whose entry is `stub-devid:<devid>`.
-    fn stub_fdset(&mut self, devid: u32) -> Result<Option<i64>, String> {
+    pub fn stub_fdset(&mut self, devid: u32) -> Result<Option<i64>, String> {
         let fdsets = self.execute("query-fdsets", Value::Null)?;
         let opaque = format!("stub-devid:{devid}");
         Ok(fdsets.as_array().into_iter().flatten().find_map(|set| {
@@ -79,62 +92,61 @@ impl Client {
 }
 
 fn cd_insert(ctx: &mut Ctx) -> Result<(), String> {
-    const CD: u32 = 5632; // hdc, as libxl numbers it
     patterned_disk("/tmp/cd-old.iso", 4)?;
-    patterned_disk("/tmp/cd-new.iso", 8)?;
     let name = "qmp-test";
     let cfg = ctx.prepare_domain(
         name,
         &pv_config_with(
             name,
             16,
-            "selftest=qmp qmp.path=data/qmp-vchan cd=5632",
+            "qmp.path=data/qmp-vchan cd=5632",
             "disk = [ \"format=raw, vdev=hdc, access=ro, devtype=cdrom, target=/tmp/cd-old.iso\" ]\n",
         ),
     )?;
     xl::create(&cfg)?;
     let domid = xl::domid(name)?;
-    let dom = domid.to_string();
-    xs::wait_for(&data_path(domid, "qmp-ready"), Duration::from_secs(60), |v| v == "1")?;
+    xs::wait_for(&data_path(domid, "qmp-state"), Duration::from_secs(60), |v| v == "running")?;
     let _proxy = start_proxy(domid, &format!("/local/domain/{domid}/data/qmp-vchan"))?;
-    let (mut qmp, greeting) = Client::connect()?;
+    let (mut qmp, greeting) = Client::connect(SOCKET)?;
     let version = &greeting["QMP"]["version"]["qemu"];
     if version["major"].as_i64().unwrap_or(0) < 3 {
         return Err(format!("greeting {greeting}: libxl wants a QEMU >= 2.11 to use its modern forms"));
     }
     qmp.execute("qmp_capabilities", Value::Null)?;
+    let (old, new, drive) = change_cd(&mut qmp, &domid.to_string(), "hdc", 5632, 8)?;
+    qmp.execute("quit", Value::Null).ok();
+    drop(qmp);
+    let log = finish(name)?;
+    expect_contains(&log, "PV disk 5632: 4194304 bytes, read-only as fdset", "console log")?;
+    expect_contains(&log, "PV disk 5632: 8388608 bytes, read-only as fdset", "console log")?;
+    expect_contains(&log, "device model: quit", "console log")?;
+    println!("@@metric xen::qmp::cd_insert_over_vchan_with_pv_disk_swap| fdset {old} -> {new}; ide-5632: {}", drive["inserted"]);
+    Ok(())
+}
 
-    // libxl_disk.c, cd-insert on a stub domain:
+/// libxl_disk.c's cd-insert on a stub domain (4.20), with dom0 swapping the PV disk of
+/// `domain` (the stub domain): a new `mib`-MiB image replaces CD-ROM `vdev` (devid
+/// `devid`). Returns
+/// the old and new fdsets and the drive's query-block entry afterwards.
+pub fn change_cd(qmp: &mut Client, domain: &str, vdev: &str, devid: u32, mib: u64) -> Result<(i64, i64, Value), String> {
+    let iso = format!("/tmp/cd-{mib}m.iso");
+    patterned_disk(&iso, mib)?;
     qmp.execute("query-version", Value::Null)?;
-    qmp.execute("eject", json!({ "id": format!("ide-{CD}") }))?;
-    let old = qmp.stub_fdset(CD)?.ok_or("no stub-devid:5632 fdset before the swap")?;
+    qmp.execute("eject", json!({ "id": format!("ide-{devid}") }))?;
+    let old = qmp.stub_fdset(devid)?.ok_or_else(|| format!("no stub-devid:{devid} fdset before the swap"))?;
     qmp.execute("remove-fd", json!({ "fdset-id": old }))?;
-    xl_block(&["block-detach", &dom, "hdc"])?;
-    xl_block(&["block-attach", &dom, "format=raw, vdev=hdc, access=ro, devtype=cdrom, target=/tmp/cd-new.iso"])?;
-    let new = proc::poll(Duration::from_secs(40), Duration::from_millis(200), || qmp.stub_fdset(CD).ok().flatten())
+    xl_block(&["block-detach", domain, &vdev])?;
+    xl_block(&["block-attach", domain, &format!("format=raw, vdev={vdev}, access=ro, devtype=cdrom, target={iso}")])?;
+    let new = proc::poll(Duration::from_secs(40), Duration::from_millis(200), || qmp.stub_fdset(devid).ok().flatten())
         .ok_or("the new PV disk never appeared in query-fdsets")?;
     let filename = format!("/dev/fdset/{new}");
     qmp.execute(
         "blockdev-change-medium",
-        json!({ "id": format!("ide-{CD}"), "filename": filename, "format": "host_device" }),
+        json!({ "id": format!("ide-{devid}"), "filename": filename, "format": "host_device" }),
     )?;
-    let block = qmp.execute("query-block", Value::Null)?;
-    let drive = block
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|d| d["qdev"] == json!(format!("ide-{CD}")) || d["device"] == json!(format!("ide-{CD}")))
-        .ok_or_else(|| format!("no ide-{CD} in query-block: {block}"))?
-        .clone();
-    if drive["inserted"]["file"] != json!(filename) {
-        return Err(format!("after the change, ide-{CD} is {drive}"));
+    let drive = qmp.drive(&format!("ide-{devid}"))?;
+    if drive["inserted"]["file"] != json!(filename) || drive["inserted"]["image"]["virtual-size"] != json!(mib << 20) {
+        return Err(format!("after the change, ide-{devid} is {drive}"));
     }
-    qmp.execute("quit", Value::Null).ok();
-    drop(qmp);
-    let log = finish(name)?;
-    expect_contains(&log, "qmp: PV disk 5632 connected (4194304 bytes)", "console log")?;
-    expect_contains(&log, "qmp: PV disk 5632 connected (8388608 bytes)", "console log")?;
-    expect_contains(&log, "qmp: ok", "console log")?;
-    println!("@@metric xen::qmp::cd_insert_over_vchan_with_pv_disk_swap| fdset {old} -> {new}; ide-{CD}: {}", drive["inserted"]);
-    Ok(())
+    Ok((old, new, drive))
 }
