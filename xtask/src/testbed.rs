@@ -39,6 +39,9 @@ const PACKAGES: &[&str] = &[
     "gcc",
     "libxen-dev",
 ];
+/// The C source of the Linux domU's vchan echo server.
+const VCHAN_ECHO_SOURCE: &str = "tests/dom0/vchan-echo.c";
+
 /// Kernel modules the Linux PV domU (the benchmarks' peer) loads.
 const DOMU_MODULES: &[&str] = &["xen-blkfront", "xen-netfront", "xen-gntalloc", "xen-evtchn"];
 /// Kernel modules dom0 loads (with their dependencies).
@@ -86,9 +89,11 @@ fn kernel_version() -> Result<String> {
 
 /// What the base initramfs is made from; a change means a rebuild.
 fn base_inputs(kver: &str) -> String {
-    let domu_init = fs::read_to_string("tests/dom0/domU-init").unwrap_or_default();
-    let mut s = format!("layout {BASE_LAYOUT}\nkernel {kver}\ndomU-init {}\n", domu_init.len());
-    s.push_str(&domu_init);
+    let mut s = format!("layout {BASE_LAYOUT}\nkernel {kver}\n");
+    for file in ["tests/dom0/domU-init", VCHAN_ECHO_SOURCE] {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        s.push_str(&format!("{file} {}\n{text}", text.len()));
+    }
     for p in PACKAGES {
         s.push_str(&format!("{p} {}\n", installed_version(p).unwrap_or_default()));
     }
@@ -192,8 +197,13 @@ fn build_domu_initramfs(dir: &Path, kver: &str, out: &Path) -> Result<()> {
     run(Command::new("mknod").args(["-m", "600"]).arg(root.join("dev/console")).args(["c", "5", "1"]))?;
     copy_with_libs(&root, "/usr/bin/dd")?;
     copy_with_libs(&root, "/usr/bin/date")?;
-    // A libxenvchan server for the vchan benchmark's Linux peer.
-    copy_with_libs(&root, &format!("{XEN_BIN}/vchan-socket-proxy"))?;
+    // The vchan benchmark's Linux peer: an echo server on Xen's libxenvchan.
+    let echo = dir.join("vchan-echo");
+    run(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&echo).arg(VCHAN_ECHO_SOURCE).arg("-lxenvchan"))?;
+    copy_with_libs(&root, echo.to_str().context("target path is not UTF-8")?)?;
+    // (copy_with_libs put it at its build path inside root: move it to /usr/bin)
+    fs::rename(root.join(&echo), root.join("usr/bin/vchan-echo"))?;
+    fs::remove_dir_all(root.join(DIR.split('/').next().unwrap_or(DIR)))?;
     symlink("/usr/bin/dd", root.join("bin/dd"))?;
     fs::copy("tests/dom0/domU-init", root.join("init"))?;
     copy_modules(&root, kver, DOMU_MODULES)?;
