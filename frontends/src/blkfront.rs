@@ -896,8 +896,8 @@ impl<X: Xen> Inner<X> {
         retired.append(pool);
         retired.append(stale);
         for (id, slot) in slots.iter_mut().enumerate() {
-            retired.extend(slot.pages.drain(..));
-            retired.extend(slot.indirect.drain(..));
+            retired.append(&mut slot.pages);
+            retired.append(&mut slot.indirect);
             if !matches!(slot.state, SlotState::Free) {
                 slot.state = SlotState::Free;
                 slot.owner = 0;
@@ -1257,7 +1257,7 @@ impl<'x, X: Xen> Disk<'x, X> {
         }
         let sector_size = self.info.sector_size;
         let block_sectors = u64::from(sector_size) / SECTOR_SIZE as u64;
-        if len_bytes % sector_size as usize != 0 || sector % block_sectors != 0 {
+        if !len_bytes.is_multiple_of(sector_size as usize) || !sector.is_multiple_of(block_sectors) {
             return Err(Error::Misaligned { sector, len_bytes, sector_size });
         }
         self.check_range(sector, (len_bytes / SECTOR_SIZE) as u64)

@@ -91,6 +91,8 @@ use xen_seams::{
     DomId, GrantRef, Grants, Permission, Port, RetryPolicy, SharedPage, TransactionError, Tx, Xen, XenstoreError,
 };
 
+#[cfg(any(test, feature = "sim"))]
+pub mod sim_client;
 #[cfg(test)]
 mod tests;
 

@@ -16,19 +16,19 @@
 //! - `add-fd`: always "No file descriptor supplied via SCM_RIGHTS" (vchan cannot carry
 //!   one, and QEMU says exactly this when none came).
 //! - `remove-fd`, `query-fdsets`: real ([`block::fdset`](crate::block::fdset)).
+//! - `query-cpus-fast`: one entry per vCPU of [`EngineConfig::vcpus`] (libxl reads the
+//!   online vCPUs from it before `xl save`); there is no CPU hotplug.
 //! - `xen-set-global-dirty-log`: [`DeviceModel::set_global_dirty_log`].
-//! - `xen-save-devices-state`: sequencing real; **placeholder format**: the blob
-//!   [`DeviceModel::save_state`] returns is written as is, unframed, to the console
-//!   behind the fdset.
-//! - `xen-load-devices-state`: sequencing real; **placeholder format**: everything the
-//!   console behind the fdset holds goes to [`DeviceModel::load_state`].
+//! - `xen-save-devices-state`: the state file [`DeviceModel::save_state`] returns goes
+//!   to the console behind the fdset (the image frames it: devices' `state_file`).
+//! - `xen-load-devices-state`: what [`DeviceModel::read_console`] gives for the console
+//!   behind the fdset goes to [`DeviceModel::load_state`].
 //!
 //! [`resume`]: DeviceModel::resume
 //!
 //! The run state and the save/load sequencing (pause around a save of a running VM,
 //! refusing a load while running, STOP/RESUME events) are QEMU's (migration/savevm.c,
-//! system/cpus.c). What the state blob contains, and how it is framed on console 1 so
-//! that dom0 knows where it ends, is for the device model issues to define.
+//! system/cpus.c). What the state file holds is the device model's.
 
 use alloc::collections::VecDeque;
 use alloc::format;

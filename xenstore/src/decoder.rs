@@ -285,7 +285,7 @@ mod tests {
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 // Bias towards small numbers so some headers are valid.
-                bytes.push(if seed % 3 == 0 { (seed >> 8) as u8 } else { (seed % 5) as u8 });
+                bytes.push(if seed.is_multiple_of(3) { (seed >> 8) as u8 } else { (seed % 5) as u8 });
             }
             let mut decoder = Decoder::new();
             for piece in bytes.chunks(1 + (seed % 7) as usize) {

@@ -336,10 +336,8 @@ impl Sim {
     /// Bytes from the client, in any pieces; each complete request is answered at once.
     /// After a framing error the connection is broken and ignores everything.
     pub fn send(&mut self, connection: ConnectionId, bytes: &[u8]) {
-        for message in self.connections[connection.0].decoder.feed(bytes) {
-            if let Ok(message) = message {
-                self.handle(connection.0, message);
-            }
+        for message in self.connections[connection.0].decoder.feed(bytes).into_iter().flatten() {
+            self.handle(connection.0, message);
         }
     }
 

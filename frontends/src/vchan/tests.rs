@@ -1,13 +1,11 @@
 //! The server against a libxenvchan client written from init.c/io.c, in the sim.
 
-mod client;
-
 use super::*;
 use alloc::rc::Rc;
 use alloc::string::ToString;
 use alloc::vec;
 use core::cell::RefCell;
-use client::{Client, ClientError, connect};
+use super::sim_client::{Client, ClientError, connect};
 use xen_seams::sim::{Executor, PortState, SimXen, World};
 use xen_seams::{Clock, EventChannels, SharedPage, XenstoreError, Xenstore};
 

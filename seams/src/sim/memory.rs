@@ -83,7 +83,7 @@ fn end_of(offset: usize, len: usize) -> usize {
 }
 
 fn check_aligned(offset: usize) {
-    assert!(offset % 4 == 0, "ring index at unaligned offset {offset}");
+    assert!(offset.is_multiple_of(4), "ring index at unaligned offset {offset}");
 }
 
 impl World {

@@ -11,9 +11,12 @@ use crate::xl;
 use crate::harness::{self, Ctx};
 use std::time::Duration;
 
+/// One measured figure: (name, value, unit).
+pub type Figure = (String, f64, &'static str);
+
 pub struct Bench {
     pub name: &'static str,
-    pub run: fn(&mut Ctx) -> Result<Vec<(String, f64, &'static str)>, String>,
+    pub run: fn(&mut Ctx) -> Result<Vec<Figure>, String>,
 }
 
 pub fn all() -> Vec<Bench> {

@@ -135,7 +135,7 @@ pub fn change_cd(qmp: &mut Client, domain: &str, vdev: &str, devid: u32, mib: u6
     qmp.execute("eject", json!({ "id": format!("ide-{devid}") }))?;
     let old = qmp.stub_fdset(devid)?.ok_or_else(|| format!("no stub-devid:{devid} fdset before the swap"))?;
     qmp.execute("remove-fd", json!({ "fdset-id": old }))?;
-    xl_block(&["block-detach", domain, &vdev])?;
+    xl_block(&["block-detach", domain, vdev])?;
     xl_block(&["block-attach", domain, &format!("format=raw, vdev={vdev}, access=ro, devtype=cdrom, target={iso}")])?;
     let new = proc::poll(Duration::from_secs(40), Duration::from_millis(200), || qmp.stub_fdset(devid).ok().flatten())
         .ok_or("the new PV disk never appeared in query-fdsets")?;

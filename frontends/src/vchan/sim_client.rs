@@ -1,4 +1,4 @@
-//! A libxenvchan client for tests, step for step as tools/libs/vchan/init.c
+//! A libxenvchan client for host tests (feature `sim`), step for step as tools/libs/vchan/init.c
 //! (`libxenvchan_client_init`) and io.c (`libxenvchan_read`/`write`/`close`) do it,
 //! with its own reading of `struct vchan_interface` (not the server's `layout`), so
 //! that a layout mistake on either side shows up as a failed exchange.
