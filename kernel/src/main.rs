@@ -1,10 +1,10 @@
 //! rust-stubdom: a Xen device-model stub domain as a `no_std` x86_64 PV unikernel.
 //!
 //! This crate is the image and the only crate with `unsafe` code: it boots as a PV
-//! domain, talks to Xen, and will host the frontends and the device model. Today it
-//! brings up the console, traps, memory, grant tables, event channels, timers and
-//! the executor, prints its banner, runs any self-test named on the command line,
-//! and powers off.
+//! domain and brings up the console, traps, memory, grant tables, event channels,
+//! timers, xenstore and the executor, and prints its banner. Then it runs a self-test
+//! named on the command line, or else the device model ([`device_model`]: as libxl's
+//! stub domain, or with `qmp.path=` as a plain domU), or else nothing, and powers off.
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
 // Until the frontends and the device model use the whole runtime, the shipped image
