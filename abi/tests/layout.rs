@@ -126,7 +126,9 @@ fn rust_layout() -> Vec<(&'static str, usize)> {
 
 /// Constants whose values must match the headers.
 fn rust_constants() -> Vec<(&'static str, usize)> {
-    use xen_abi::{console, elfnote, event_channel as ev, grant_table as gt, hypercall as hc, memory as mm, sched, traps};
+    use xen_abi::{
+        console, elfnote, event_channel as ev, grant_table as gt, hypercall as hc, memory as mm, sched, traps,
+    };
     vec![
         ("__HYPERVISOR_set_trap_table", hc::SET_TRAP_TABLE),
         ("__HYPERVISOR_mmu_update", hc::MMU_UPDATE),

@@ -16,7 +16,8 @@ pub fn values(prelude: &str, expressions: &[&str]) -> Vec<u64> {
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("c-layout-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut src = format!("#include <stddef.h>\n#include <stdio.h>\n#include <stdint.h>\n{prelude}\nint main(void) {{\n");
+    let mut src =
+        format!("#include <stddef.h>\n#include <stdio.h>\n#include <stdint.h>\n{prelude}\nint main(void) {{\n");
     for e in expressions {
         src.push_str(&format!("  printf(\"%llu\\n\", (unsigned long long)({e}));\n"));
     }

@@ -164,7 +164,8 @@ impl DmArgs {
                 "-smp" => {
                     let pairs = option_pairs(value);
                     let online = get(&pairs, "").or_else(|| get(&pairs, "cpus")).unwrap_or("1");
-                    args.vcpus = online.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad(option, value, "no vCPU count"))?;
+                    args.vcpus =
+                        online.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad(option, value, "no vCPU count"))?;
                 }
                 "-incoming" => args.incoming = Some(value.to_string()),
                 "-serial" => args.serials.push(value.to_string()),
@@ -252,7 +253,12 @@ impl DmArgs {
         {
             return Err(bad("-device", value, alloc::format!("ide.{bus} unit {unit} is not where devid {devid} sits")));
         }
-        self.drives.push(DriveConfig { devid, kind, read_only: drive.read_only || kind == DriveKind::CdRom, medium: drive.medium });
+        self.drives.push(DriveConfig {
+            devid,
+            kind,
+            read_only: drive.read_only || kind == DriveKind::CdRom,
+            medium: drive.medium,
+        });
         Ok(())
     }
 }
@@ -265,14 +271,36 @@ mod tests {
     /// The argv libxl 4.17 wrote for an HVM guest with a disk, a CD-ROM and a NIC
     /// (libxl-4.17-stubdom-observed.md).
     const OBSERVED_4_17: &[&str] = &[
-        "-xen-domid", "1", "-no-shutdown", "-nodefaults", "-no-user-config", "-name", "stubtest",
-        "-display", "none", "-serial", "/dev/hvc3", "-nographic", "-device", "cirrus-vga,vgamem_mb=8",
-        "-boot", "order=dc", "-device", "e1000,id=nic0,netdev=net0,mac=00:16:3e:69:2a:f6",
-        "-netdev", "type=tap,id=net0,ifname=vif1.0-emu,br=xenbr0,script=no,downscript=no",
-        "-machine", "xenfv,suppress-vmdesc=on", "-m", "56",
-        "-drive", "file=/dev/xvda,if=ide,index=0,media=disk,format=host_device,cache=writeback",
-        "-drive", "if=none,readonly=on,id=ide-5632,file=/dev/xvdc,format=host_device",
-        "-device", "ide-cd,id=ide-5632,drive=ide-5632,bus=ide.1,unit=0",
+        "-xen-domid",
+        "1",
+        "-no-shutdown",
+        "-nodefaults",
+        "-no-user-config",
+        "-name",
+        "stubtest",
+        "-display",
+        "none",
+        "-serial",
+        "/dev/hvc3",
+        "-nographic",
+        "-device",
+        "cirrus-vga,vgamem_mb=8",
+        "-boot",
+        "order=dc",
+        "-device",
+        "e1000,id=nic0,netdev=net0,mac=00:16:3e:69:2a:f6",
+        "-netdev",
+        "type=tap,id=net0,ifname=vif1.0-emu,br=xenbr0,script=no,downscript=no",
+        "-machine",
+        "xenfv,suppress-vmdesc=on",
+        "-m",
+        "56",
+        "-drive",
+        "file=/dev/xvda,if=ide,index=0,media=disk,format=host_device,cache=writeback",
+        "-drive",
+        "if=none,readonly=on,id=ide-5632,file=/dev/xvdc,format=host_device",
+        "-device",
+        "ide-cd,id=ide-5632,drive=ide-5632,bus=ide.1,unit=0",
     ];
 
     #[test]
@@ -308,11 +336,20 @@ mod tests {
     #[test]
     fn empty_cdrom_and_restore() {
         let args = DmArgs::parse(&[
-            "-xen-domid", "7", "-drive", "if=none,readonly=on,id=ide-5696", "-device",
-            "ide-cd,id=ide-5696,drive=ide-5696,bus=ide.1,unit=1", "-incoming", "$STUBDOM_RESTORE_INCOMING_ARG",
+            "-xen-domid",
+            "7",
+            "-drive",
+            "if=none,readonly=on,id=ide-5696",
+            "-device",
+            "ide-cd,id=ide-5696,drive=ide-5696,bus=ide.1,unit=1",
+            "-incoming",
+            "$STUBDOM_RESTORE_INCOMING_ARG",
         ])
         .unwrap();
-        assert_eq!(args.drives, vec![DriveConfig { devid: 5696, kind: DriveKind::CdRom, read_only: true, medium: None }]);
+        assert_eq!(
+            args.drives,
+            vec![DriveConfig { devid: 5696, kind: DriveKind::CdRom, read_only: true, medium: None }]
+        );
         assert_eq!(args.incoming.as_deref(), Some("$STUBDOM_RESTORE_INCOMING_ARG"));
     }
 
@@ -340,28 +377,28 @@ mod tests {
         assert_eq!(DmArgs::parse(&["-drive"]), Err(ArgsError::MissingValue("-drive".into())));
         assert!(matches!(DmArgs::parse(&["-xen-domid", "x"]), Err(ArgsError::BadValue { .. })));
         assert!(matches!(DmArgs::parse(&["stray"]), Err(ArgsError::BadValue { .. })));
-        assert_eq!(
-            DmArgs::parse(&["-device", "ide-cd,drive=nope"]),
-            Err(ArgsError::UnknownDrive("nope".into()))
-        );
-        assert_eq!(
-            DmArgs::parse(&["-drive", "if=none,id=ide-5632"]),
-            Err(ArgsError::UnusedDrive("ide-5632".into()))
-        );
+        assert_eq!(DmArgs::parse(&["-device", "ide-cd,drive=nope"]), Err(ArgsError::UnknownDrive("nope".into())));
+        assert_eq!(DmArgs::parse(&["-drive", "if=none,id=ide-5632"]), Err(ArgsError::UnusedDrive("ide-5632".into())));
         assert!(matches!(
             DmArgs::parse(&["-drive", "if=none,id=ide-5632", "-device", "ide-cd,drive=ide-5632,bus=ide.0,unit=0"]),
             Err(ArgsError::BadValue { .. })
         ));
         assert!(matches!(DmArgs::parse(&["-drive", "file=/dev/xvde,if=ide,index=4"]), Err(ArgsError::BadValue { .. })));
-        assert!(matches!(DmArgs::parse(&["-drive", "if=none,id=x", "-device", "ide-cd,drive=x"]), Err(ArgsError::BadValue { .. })));
+        assert!(matches!(
+            DmArgs::parse(&["-drive", "if=none,id=x", "-device", "ide-cd,drive=x"]),
+            Err(ArgsError::BadValue { .. })
+        ));
     }
 
     #[test]
     fn ahci_disks_are_reported_not_emulated() {
         let args = DmArgs::parse(&[
-            "-device", "ahci,id=ahci0,multifunction=on,bus=pci.0,addr=0xd",
-            "-drive", "file=/dev/xvda,if=none,id=ahcidisk-0,format=host_device,cache=writeback",
-            "-device", "ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0",
+            "-device",
+            "ahci,id=ahci0,multifunction=on,bus=pci.0,addr=0xd",
+            "-drive",
+            "file=/dev/xvda,if=none,id=ahcidisk-0,format=host_device,cache=writeback",
+            "-device",
+            "ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0",
         ]);
         let args = args.unwrap();
         assert!(args.drives.is_empty());

@@ -200,7 +200,10 @@ async fn read_state_file<X: Xen>(xen: &X, console: &Console<'_, X>) -> Result<(V
 /// Serves the device model's control plane until `quit` (or `config.lifetime`).
 /// `now` gives wall-clock stamps for QMP events.
 pub async fn serve<X: Xen>(xen: &X, config: &Config, now: impl Fn() -> Timestamp) -> Result<(), String> {
-    let mut engine = Engine::new(Devices::default(), EngineConfig { save_console: SAVE_CONSOLE, vcpus: config.vcpus, ..EngineConfig::default() });
+    let mut engine = Engine::new(
+        Devices::default(),
+        EngineConfig { save_console: SAVE_CONSOLE, vcpus: config.vcpus, ..EngineConfig::default() },
+    );
 
     // The PV disks present now: the drives' media.
     let mut devices = DeviceWatch::new(xen, "vbd").await.map_err(|e| format!("watching device/vbd: {e}"))?;
@@ -225,8 +228,9 @@ pub async fn serve<X: Xen>(xen: &X, config: &Config, now: impl Fn() -> Timestamp
         None
     };
     if config.restore {
-        let console =
-            Console::connect(xen, RESTORE_CONSOLE).await.map_err(|e| format!("console {RESTORE_CONSOLE} (restore): {e}"))?;
+        let console = Console::connect(xen, RESTORE_CONSOLE)
+            .await
+            .map_err(|e| format!("console {RESTORE_CONSOLE} (restore): {e}"))?;
         let (payload, file_size) = read_state_file(xen, &console).await?;
         engine.device_model_mut().load_payload(&payload).map_err(|e| format!("restoring: {}", e.0))?;
         log::info!(
@@ -240,8 +244,15 @@ pub async fn serve<X: Xen>(xen: &X, config: &Config, now: impl Fn() -> Timestamp
         .await
         .map_err(|e| format!("vchan server at {}: {e}", config.qmp_path))?;
     server.read_timeout = Duration::from_millis(20);
-    xen.write(Tx::NONE, &config.ready_path, b"running").await.map_err(|e| format!("writing {}: {e}", config.ready_path))?;
-    log::info!("device model: QMP at {}, {} drive(s), {} PV disk(s)", config.qmp_path, config.drives.len(), disks.len());
+    xen.write(Tx::NONE, &config.ready_path, b"running")
+        .await
+        .map_err(|e| format!("writing {}: {e}", config.ready_path))?;
+    log::info!(
+        "device model: QMP at {}, {} drive(s), {} PV disk(s)",
+        config.qmp_path,
+        config.drives.len(),
+        disks.len()
+    );
 
     let started = xen.now_ns();
     let mut session = None;
@@ -340,7 +351,11 @@ async fn connect_disk<'x, X: Xen>(
         Ok(disk) => {
             let info = PvDiskInfo { read_only: disk.info().read_only, size_bytes: disk.info().capacity_bytes() };
             let fdset = engine.pv_disk_connected(devid, info);
-            log::info!("PV disk {devid}: {} bytes{} as fdset {fdset}", info.size_bytes, if info.read_only { ", read-only" } else { "" });
+            log::info!(
+                "PV disk {devid}: {} bytes{} as fdset {fdset}",
+                info.size_bytes,
+                if info.read_only { ", read-only" } else { "" }
+            );
             disks.insert(devid, disk);
         }
         Err(e) => log::error!("PV disk {devid}: {e}"),

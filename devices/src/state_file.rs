@@ -43,7 +43,10 @@ pub enum StateFileError {
     Checksum,
     BadTrailer,
     /// [`decode`] of a file that stops early
-    Truncated { have: usize, need: usize },
+    Truncated {
+        have: usize,
+        need: usize,
+    },
 }
 
 impl fmt::Display for StateFileError {
@@ -55,10 +58,14 @@ impl fmt::Display for StateFileError {
             StateFileError::NotAStateFile(start) => {
                 write!(f, "the saved device state starts with {start:02x?}, not this device model's magic")
             }
-            StateFileError::TooLarge(len) => write!(f, "a device state of {len} bytes is over the {MAX_PAYLOAD}-byte limit"),
+            StateFileError::TooLarge(len) => {
+                write!(f, "a device state of {len} bytes is over the {MAX_PAYLOAD}-byte limit")
+            }
             StateFileError::Checksum => write!(f, "the device state's checksum does not match"),
             StateFileError::BadTrailer => write!(f, "the device state's end marker is missing"),
-            StateFileError::Truncated { have, need } => write!(f, "the device state stops after {have} of {need} bytes"),
+            StateFileError::Truncated { have, need } => {
+                write!(f, "the device state stops after {have} of {need} bytes")
+            }
         }
     }
 }

@@ -56,12 +56,16 @@ fn each_connection_gets_a_greeting_and_quit_ends_the_service() {
     let world = World::new();
     let (stub, dom0) = (world.domain(STUB), world.domain(0));
     let mut executor = Executor::new(&world);
-    let served = executor.spawn("service", async move { serve(&stub, &config(), || Timestamp::new(1_700_000_000, 0)).await });
+    let served =
+        executor.spawn("service", async move { serve(&stub, &config(), || Timestamp::new(1_700_000_000, 0)).await });
     let watcher = world.clone();
     let replies = executor.spawn("dom0", async move {
         let mut replies = session(&dom0, &[r#"{"execute":"query-status","id":2}"#]).await;
         // The service said it is ready before the first client got in.
-        assert_eq!(watcher.xenstore_read(&format!("/local/domain/{STUB}/device-model/5/state")), Some(b"running".to_vec()));
+        assert_eq!(
+            watcher.xenstore_read(&format!("/local/domain/{STUB}/device-model/5/state")),
+            Some(b"running".to_vec())
+        );
         // A malformed request gets an error reply; the connection carries on.
         replies.extend(session(&dom0, &[r#"{"execute": 42}"#, r#"{"execute":"query-cpus-fast","id":"x"}"#]).await);
         // A client that leaves mid-request: its half message does not reach the next.

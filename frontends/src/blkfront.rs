@@ -256,14 +256,12 @@ impl fmt::Display for Error {
             Error::Xen(e) => write!(f, "blkfront: {e}"),
             Error::ReadOnly => f.write_str("blkfront: the disk is read-only"),
             Error::NotSupported(op) => write!(f, "blkfront: the backend does not support {op}"),
-            Error::Misaligned { sector, len_bytes, sector_size } => write!(
-                f,
-                "blkfront: {len_bytes} bytes at sector {sector} are not whole {sector_size}-byte blocks"
-            ),
-            Error::OutOfRange { sector, nr_sectors, capacity_sectors } => write!(
-                f,
-                "blkfront: sectors {sector}+{nr_sectors} leave the disk ({capacity_sectors} sectors)"
-            ),
+            Error::Misaligned { sector, len_bytes, sector_size } => {
+                write!(f, "blkfront: {len_bytes} bytes at sector {sector} are not whole {sector_size}-byte blocks")
+            }
+            Error::OutOfRange { sector, nr_sectors, capacity_sectors } => {
+                write!(f, "blkfront: sectors {sector}+{nr_sectors} leave the disk ({capacity_sectors} sectors)")
+            }
             Error::Io { operation, sector } => write!(f, "blkfront: {operation} at sector {sector} failed"),
             Error::BackendGone { state: Some(state) } => write!(f, "blkfront: backend went to {state:?}"),
             Error::BackendGone { state: None } => f.write_str("blkfront: backend vanished"),
@@ -1956,7 +1954,11 @@ mod tests {
                     if config.flush && !config.refuse_flush { Status::Okay } else { Status::NotSupported }
                 }
                 RequestRepr::Direct { operation: Operation::WriteBarrier, .. } => {
-                    if config.barrier { Status::Okay } else { Status::NotSupported }
+                    if config.barrier {
+                        Status::Okay
+                    } else {
+                        Status::NotSupported
+                    }
                 }
                 RequestRepr::Direct { operation, sector, nr_segments, segments, .. } => {
                     (seen.sector, seen.nr_segments) = (sector, nr_segments);
@@ -2655,9 +2657,8 @@ mod tests {
         let sim = Sim::new(Config { fault: Fault::RefuseConnect, ..Config::default() });
         let mut executor = Executor::new(&sim.world);
         executor.spawn_background("backend", sim.backend().run());
-        let result = executor.spawn("frontend", async {
-            Disk::connect(&sim.front, DEVID, Options::default()).await.err()
-        });
+        let result =
+            executor.spawn("frontend", async { Disk::connect(&sim.front, DEVID, Options::default()).await.err() });
         executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
         drop(executor);
         assert_eq!(result.take(), Some(Some(Error::BackendGone { state: Some(State::Closing) })));
@@ -2670,9 +2671,8 @@ mod tests {
         let sim = Sim::new(Config { sector_size: 1000, ..Config::default() });
         let mut executor = Executor::new(&sim.world);
         executor.spawn_background("backend", sim.backend().run());
-        let result = executor.spawn("frontend", async {
-            Disk::connect(&sim.front, DEVID, Options::default()).await.err()
-        });
+        let result =
+            executor.spawn("frontend", async { Disk::connect(&sim.front, DEVID, Options::default()).await.err() });
         executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
         drop(executor);
         let why = "not a power of two from 512 to 4096";

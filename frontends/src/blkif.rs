@@ -433,7 +433,13 @@ pub enum RequestRepr {
         nr_segments: usize,
         segments: [Segment; MAX_SEGMENTS_PER_REQUEST],
     },
-    Discard { handle: u16, id: u64, sector: u64, nr_sectors: u64, secure: bool },
+    Discard {
+        handle: u16,
+        id: u64,
+        sector: u64,
+        nr_sectors: u64,
+        secure: bool,
+    },
     /// Read or write whose segments sit in `ceil(nr_segments / 512)` indirect pages.
     Indirect {
         operation: Operation,

@@ -158,7 +158,8 @@ impl<'x, X: Xen> Console<'x, X> {
             if now >= deadline {
                 return Ok(0);
             }
-            wait_or_sleep(self.xen, self.port, Duration::from_nanos(deadline - now).min(Duration::from_millis(50))).await;
+            wait_or_sleep(self.xen, self.port, Duration::from_nanos(deadline - now).min(Duration::from_millis(50)))
+                .await;
         }
     }
 
@@ -204,8 +205,10 @@ mod tests {
     const BACK_NODE: &str = "/local/domain/0/backend/console/5/3";
 
     fn toolstack(world: &World) {
-        let front_owned = [Permission { domid: FRONT, access: Access::None }, Permission { domid: 0, access: Access::Read }];
-        let back_owned = [Permission { domid: 0, access: Access::None }, Permission { domid: FRONT, access: Access::Read }];
+        let front_owned =
+            [Permission { domid: FRONT, access: Access::None }, Permission { domid: 0, access: Access::Read }];
+        let back_owned =
+            [Permission { domid: 0, access: Access::None }, Permission { domid: FRONT, access: Access::Read }];
         world.with_xenstore(|xs| {
             for (key, value) in [("backend", BACK_NODE), ("backend-id", "0"), ("state", "1")] {
                 let path = format!("{FRONT_NODE}/{key}");

@@ -7,10 +7,10 @@
 
 extern crate alloc;
 
+pub mod blkfront;
+pub mod blkif;
 pub mod console;
+pub mod netfront;
+pub mod netif;
 pub mod vchan;
 pub mod xenbus;
-pub mod blkif;
-pub mod blkfront;
-pub mod netif;
-pub mod netfront;

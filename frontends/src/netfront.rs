@@ -40,7 +40,9 @@
 //! [`NetError::BackendGone`] and the grants are ended; a grant the backend still maps
 //! is retried at [`Netfront::close`] or drop, and its page is leaked rather than freed.
 
-use crate::netif::{self, ExtraInfo, PAGE_SIZE, RX_RING_SIZE, RxRequest, RxResponse, TX_RING_SIZE, TxRequest, TxResponse};
+use crate::netif::{
+    self, ExtraInfo, PAGE_SIZE, RX_RING_SIZE, RxRequest, RxResponse, TX_RING_SIZE, TxRequest, TxResponse,
+};
 use crate::netif::{ring, rx_flags, status};
 use crate::xenbus::{self, Device, State};
 use alloc::format;
@@ -564,12 +566,7 @@ impl RxQueue {
     }
 
     /// Copies the pending frame out, reposts its buffer, then hands the copy to `f`.
-    fn take<X: Xen, R>(
-        &mut self,
-        pages: &Pages<X::Page>,
-        link: Link<'_, X>,
-        f: impl FnOnce(&[u8]) -> R,
-    ) -> Option<R> {
+    fn take<X: Xen, R>(&mut self, pages: &Pages<X::Page>, link: Link<'_, X>, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let frame = self.pending.take()?;
         let (page, _) = pages.rx_buffer(frame.buffer);
         page.read(frame.offset, &mut self.scratch[..frame.len]);
@@ -1011,7 +1008,7 @@ impl<'x, X: Xen> phy::Device for Netfront<'x, X> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netif::{RxRequest, TX_SLOT_BYTES, RX_SLOT_BYTES, EXTRA_FLAG_MORE, tx_flags};
+    use crate::netif::{EXTRA_FLAG_MORE, RX_SLOT_BYTES, RxRequest, TX_SLOT_BYTES, tx_flags};
     use alloc::collections::VecDeque;
     use alloc::rc::Rc;
     use core::cell::RefCell;
@@ -1031,8 +1028,10 @@ mod tests {
     /// What xl does before the frontend starts: both directories, states
     /// Initialising, the MAC, and permissions.
     fn toolstack(world: &World) {
-        let front_owned = [Permission { domid: FRONT, access: Access::None }, Permission { domid: 0, access: Access::Read }];
-        let back_owned = [Permission { domid: 0, access: Access::None }, Permission { domid: FRONT, access: Access::Read }];
+        let front_owned =
+            [Permission { domid: FRONT, access: Access::None }, Permission { domid: 0, access: Access::Read }];
+        let back_owned =
+            [Permission { domid: 0, access: Access::None }, Permission { domid: FRONT, access: Access::Read }];
         world.with_xenstore(|xs| {
             for (key, value) in [("backend", BACK_NODE), ("backend-id", "0"), ("state", "1"), ("mac", MAC)] {
                 let path = format!("{FRONT_NODE}/{key}");
@@ -1072,9 +1071,16 @@ mod tests {
     enum ToGuest {
         Frame(Vec<u8>),
         /// A handmade response to the request in the slot (`id` None: echo its id).
-        Response { id: Option<u16>, offset: u16, flags: u16, status: i16 },
+        Response {
+            id: Option<u16>,
+            offset: u16,
+            flags: u16,
+            status: i16,
+        },
         /// An extra-info slot.
-        Extra { flags: u8 },
+        Extra {
+            flags: u8,
+        },
     }
 
     /// dom0's netback in copy mode, as far as the frontend can tell.
@@ -1126,7 +1132,16 @@ mod tests {
             let rx_ring = xen.map_grant(FRONT, GrantRef(read_number(&xen, "rx-ring-ref").await), true).unwrap();
             let port = xen.bind_interdomain(FRONT, read_number(&xen, "event-channel").await).unwrap();
             xen.write(Tx::NONE, &format!("{BACK_NODE}/state"), b"4").await.unwrap();
-            Some(Netback { xen, tx_ring, rx_ring, port, tx_req_cons: 0, tx_rsp_prod: 0, rx_req_cons: 0, rx_rsp_prod: 0 })
+            Some(Netback {
+                xen,
+                tx_ring,
+                rx_ring,
+                port,
+                tx_req_cons: 0,
+                tx_rsp_prod: 0,
+                rx_req_cons: 0,
+                rx_rsp_prod: 0,
+            })
         }
 
         /// Sends every queued tx request's frame onto the wire and answers it.
@@ -1350,7 +1365,8 @@ mod tests {
             let rx_ring = world.domain(0).map_grant(FRONT, GrantRef(ring_ref), false).unwrap();
             assert_eq!(rx_ring.read_u32(ring::REQ_PROD), 16, "every rx buffer posted at connect");
             drop(rx_ring);
-            let negotiated = ["request-rx-copy", "feature-rx-notify", "feature-no-csum-offload", "multi-queue-num-queues"];
+            let negotiated =
+                ["request-rx-copy", "feature-rx-notify", "feature-no-csum-offload", "multi-queue-num-queues"];
             for key in negotiated {
                 assert_eq!(front_node(&world, key).as_deref(), Some("1"), "{key}");
             }
@@ -1381,7 +1397,9 @@ mod tests {
         assert_eq!(result.take(), Some(Err(NetError::MissingFeature("feature-rx-copy"))));
         assert_eq!(world.grants(FRONT), []);
 
-        for bad in ["01:16:3e:00:00:01", "00:16:3e:00:00", "00:16:3e:00:00:01:02", "00:16:3e:0g:00:01", "", "00:16:3e:100:0:1"] {
+        for bad in
+            ["01:16:3e:00:00:01", "00:16:3e:00:00", "00:16:3e:00:00:01:02", "00:16:3e:0g:00:01", "", "00:16:3e:100:0:1"]
+        {
             world.xenstore_write(&format!("{FRONT_NODE}/mac"), bad.as_bytes()).unwrap();
             let result = world.block_on(async { Netfront::connect(&front, 0).await.map(|_| ()) }).unwrap();
             match result {
@@ -1392,7 +1410,11 @@ mod tests {
         }
         assert_eq!(parse_mac(" 0:16:3e:a:b:c\n"), Ok([0, 0x16, 0x3e, 0xa, 0xb, 0xc]));
         assert_eq!(
-            world.block_on(async { Netfront::connect_with(&front, 0, Config { rx_buffers: 0, tx_buffers: 1 }).await.map(|_| ()) }).unwrap(),
+            world
+                .block_on(async {
+                    Netfront::connect_with(&front, 0, Config { rx_buffers: 0, tx_buffers: 1 }).await.map(|_| ())
+                })
+                .unwrap(),
             Err(NetError::BadConfig)
         );
     }
@@ -1476,8 +1498,11 @@ mod tests {
                     assert!(net.wait(Duration::from_secs(5)).await.unwrap().any(), "progress without timeouts");
                 }
             }
-            assert_eq!(world_in_test.grants(FRONT).iter().map(|g| g.grant).collect::<Vec<_>>(),
-                grants.iter().map(|g| g.grant).collect::<Vec<_>>(), "the same grants, reused");
+            assert_eq!(
+                world_in_test.grants(FRONT).iter().map(|g| g.grant).collect::<Vec<_>>(),
+                grants.iter().map(|g| g.grant).collect::<Vec<_>>(),
+                "the same grants, reused"
+            );
             let stats = net.stats();
             net.close().await.unwrap();
             (received, stats)
@@ -1504,19 +1529,19 @@ mod tests {
         let bad = |id, offset, flags, status| ToGuest::Response { id, offset, flags, status };
         wire.borrow_mut().to_guest.extend([
             ToGuest::Frame(frame(0, 100)),
-            bad(Some(999), 0, 0, 60),                              // unknown id
-            bad(Some(3), 0, 0, 60),                                // an id posted in another slot
-            bad(None, 0, 0, 4097),                                 // oversize
-            bad(None, 4000, 0, 200),                               // runs off the page
-            bad(None, 0xffff, 0, 1),                               // offset outside the page
-            bad(None, 0, 0, 0),                                    // empty
-            bad(None, 0, 0, status::ERROR),                        // error status: a drop
-            bad(None, 0, 0, status::DROPPED),                      // a drop
-            bad(None, 0, rx_flags::MORE_DATA, 100),                // fragments we never asked for:
-            bad(None, 0, rx_flags::MORE_DATA, 100),                //   one packet in three slots,
-            bad(None, 0, 0, 100),                                  //   dropped as one
-            bad(None, 0, rx_flags::EXTRA_INFO, 60),                // a frame with two extra slots:
-            ToGuest::Extra { flags: EXTRA_FLAG_MORE },             //   the extras are skipped
+            bad(Some(999), 0, 0, 60),                  // unknown id
+            bad(Some(3), 0, 0, 60),                    // an id posted in another slot
+            bad(None, 0, 0, 4097),                     // oversize
+            bad(None, 4000, 0, 200),                   // runs off the page
+            bad(None, 0xffff, 0, 1),                   // offset outside the page
+            bad(None, 0, 0, 0),                        // empty
+            bad(None, 0, 0, status::ERROR),            // error status: a drop
+            bad(None, 0, 0, status::DROPPED),          // a drop
+            bad(None, 0, rx_flags::MORE_DATA, 100),    // fragments we never asked for:
+            bad(None, 0, rx_flags::MORE_DATA, 100),    //   one packet in three slots,
+            bad(None, 0, 0, 100),                      //   dropped as one
+            bad(None, 0, rx_flags::EXTRA_INFO, 60),    // a frame with two extra slots:
+            ToGuest::Extra { flags: EXTRA_FLAG_MORE }, //   the extras are skipped
             ToGuest::Extra { flags: 0 },
             ToGuest::Frame(frame(1, 1514)),
         ]);
@@ -1736,11 +1761,12 @@ mod tests {
                 socket.listen(7).unwrap();
             }
             if socket.can_recv() {
-                socket.recv(|data| {
-                    echo.extend(data.iter());
-                    (data.len(), ())
-                })
-                .unwrap();
+                socket
+                    .recv(|data| {
+                        echo.extend(data.iter());
+                        (data.len(), ())
+                    })
+                    .unwrap();
             }
             while socket.can_send() && !echo.is_empty() {
                 let (front, _) = echo.as_slices();
@@ -1791,11 +1817,12 @@ mod tests {
                     written += socket.send_slice(&sent[written..]).unwrap();
                 }
                 if socket.can_recv() {
-                    socket.recv(|data| {
-                        echoed.extend_from_slice(data);
-                        (data.len(), ())
-                    })
-                    .unwrap();
+                    socket
+                        .recv(|data| {
+                            echoed.extend_from_slice(data);
+                            (data.len(), ())
+                        })
+                        .unwrap();
                 }
                 iface.poll(now, &mut net, &mut sockets);
                 let delay = poll_delay(iface.poll_delay(now, &sockets));

@@ -83,7 +83,9 @@ impl fmt::Display for Error {
             Error::BadNode { path, why } => write!(f, "{path}: {why}"),
             Error::BackendGone { state: Some(s) } => write!(f, "backend went to {s:?}"),
             Error::BackendGone { state: None } => write!(f, "backend vanished"),
-            Error::Timeout { waiting_for, last } => write!(f, "backend did not reach {waiting_for:?} in time (last seen {last:?})"),
+            Error::Timeout { waiting_for, last } => {
+                write!(f, "backend did not reach {waiting_for:?} in time (last seen {last:?})")
+            }
             Error::TooManyConflicts => write!(f, "publishing the frontend's entries kept conflicting"),
         }
     }
@@ -323,8 +325,10 @@ mod tests {
     /// What xl does before the frontend starts: both directories, states Initialising,
     /// the frontend's node writable by it, the backend's readable by it.
     fn toolstack(world: &World) {
-        let front_owned = [Permission { domid: FRONT, access: Access::None }, Permission { domid: 0, access: Access::Read }];
-        let back_owned = [Permission { domid: 0, access: Access::None }, Permission { domid: FRONT, access: Access::Read }];
+        let front_owned =
+            [Permission { domid: FRONT, access: Access::None }, Permission { domid: 0, access: Access::Read }];
+        let back_owned =
+            [Permission { domid: 0, access: Access::None }, Permission { domid: FRONT, access: Access::Read }];
         world.with_xenstore(|xs| {
             for (key, value) in [("backend", BACK_NODE), ("backend-id", "0"), ("state", "1")] {
                 xs.write(&format!("{FRONT_NODE}/{key}"), value.as_bytes()).unwrap();
@@ -528,7 +532,10 @@ mod tests {
             toolstack_world.xenstore_rm(FRONT_NODE).unwrap();
         });
         executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
-        assert_eq!(events.take().unwrap(), [DeviceEvent::Added(768), DeviceEvent::Added(832), DeviceEvent::Removed(768)]);
+        assert_eq!(
+            events.take().unwrap(),
+            [DeviceEvent::Added(768), DeviceEvent::Added(832), DeviceEvent::Removed(768)]
+        );
     }
 
     #[test]

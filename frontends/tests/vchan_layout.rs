@@ -10,7 +10,8 @@ use frontends::vchan::layout::*;
 fn pairs() -> Vec<(&'static str, usize)> {
     const S: &str = "struct vchan_interface";
     let field = |name: &'static str| -> &'static str { Box::leak(format!("offsetof({S}, {name})").into_boxed_str()) };
-    let size = |name: &'static str| -> &'static str { Box::leak(format!("sizeof((({S} *)0)->{name})").into_boxed_str()) };
+    let size =
+        |name: &'static str| -> &'static str { Box::leak(format!("sizeof((({S} *)0)->{name})").into_boxed_str()) };
     vec![
         (field("left.cons"), LEFT_CONS),
         (field("left.prod"), LEFT_PROD),

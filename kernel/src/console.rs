@@ -67,7 +67,9 @@ impl Console {
             let cons = self.read_index(ring::OUT_CONS_OFFSET);
             let free = ring::free_space(OUT_RING_SIZE, cons, prod);
             if free == 0 {
-                if self.stalled || !self.wait(|c| ring::free_space(OUT_RING_SIZE, c.read_index(ring::OUT_CONS_OFFSET), prod) > 0) {
+                if self.stalled
+                    || !self.wait(|c| ring::free_space(OUT_RING_SIZE, c.read_index(ring::OUT_CONS_OFFSET), prod) > 0)
+                {
                     self.stalled = true;
                     return;
                 }

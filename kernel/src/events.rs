@@ -11,13 +11,15 @@
 
 use crate::arch::hypercall::{self, XenError};
 use crate::shared_info;
-use litemap::LiteMap;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::task::{Context, Poll, Waker};
+use litemap::LiteMap;
 use spin::Mutex;
-use xen_abi::event_channel::{self as ev, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq, EvtchnPort, NR_EVENT_CHANNELS};
+use xen_abi::event_channel::{
+    self as ev, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq, EvtchnPort, NR_EVENT_CHANNELS,
+};
 
 /// Ports that fired and have not been consumed by a waiter yet.
 static FIRED: [AtomicU64; NR_EVENT_CHANNELS / 64] = [const { AtomicU64::new(0) }; NR_EVENT_CHANNELS / 64];

@@ -8,13 +8,13 @@ use crate::events::{self, Port};
 use crate::{shared_info, time};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use litemap::LiteMap;
 use alloc::sync::Arc;
 use alloc::task::Wake;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::{Context, Poll, Waker};
+use litemap::LiteMap;
 use spin::Mutex;
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
@@ -122,7 +122,9 @@ fn idle() {
         let _ = hypercall::set_timer_op(deadline);
     }
     let previous = shared_info::mask_upcalls();
-    let busy = !READY.lock().is_empty() || events::work_pending() || time::next_deadline().is_some_and(|d| d <= time::now_ns());
+    let busy = !READY.lock().is_empty()
+        || events::work_pending()
+        || time::next_deadline().is_some_and(|d| d <= time::now_ns());
     if busy {
         shared_info::restore_upcalls(previous);
         return;

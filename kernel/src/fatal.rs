@@ -68,9 +68,25 @@ pub fn exception(f: &TrapFrame) -> ! {
             crate::shared_info::vcpu0_cr2()
         );
         // Xen keeps the saved event mask in the upper bits of the CS slot.
-        let _ = writeln!(c, "rsp={:#x} rbp={:#x} rflags={:#x} cs={:#x} ss={:#x}", f.rsp, f.rbp, f.rflags, f.cs & 0xffff, f.ss & 0xffff);
-        let _ = writeln!(c, "rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x}", f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi);
-        let _ = writeln!(c, "r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x}", f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15);
+        let _ = writeln!(
+            c,
+            "rsp={:#x} rbp={:#x} rflags={:#x} cs={:#x} ss={:#x}",
+            f.rsp,
+            f.rbp,
+            f.rflags,
+            f.cs & 0xffff,
+            f.ss & 0xffff
+        );
+        let _ = writeln!(
+            c,
+            "rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x}",
+            f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi
+        );
+        let _ = writeln!(
+            c,
+            "r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x}",
+            f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15
+        );
         write_backtrace(c, f.rbp);
     })
 }

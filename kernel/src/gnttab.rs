@@ -13,7 +13,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU16, Ordering, fence};
 use spin::Mutex;
 use xen_abi::event_channel::DOMID_SELF;
-use xen_abi::grant_table::{self as gt, GnttabCopy, GnttabMapGrantRef, GnttabQuerySize, GnttabSetupTable, GnttabUnmapGrantRef};
+use xen_abi::grant_table::{
+    self as gt, GnttabCopy, GnttabMapGrantRef, GnttabQuerySize, GnttabSetupTable, GnttabUnmapGrantRef,
+};
 use xen_abi::hypercall::pte;
 
 /// A grant reference in our table.

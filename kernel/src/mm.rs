@@ -103,7 +103,10 @@ fn link_new_table(pfn: u64, parent_mfn: u64, index: usize) -> Result<u64, MmErro
     unsafe {
         core::ptr::write_bytes(va as *mut u8, 0, PAGE_SIZE as usize);
         hypercall::update_va_mapping(va, (mfn << 12) | TABLE_SELF)?;
-        let link = MmuUpdate { ptr: (parent_mfn << 12) + index as u64 * 8 | MMU_NORMAL_PT_UPDATE, val: (mfn << 12) | TABLE_LINK };
+        let link = MmuUpdate {
+            ptr: (parent_mfn << 12) + index as u64 * 8 | MMU_NORMAL_PT_UPDATE,
+            val: (mfn << 12) | TABLE_LINK,
+        };
         hypercall::mmu_update(&[link], DOMID_SELF)?;
     }
     TABLES_ADDED.fetch_add(1, Ordering::Relaxed);
@@ -181,7 +184,10 @@ pub fn init(si: &StartInfo) -> Result<(), MmError> {
             unsafe { batch.flush()? };
             batch_l1 = l1;
         }
-        batch.push(MmuUpdate { ptr: (l1 << 12) + table_index(va, 1) as u64 * 8, val: (mfn_of(pfn) << 12) | pte::KERNEL_DATA });
+        batch.push(MmuUpdate {
+            ptr: (l1 << 12) + table_index(va, 1) as u64 * 8,
+            val: (mfn_of(pfn) << 12) | pte::KERNEL_DATA,
+        });
     }
     // SAFETY: as above.
     unsafe { batch.flush()? };
@@ -275,7 +281,10 @@ impl Page {
 }
 
 fn page_range_check(offset: usize, len: usize) {
-    assert!(offset.checked_add(len).is_some_and(|end| end <= PAGE_SIZE as usize), "access beyond the page ({offset}+{len})");
+    assert!(
+        offset.checked_add(len).is_some_and(|end| end <= PAGE_SIZE as usize),
+        "access beyond the page ({offset}+{len})"
+    );
 }
 
 /// Copies bytes out of one of our pages with volatile reads (it may be shared),

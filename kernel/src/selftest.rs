@@ -202,14 +202,24 @@ fn alloc_stress(rounds: u64) -> Result<(), alloc::string::String> {
     let after = mm::stats();
     println!("alloc: end {after:?}");
     if after.heap_used_bytes != before.heap_used_bytes || after.pool_free_pages != before.pool_free_pages {
-        return Err(alloc::format!("leak: heap used {} -> {}, free pages {} -> {}", before.heap_used_bytes, after.heap_used_bytes, before.pool_free_pages, after.pool_free_pages));
+        return Err(alloc::format!(
+            "leak: heap used {} -> {}, free pages {} -> {}",
+            before.heap_used_bytes,
+            after.heap_used_bytes,
+            before.pool_free_pages,
+            after.pool_free_pages
+        ));
     }
     if taken != before.pool_free_pages {
         return Err(alloc::format!("exhaustion took {taken} pages of {}", before.pool_free_pages));
     }
     println!(
         "alloc: ok rounds={rounds} nr_pages={} heap_bytes={} peak_heap_used={peak_heap} refused={refused} largest_heap_block={heap_max} pool_pages={} page_tables_added={} took_ms={}",
-        after.nr_pages, after.heap_bytes, after.pool_pages, after.page_tables_added, (time::now_ns() - started) / 1_000_000
+        after.nr_pages,
+        after.heap_bytes,
+        after.pool_pages,
+        after.page_tables_added,
+        (time::now_ns() - started) / 1_000_000
     );
     Ok(())
 }
@@ -251,6 +261,10 @@ async fn timers_in_order(count: usize) -> Result<(), alloc::string::String> {
     }
     let max_late = order.iter().map(|o| o.2).max().unwrap_or(0);
     let mean_late = order.iter().map(|o| o.2).sum::<u64>() / count as u64;
-    println!("timers: {count} fired in deadline order, lateness mean {} us max {} us", mean_late / 1000, max_late / 1000);
+    println!(
+        "timers: {count} fired in deadline order, lateness mean {} us max {} us",
+        mean_late / 1000,
+        max_late / 1000
+    );
     Ok(())
 }

@@ -138,7 +138,8 @@ pub fn wallclock_base() -> (u64, u32) {
         unsafe {
             let before = addr_of!((*p).wc_version).read_volatile();
             core::sync::atomic::fence(Ordering::Acquire);
-            let sec = u64::from(addr_of!((*p).wc_sec).read_volatile()) | (u64::from(addr_of!((*p).wc_sec_hi).read_volatile()) << 32);
+            let sec = u64::from(addr_of!((*p).wc_sec).read_volatile())
+                | (u64::from(addr_of!((*p).wc_sec_hi).read_volatile()) << 32);
             let nsec = addr_of!((*p).wc_nsec).read_volatile();
             core::sync::atomic::fence(Ordering::Acquire);
             let after = addr_of!((*p).wc_version).read_volatile();

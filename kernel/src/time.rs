@@ -6,12 +6,12 @@
 
 use crate::arch;
 use crate::shared_info;
-use litemap::LiteMap;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::{Context, Poll, Waker};
 use core::time::Duration;
+use litemap::LiteMap;
 use spin::Mutex;
 
 /// Nanoseconds since the host booted (Xen system time).

@@ -11,13 +11,13 @@ use crate::events::{self, Port};
 use crate::mm;
 use crate::time::{self, TimedOut};
 use alloc::collections::VecDeque;
-use litemap::LiteMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::future::poll_fn;
 use core::sync::atomic::{AtomicU64, Ordering, fence};
 use core::task::{Poll, Waker};
 use core::time::Duration;
+use litemap::LiteMap;
 use spin::Mutex;
 use xenstore::decoder::Decoder;
 use xenstore::reply::{self, WatchEvent, XsError};
@@ -315,7 +315,8 @@ pub async fn watch(path: &str) -> Result<Watch, Error> {
     if let Some(c) = CONNECTION.lock().as_mut() {
         c.watches.insert(token.clone(), (VecDeque::new(), None));
     }
-    let result = call(0, &Request::Watch { path, token: &token }).await.and_then(|m| Ok(reply::ok(&m, MsgType::Watch)?));
+    let result =
+        call(0, &Request::Watch { path, token: &token }).await.and_then(|m| Ok(reply::ok(&m, MsgType::Watch)?));
     if let Err(e) = result {
         if let Some(c) = CONNECTION.lock().as_mut() {
             c.watches.remove(&token);

@@ -43,18 +43,14 @@ fn now() -> Timestamp {
 /// The engine a stub domain for a guest with `hda` and a CD in `hdc` starts with.
 fn stub_domain_engine() -> Result<Engine<SimDeviceModel>, String> {
     let mut engine = Engine::new(SimDeviceModel::new(), EngineConfig::default());
-    let cd_fdset =
-        engine.pv_disk_connected(HDC, PvDiskInfo { read_only: true, size_bytes: 650 << 20 });
+    let cd_fdset = engine.pv_disk_connected(HDC, PvDiskInfo { read_only: true, size_bytes: 650 << 20 });
     engine.pv_disk_connected(HDA, PvDiskInfo { read_only: false, size_bytes: 8 << 30 });
     let host_device = || Some(String::from("host_device"));
     let cd = DriveConfig {
         devid: HDC,
         kind: DriveKind::CdRom,
         read_only: true,
-        medium: Some(MediumSource {
-            filename: format!("/dev/fdset/{cd_fdset}"),
-            format: host_device(),
-        }),
+        medium: Some(MediumSource { filename: format!("/dev/fdset/{cd_fdset}"), format: host_device() }),
     };
     let disk = DriveConfig {
         devid: HDA,
@@ -70,8 +66,7 @@ fn stub_domain_engine() -> Result<Engine<SimDeviceModel>, String> {
 fn serve(path: &Path) -> Result<(), String> {
     let mut engine = stub_domain_engine()?;
     let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).map_err(|error| format!("bind {}: {error}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(|error| format!("bind {}: {error}", path.display()))?;
 
     // The parent closing stdin (or dying) ends the program, whatever it is doing.
     let socket = path.to_path_buf();
@@ -101,11 +96,7 @@ fn serve(path: &Path) -> Result<(), String> {
 }
 
 /// Moves bytes between one client and its session until the client hangs up or quits.
-fn converse(
-    engine: &mut Engine<SimDeviceModel>,
-    session: &mut Session,
-    stream: UnixStream,
-) -> std::io::Result<()> {
+fn converse(engine: &mut Engine<SimDeviceModel>, session: &mut Session, stream: UnixStream) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = std::io::BufReader::with_capacity(64 * 1024, stream);
     writer.write_all(&session.take_output())?;

@@ -80,18 +80,12 @@ impl<'a> Args<'a> {
     }
 
     /// An optional list of enum values (as `qmp_capabilities`'s `enable`).
-    pub(crate) fn opt_enum_list(
-        &mut self,
-        name: &'a str,
-        values: &[&str],
-    ) -> Result<Option<Vec<usize>>> {
+    pub(crate) fn opt_enum_list(&mut self, name: &'a str, values: &[&str]) -> Result<Option<Vec<usize>>> {
         let Some(value) = self.take(name) else { return Ok(None) };
         let Value::Array(items) = value else { return Err(wrong_type(name, "array")) };
         let mut indexes = Vec::new();
         for (position, item) in items.iter().enumerate() {
-            let text = item
-                .as_str()
-                .ok_or_else(|| wrong_type(&format!("{name}[{position}]"), "string"))?;
+            let text = item.as_str().ok_or_else(|| wrong_type(&format!("{name}[{position}]"), "string"))?;
             // QEMU's enum visitor gets no name for list elements and prints "null".
             indexes.push(enum_index("null", text, values)?);
         }
@@ -108,9 +102,10 @@ impl<'a> Args<'a> {
 }
 
 fn enum_index(name: &str, text: &str, values: &[&str]) -> Result<usize> {
-    values.iter().position(|value| *value == text).ok_or_else(|| {
-        QmpError::generic(format!("Parameter '{name}' does not accept value '{text}'"))
-    })
+    values
+        .iter()
+        .position(|value| *value == text)
+        .ok_or_else(|| QmpError::generic(format!("Parameter '{name}' does not accept value '{text}'")))
 }
 
 #[cfg(test)]
@@ -126,10 +121,7 @@ mod tests {
     fn reports_qemu_wording() {
         let args = object(r#"{"force":"yes","bogus":1}"#);
         let mut reader = Args::new(&args);
-        assert_eq!(
-            reader.opt_bool("force").unwrap_err().desc,
-            "Invalid parameter type for 'force', expected: boolean"
-        );
+        assert_eq!(reader.opt_bool("force").unwrap_err().desc, "Invalid parameter type for 'force', expected: boolean");
         let args = object(r#"{"bogus":1}"#);
         let mut reader = Args::new(&args);
         assert_eq!(reader.str("filename").unwrap_err().desc, "Parameter 'filename' is missing");

@@ -236,10 +236,7 @@ pub enum DriveRef<'a> {
 
 impl<'a> DriveRef<'a> {
     /// Exactly one of `device` and `id`, as QEMU's qmp_get_blk demands.
-    pub fn from_args(
-        device: Option<&'a str>,
-        id: Option<&'a str>,
-    ) -> Result<DriveRef<'a>, QmpError> {
+    pub fn from_args(device: Option<&'a str>, id: Option<&'a str>) -> Result<DriveRef<'a>, QmpError> {
         match (device, id) {
             (None, Some(id)) => Ok(DriveRef::Id(id)),
             (Some(device), None) => Ok(DriveRef::Device(device)),
@@ -382,14 +379,12 @@ impl BlockLayer {
 
     /// Creates a drive, opening its initial medium (whose PV disk must be connected).
     pub fn add_drive(&mut self, config: DriveConfig) -> Result<(), QmpError> {
-        let index = devid::disk_index(config.devid)
-            .filter(|index| *index < 4)
-            .ok_or_else(|| {
-                QmpError::generic(format!(
-                    "devid {} is not one of the first four disks, which IDE can emulate",
-                    config.devid
-                ))
-            })?;
+        let index = devid::disk_index(config.devid).filter(|index| *index < 4).ok_or_else(|| {
+            QmpError::generic(format!(
+                "devid {} is not one of the first four disks, which IDE can emulate",
+                config.devid
+            ))
+        })?;
         if self.drives.iter().any(|drive| drive.devid == config.devid || drive.index == index) {
             return Err(QmpError::generic(format!(
                 "a drive for devid {} or its IDE position already exists",
@@ -398,11 +393,7 @@ impl BlockLayer {
         }
         let medium = match &config.medium {
             None => None,
-            Some(source) => Some(self.open_medium(
-                &source.filename,
-                source.format.as_deref(),
-                config.read_only,
-            )?),
+            Some(source) => Some(self.open_medium(&source.filename, source.format.as_deref(), config.read_only)?),
         };
         self.drives.push(Drive {
             devid: config.devid,
@@ -425,9 +416,7 @@ impl BlockLayer {
             None => self.pv_disks.push((devid, info)),
         }
         let target = FdTarget::PvDisk(devid);
-        if let Some(set) =
-            self.fdsets.iter().find(|set| set.fds.iter().any(|entry| entry.target == target))
-        {
+        if let Some(set) = self.fdsets.iter().find(|set| set.fds.iter().any(|entry| entry.target == target)) {
             return set.id;
         }
         self.fdsets.add_to_new_set(target, Some(format!("stub-devid:{devid}")))
@@ -450,39 +439,22 @@ impl BlockLayer {
 
     /// Opens `filename` as a medium: resolves it to a connected PV disk and checks the
     /// format and the access mode.
-    pub fn open_medium(
-        &self,
-        filename: &str,
-        format: Option<&str>,
-        read_only: bool,
-    ) -> Result<Medium, QmpError> {
+    pub fn open_medium(&self, filename: &str, format: Option<&str>, read_only: bool) -> Result<Medium, QmpError> {
         let format = Format::parse(format)?;
         let pv_devid = self.resolve(filename, read_only)?;
-        let info = self
-            .pv_disk(pv_devid)
-            .ok_or_else(|| could_not_open(filename, "No such file or directory"))?;
+        let info = self.pv_disk(pv_devid).ok_or_else(|| could_not_open(filename, "No such file or directory"))?;
         if info.read_only && !read_only {
             return Err(could_not_open(filename, "Permission denied"));
         }
-        Ok(Medium {
-            pv_devid,
-            filename: filename.to_string(),
-            format,
-            read_only,
-            size_bytes: info.size_bytes,
-        })
+        Ok(Medium { pv_devid, filename: filename.to_string(), format, read_only, size_bytes: info.size_bytes })
     }
 
     /// The PV disk a filename names: `/dev/fdset/N` (an entry for a connected PV disk,
     /// a writable one if `read_only` is false) or `/dev/xvdX` (the PV disk for letter X).
     fn resolve(&self, filename: &str, read_only: bool) -> Result<u32, QmpError> {
         if let Some(number) = filename.strip_prefix("/dev/fdset/") {
-            let id = parse_fdset_id(number)
-                .ok_or_else(|| could_not_open(filename, "Invalid argument"))?;
-            let set = self
-                .fdsets
-                .get(id)
-                .ok_or_else(|| could_not_open(filename, "No such file or directory"))?;
+            let id = parse_fdset_id(number).ok_or_else(|| could_not_open(filename, "Invalid argument"))?;
+            let set = self.fdsets.get(id).ok_or_else(|| could_not_open(filename, "No such file or directory"))?;
             let disks: Vec<u32> = set
                 .fds
                 .iter()
@@ -494,9 +466,10 @@ impl BlockLayer {
             if disks.is_empty() {
                 return Err(could_not_open(filename, "not a PV disk of this stub domain"));
             }
-            let usable = disks.iter().copied().find(|devid| {
-                read_only || self.pv_disk(*devid).is_some_and(|info| !info.read_only)
-            });
+            let usable = disks
+                .iter()
+                .copied()
+                .find(|devid| read_only || self.pv_disk(*devid).is_some_and(|info| !info.read_only));
             return usable.ok_or_else(|| could_not_open(filename, "Permission denied"));
         }
         if let Some(index) = filename.strip_prefix("/dev/").and_then(devid::xvd_index) {
@@ -513,12 +486,8 @@ impl BlockLayer {
     /// The drive a command names.
     fn find(&self, target: DriveRef<'_>) -> Result<usize, QmpError> {
         let found = match target {
-            DriveRef::Id(id) => {
-                self.drives.iter().position(|drive| drive.qdev_id().as_deref() == Some(id))
-            }
-            DriveRef::Device(name) => {
-                self.drives.iter().position(|drive| drive.device_name() == name)
-            }
+            DriveRef::Id(id) => self.drives.iter().position(|drive| drive.qdev_id().as_deref() == Some(id)),
+            DriveRef::Device(name) => self.drives.iter().position(|drive| drive.device_name() == name),
         };
         found.ok_or_else(|| {
             let desc = format!("Device '{}' not found", target.name());
@@ -580,12 +549,7 @@ impl BlockLayer {
         Ok(())
     }
 
-    fn close_tray_at(
-        &mut self,
-        at: usize,
-        name: &str,
-        notices: &mut Vec<Notice>,
-    ) -> Result<(), QmpError> {
+    fn close_tray_at(&mut self, at: usize, name: &str, notices: &mut Vec<Notice>) -> Result<(), QmpError> {
         if !self.drives[at].removable() {
             return Err(not_removable(name));
         }
@@ -594,12 +558,7 @@ impl BlockLayer {
     }
 
     /// `eject`: open the tray (see the module notes on locks) and remove the medium.
-    pub fn eject(
-        &mut self,
-        target: DriveRef<'_>,
-        force: bool,
-        notices: &mut Vec<Notice>,
-    ) -> Result<(), QmpError> {
+    pub fn eject(&mut self, target: DriveRef<'_>, force: bool, notices: &mut Vec<Notice>) -> Result<(), QmpError> {
         let at = self.find(target)?;
         self.open_tray_at(at, target.name(), force, notices)?;
         self.remove_medium_at(at, target.name())
@@ -607,12 +566,7 @@ impl BlockLayer {
 
     /// `blockdev-open-tray`: a locked tray without `force` only asks the guest, and that
     /// is a success.
-    pub fn open_tray(
-        &mut self,
-        target: DriveRef<'_>,
-        force: bool,
-        notices: &mut Vec<Notice>,
-    ) -> Result<(), QmpError> {
+    pub fn open_tray(&mut self, target: DriveRef<'_>, force: bool, notices: &mut Vec<Notice>) -> Result<(), QmpError> {
         let at = self.find(target)?;
         match self.open_tray_at(at, target.name(), force, notices) {
             Ok(()) | Err(OpenTrayError::Locked(_)) => Ok(()),
@@ -621,11 +575,7 @@ impl BlockLayer {
     }
 
     /// `blockdev-close-tray`.
-    pub fn close_tray(
-        &mut self,
-        target: DriveRef<'_>,
-        notices: &mut Vec<Notice>,
-    ) -> Result<(), QmpError> {
+    pub fn close_tray(&mut self, target: DriveRef<'_>, notices: &mut Vec<Notice>) -> Result<(), QmpError> {
         let at = self.find(target)?;
         self.close_tray_at(at, target.name(), notices)
     }
@@ -692,11 +642,7 @@ impl BlockLayer {
     }
 
     fn guest_drive(&mut self, devid: u32) -> Result<usize, GuestTrayError> {
-        let at = self
-            .drives
-            .iter()
-            .position(|drive| drive.devid == devid)
-            .ok_or(GuestTrayError::NoSuchDrive)?;
+        let at = self.drives.iter().position(|drive| drive.devid == devid).ok_or(GuestTrayError::NoSuchDrive)?;
         if !self.drives[at].removable() {
             return Err(GuestTrayError::NotRemovable);
         }
@@ -712,12 +658,7 @@ impl BlockLayer {
 
     /// The guest opens or closes the tray (ATAPI START STOP UNIT with LoEj). Opening a
     /// locked tray is refused, closing never is.
-    pub fn guest_move_tray(
-        &mut self,
-        devid: u32,
-        open: bool,
-        notices: &mut Vec<Notice>,
-    ) -> Result<(), GuestTrayError> {
+    pub fn guest_move_tray(&mut self, devid: u32, open: bool, notices: &mut Vec<Notice>) -> Result<(), GuestTrayError> {
         let at = self.guest_drive(devid)?;
         let drive = &self.drives[at];
         if open && !drive.tray_open && drive.tray_locked {
@@ -750,10 +691,7 @@ mod tests {
                 devid: HDC,
                 kind: DriveKind::CdRom,
                 read_only: true,
-                medium: Some(MediumSource {
-                    filename: "/dev/xvdc".into(),
-                    format: Some("host_device".into()),
-                }),
+                medium: Some(MediumSource { filename: "/dev/xvdc".into(), format: Some("host_device".into()) }),
             })
             .unwrap();
         layer

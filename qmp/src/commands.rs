@@ -40,10 +40,7 @@ use serde_json::json;
 
 use crate::args::Args;
 use crate::block::fdset::{FdTarget, SAVE_FDSET};
-use crate::block::{
-    BlockLayer, DriveChange, DriveConfig, DriveRef, GuestTrayError, Notice, PvDiskInfo,
-    ReadOnlyMode,
-};
+use crate::block::{BlockLayer, DriveChange, DriveConfig, DriveRef, GuestTrayError, Notice, PvDiskInfo, ReadOnlyMode};
 use crate::error::{ErrorClass, QmpError};
 use crate::json::Object;
 use crate::protocol::{Timestamp, VersionInfo};
@@ -184,12 +181,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
-        EngineConfig {
-            version: VersionInfo::default(),
-            run_state: RunState::Running,
-            save_console: 1,
-            vcpus: 1,
-        }
+        EngineConfig { version: VersionInfo::default(), run_state: RunState::Running, save_console: 1, vcpus: 1 }
     }
 }
 
@@ -293,12 +285,7 @@ impl<D: DeviceModel> Engine<D> {
 
     /// Hook for the IDE model: the guest opens or closes the tray; a move is a
     /// DEVICE_TRAY_MOVED event stamped `now`.
-    pub fn guest_move_tray(
-        &mut self,
-        devid: u32,
-        open: bool,
-        now: Timestamp,
-    ) -> Result<(), GuestTrayError> {
+    pub fn guest_move_tray(&mut self, devid: u32, open: bool, now: Timestamp) -> Result<(), GuestTrayError> {
         let mut notices = Vec::new();
         self.block.guest_move_tray(devid, open, &mut notices)?;
         self.apply_notices(notices, now);
@@ -357,9 +344,7 @@ impl<D: DeviceModel> Engine<D> {
             }
             "query-commands" => {
                 args.finish()?;
-                Ok(serde_json::Value::Array(
-                    COMMANDS.iter().map(|name| json!({ "name": name })).collect(),
-                ))
+                Ok(serde_json::Value::Array(COMMANDS.iter().map(|name| json!({ "name": name })).collect()))
             }
             "query-status" => {
                 args.finish()?;
@@ -435,9 +420,7 @@ impl<D: DeviceModel> Engine<D> {
                 args.finish()?;
                 let target = DriveRef::from_args(device, id)?;
                 let mode = mode.map_or(ReadOnlyMode::Retain, ReadOnlyMode::from_index);
-                self.block_command(now, |block, notices| {
-                    block.change_medium(target, filename, format, mode, notices)
-                })
+                self.block_command(now, |block, notices| block.change_medium(target, filename, format, mode, notices))
             }
             "add-fd" => {
                 args.opt_int("fdset-id")?;
@@ -472,10 +455,7 @@ impl<D: DeviceModel> Engine<D> {
                 args.finish()?;
                 self.load_devices_state(filename)
             }
-            _ => Err(QmpError::new(
-                ErrorClass::CommandNotFound,
-                format!("The command {command} has not been found"),
-            )),
+            _ => Err(QmpError::new(ErrorClass::CommandNotFound, format!("The command {command} has not been found"))),
         }
     }
 
@@ -493,11 +473,8 @@ impl<D: DeviceModel> Engine<D> {
 
     /// The console a state file name stands for: `/dev/fdset/N` with a console entry.
     fn state_console(&self, filename: &str) -> Result<u32, QmpError> {
-        let unable =
-            |reason: &str| QmpError::generic(format!("Unable to open {filename}: {reason}"));
-        let number = filename
-            .strip_prefix("/dev/fdset/")
-            .ok_or_else(|| unable("No such file or directory"))?;
+        let unable = |reason: &str| QmpError::generic(format!("Unable to open {filename}: {reason}"));
+        let number = filename.strip_prefix("/dev/fdset/").ok_or_else(|| unable("No such file or directory"))?;
         let id: i64 = number
             .parse()
             .ok()

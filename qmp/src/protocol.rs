@@ -33,8 +33,8 @@ use crate::args::Args;
 use crate::commands::{DeviceModel, Engine};
 use crate::error::{ErrorClass, QmpError};
 use crate::json::{self, Object, Value};
-pub use framer::{MAX_MESSAGE_BYTES, MAX_NESTING};
 use framer::{Frame, Framer};
+pub use framer::{MAX_MESSAGE_BYTES, MAX_NESTING};
 
 /// A point in wall-clock time, as event stamps carry it. The caller reads the clock.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -75,10 +75,7 @@ pub const QEMU_VERSION: VersionTriple = VersionTriple { major: 9, minor: 2, micr
 
 impl Default for VersionInfo {
     fn default() -> VersionInfo {
-        VersionInfo {
-            qemu: QEMU_VERSION,
-            package: String::from(concat!("rust-stubdom ", env!("CARGO_PKG_VERSION"))),
-        }
+        VersionInfo { qemu: QEMU_VERSION, package: String::from(concat!("rust-stubdom ", env!("CARGO_PKG_VERSION"))) }
     }
 }
 
@@ -133,8 +130,7 @@ impl Session {
     /// A connection whose output starts with the greeting
     /// `{"QMP":{"version":{"qemu":{..},"package":".."},"capabilities":[]}}`.
     pub fn new(version: &VersionInfo) -> Session {
-        let mut session =
-            Session { framer: Framer::new(), output: Vec::new(), negotiated: false, closed: false };
+        let mut session = Session { framer: Framer::new(), output: Vec::new(), negotiated: false, closed: false };
         session.write(&Greeting { qmp: GreetingBody { version, capabilities: [] } });
         session
     }
@@ -204,9 +200,9 @@ impl Session {
         match serde_json::to_vec(message) {
             Ok(bytes) => self.output.extend_from_slice(&bytes),
             // Unreachable with the types above (string keys, finite numbers); never panic.
-            Err(_) => self.output.extend_from_slice(
-                br#"{"error":{"class":"GenericError","desc":"reply could not be encoded"}}"#,
-            ),
+            Err(_) => self
+                .output
+                .extend_from_slice(br#"{"error":{"class":"GenericError","desc":"reply could not be encoded"}}"#),
         }
         self.output.extend_from_slice(b"\r\n");
     }
@@ -265,8 +261,7 @@ impl Session {
             ));
         }
         if let Some(wanted) = enable.filter(|wanted| !wanted.is_empty()) {
-            let names: Vec<&str> =
-                wanted.iter().filter_map(|index| CAPABILITIES.get(*index).copied()).collect();
+            let names: Vec<&str> = wanted.iter().filter_map(|index| CAPABILITIES.get(*index).copied()).collect();
             return Err(QmpError::generic(format!("Capability {} not available", names.join(", "))));
         }
         self.negotiated = true;
@@ -280,9 +275,8 @@ fn check_request(request: &Object) -> Result<(&str, Option<&Object>), QmpError> 
     for (name, value) in request.iter() {
         match name {
             "execute" => {
-                let text = value.as_str().ok_or_else(|| {
-                    QmpError::generic("QMP input member 'execute' must be a string")
-                })?;
+                let text =
+                    value.as_str().ok_or_else(|| QmpError::generic("QMP input member 'execute' must be a string"))?;
                 command = Some(text);
             }
             "arguments" => {

@@ -111,19 +111,13 @@ pub fn test_engine() -> Engine<SimDeviceModel> {
         devid: HDC,
         kind: DriveKind::CdRom,
         read_only: true,
-        medium: Some(MediumSource {
-            filename: "/dev/xvdc".into(),
-            format: Some("host_device".into()),
-        }),
+        medium: Some(MediumSource { filename: "/dev/xvdc".into(), format: Some("host_device".into()) }),
     };
     let disk = DriveConfig {
         devid: HDA,
         kind: DriveKind::HardDisk,
         read_only: false,
-        medium: Some(MediumSource {
-            filename: "/dev/xvda".into(),
-            format: Some("host_device".into()),
-        }),
+        medium: Some(MediumSource { filename: "/dev/xvda".into(), format: Some("host_device".into()) }),
     };
     // Both PV disks are connected, so neither can fail.
     let _ = engine.add_drive(cd);
@@ -175,8 +169,8 @@ pub fn check_output(output: &[u8]) -> Result<StreamSummary, String> {
             .ok_or_else(|| String::from("output does not end with \\r\\n"))?;
         let line = &rest[..end];
         rest = &rest[end + 2..];
-        let value: serde_json::Value = serde_json::from_slice(line)
-            .map_err(|error| format!("output line is not JSON: {error}"))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(line).map_err(|error| format!("output line is not JSON: {error}"))?;
         let object = value.as_object().ok_or_else(|| String::from("output line is not an object"))?;
         if first {
             if !object.contains_key("QMP") {

@@ -35,12 +35,8 @@ fn setup(filled: bool, root_read_only: bool, old_disk_read_only: bool, new_disk_
     let new = engine.pv_disk_connected(NEW_DISK, PvDiskInfo { read_only: new_disk_read_only, size_bytes });
     let old_img = format!("/dev/fdset/{old}");
     let medium = MediumSource { filename: old_img.clone(), format: Some("raw".into()) };
-    let config = DriveConfig {
-        devid: HDC,
-        kind: DriveKind::CdRom,
-        read_only: root_read_only,
-        medium: filled.then_some(medium),
-    };
+    let config =
+        DriveConfig { devid: HDC, kind: DriveKind::CdRom, read_only: root_read_only, medium: filled.then_some(medium) };
     engine.add_drive(config).unwrap();
     let mut client = Client::with_engine(engine);
     client.negotiate();
@@ -208,7 +204,10 @@ fn locked_tray_refuses_eject_without_force_and_asks_the_guest() {
     let eject = case.client.command("eject", Some(json!({ "id": ID })));
     assert_eq!(
         eject.error(),
-        ("GenericError", "Device 'ide-5632' is locked and force was not specified, wait for tray to open and try again")
+        (
+            "GenericError",
+            "Device 'ide-5632' is locked and force was not specified, wait for tray to open and try again"
+        )
     );
     assert!(eject.events.is_empty());
     assert_eq!(eject_requests(&case), [false]);

@@ -10,9 +10,9 @@
 mod common;
 
 use common::{Client, LIBXL_FIRST_ID, libxl_command};
+use qmp::RunState;
 use qmp::block::DriveChange;
 use qmp::sim::{Call, HDC};
-use qmp::RunState;
 use serde_json::{Value, json};
 
 /// One libxl connection: sends commands with libxl's ids and checks each reply's id.
@@ -161,7 +161,10 @@ fn cd_insert_when_the_guest_locked_the_tray() {
     let eject = libxl.send("eject", Some(json!({ "id": "ide-5632" })));
     assert_eq!(
         eject.error(),
-        ("GenericError", "Device 'ide-5632' is locked and force was not specified, wait for tray to open and try again")
+        (
+            "GenericError",
+            "Device 'ide-5632' is locked and force was not specified, wait for tray to open and try again"
+        )
     );
     assert!(eject.events.is_empty());
     // The guest was asked to eject; it unlocks and opens the tray (an event to whoever
@@ -286,6 +289,7 @@ fn query_cpus_fast_lists_every_vcpu_of_the_command_line() {
     session.feed(&mut engine, b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-cpus-fast\",\"id\":7}", now);
     let output = String::from_utf8(session.take_output()).unwrap();
     let reply: Value = serde_json::from_str(output.trim_end().lines().last().unwrap()).unwrap();
-    let indexes: Vec<i64> = reply["return"].as_array().unwrap().iter().map(|c| c["cpu-index"].as_i64().unwrap()).collect();
+    let indexes: Vec<i64> =
+        reply["return"].as_array().unwrap().iter().map(|c| c["cpu-index"].as_i64().unwrap()).collect();
     assert_eq!(indexes, [0, 1, 2, 3]);
 }

@@ -175,10 +175,26 @@ fn argument_errors_use_qemus_wording() {
         ("add-fd", json!({ "fdset-id": 1, "opaque": "x" }), "No file descriptor supplied via SCM_RIGHTS"),
         ("add-fd", json!({}), "No file descriptor supplied via SCM_RIGHTS"),
         ("xen-set-global-dirty-log", json!({}), "Parameter 'enable' is missing"),
-        ("xen-set-global-dirty-log", json!({ "enable": null }), "Invalid parameter type for 'enable', expected: boolean"),
-        ("xen-save-devices-state", json!({ "filename": "/dev/fdset/0" }), "Unable to open /dev/fdset/0: state files go to a console of the stub domain, not to a disk"),
-        ("xen-save-devices-state", json!({ "filename": "/tmp/save" }), "Unable to open /tmp/save: No such file or directory"),
-        ("xen-load-devices-state", json!({ "filename": "/dev/fdset/1" }), "Cannot update device state while vm is running"),
+        (
+            "xen-set-global-dirty-log",
+            json!({ "enable": null }),
+            "Invalid parameter type for 'enable', expected: boolean",
+        ),
+        (
+            "xen-save-devices-state",
+            json!({ "filename": "/dev/fdset/0" }),
+            "Unable to open /dev/fdset/0: state files go to a console of the stub domain, not to a disk",
+        ),
+        (
+            "xen-save-devices-state",
+            json!({ "filename": "/tmp/save" }),
+            "Unable to open /tmp/save: No such file or directory",
+        ),
+        (
+            "xen-load-devices-state",
+            json!({ "filename": "/dev/fdset/1" }),
+            "Cannot update device state while vm is running",
+        ),
         ("query-status", json!({ "verbose": true }), "Parameter 'verbose' is unexpected"),
     ] {
         let exchange = client.command(command, Some(arguments.clone()));
@@ -288,8 +304,27 @@ const CORPUS: &[&[u8]] = &[
 ];
 
 const TOKENS: &[&[u8]] = &[
-    b"{", b"}", b"[", b"]", b"\"", b":", b",", b"\\", b"\\u0000", b"\\ud800", b"null", b"-0",
-    b"1e309", b"\xff", b"\xc3", b"\x00", b"\n", b"\r\n", b"'", b"{\"execute\":", b"\"id\":",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b":",
+    b",",
+    b"\\",
+    b"\\u0000",
+    b"\\ud800",
+    b"null",
+    b"-0",
+    b"1e309",
+    b"\xff",
+    b"\xc3",
+    b"\x00",
+    b"\n",
+    b"\r\n",
+    b"'",
+    b"{\"execute\":",
+    b"\"id\":",
     b"{\"execute\":\"qmp_capabilities\"}",
 ];
 

@@ -114,9 +114,18 @@ struct Faults {
 enum Wait {
     /// Only its deadline.
     Timer,
-    Event { domid: DomId, port: u32 },
-    Reply { domid: DomId, req_id: u32 },
-    Watch { domid: DomId, token: String },
+    Event {
+        domid: DomId,
+        port: u32,
+    },
+    Reply {
+        domid: DomId,
+        req_id: u32,
+    },
+    Watch {
+        domid: DomId,
+        token: String,
+    },
 }
 
 struct Waiter {

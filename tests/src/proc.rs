@@ -53,9 +53,18 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
         while !h.is_finished() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if h.is_finished() { String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned() } else { String::new() }
+        if h.is_finished() {
+            String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned()
+        } else {
+            String::new()
+        }
     };
-    Ok(Output { success: status.success(), code: status.code(), stdout: collect(out_reader), stderr: collect(err_reader) })
+    Ok(Output {
+        success: status.success(),
+        code: status.code(),
+        stdout: collect(out_reader),
+        stderr: collect(err_reader),
+    })
 }
 
 /// Polls `probe` every `every` until it returns `Some` or `limit` passes.
@@ -78,7 +87,8 @@ mod tests {
 
     #[test]
     fn run_collects_output_and_status() {
-        let out = run(Command::new("sh").args(["-c", "echo hi; echo oops >&2; exit 3"]), Duration::from_secs(10)).unwrap();
+        let out =
+            run(Command::new("sh").args(["-c", "echo hi; echo oops >&2; exit 3"]), Duration::from_secs(10)).unwrap();
         assert!(!out.success);
         assert_eq!(out.code, Some(3));
         assert_eq!(out.stdout, "hi\n");
@@ -96,7 +106,13 @@ mod tests {
     #[test]
     fn poll_gives_up_after_limit() {
         let mut n = 0;
-        assert_eq!(poll(Duration::from_millis(100), Duration::from_millis(10), || { n += 1; None::<()> }), None);
+        assert_eq!(
+            poll(Duration::from_millis(100), Duration::from_millis(10), || {
+                n += 1;
+                None::<()>
+            }),
+            None
+        );
         assert!(n >= 2);
         assert_eq!(poll(Duration::from_secs(1), Duration::from_millis(1), || Some(7)), Some(7));
     }

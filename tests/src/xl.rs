@@ -35,7 +35,12 @@ pub fn parse_list(text: &str) -> Vec<DomainRow> {
             if f.len() < 6 {
                 return None;
             }
-            Some(DomainRow { name: f[0].to_string(), domid: f[1].parse().ok()?, mem_mib: f[2].parse().ok()?, state: f[4].to_string() })
+            Some(DomainRow {
+                name: f[0].to_string(),
+                domid: f[1].parse().ok()?,
+                mem_mib: f[2].parse().ok()?,
+                state: f[4].to_string(),
+            })
         })
         .collect()
 }
@@ -47,7 +52,11 @@ fn xl(args: &[&str], limit_s: u64) -> Result<proc::Output, String> {
 /// `xl create CFG`; fails with xl's own messages when xl does.
 pub fn create(cfg_path: &str) -> Result<(), String> {
     let out = xl(&["create", cfg_path], 120)?;
-    if out.success { Ok(()) } else { Err(format!("xl create {cfg_path} failed ({:?}): {}{}", out.code, out.stdout, out.stderr)) }
+    if out.success {
+        Ok(())
+    } else {
+        Err(format!("xl create {cfg_path} failed ({:?}): {}{}", out.code, out.stdout, out.stderr))
+    }
 }
 
 /// The row for domain `name`, if it exists.

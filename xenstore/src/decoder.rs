@@ -25,10 +25,9 @@ impl fmt::Display for DecodeError {
             DecodeError::UnknownType(number) => {
                 write!(f, "a header has message type {number}, which Xen does not define")
             }
-            DecodeError::PayloadTooLong(len) => write!(
-                f,
-                "a header announces a {len}-byte payload, more than the {PAYLOAD_MAX} allowed"
-            ),
+            DecodeError::PayloadTooLong(len) => {
+                write!(f, "a header announces a {len}-byte payload, more than the {PAYLOAD_MAX} allowed")
+            }
         }
     }
 }
@@ -100,10 +99,7 @@ impl Decoder {
                         return taken;
                     }
                     self.state = match Header::decode(header_bytes) {
-                        Ok(header) => State::Payload {
-                            header,
-                            payload: Vec::with_capacity(header.len as usize),
-                        },
+                        Ok(header) => State::Payload { header, payload: Vec::with_capacity(header.len as usize) },
                         Err(error) => State::Broken(error),
                     };
                 }

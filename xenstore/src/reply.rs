@@ -122,12 +122,8 @@ impl fmt::Display for XsError {
             XsError::MissingNul => f.write_str("a string in the reply is not NUL-terminated"),
             XsError::WrongFieldCount => f.write_str("the reply has the wrong number of strings"),
             XsError::NotUtf8 => f.write_str("text in the reply is not UTF-8"),
-            XsError::BadNumber => {
-                f.write_str("a number in the reply is not plain decimal in range")
-            }
-            XsError::BadPermission => f.write_str(
-                "a permission in the reply is not a letter n/r/w/b then a domid",
-            ),
+            XsError::BadNumber => f.write_str("a number in the reply is not plain decimal in range"),
+            XsError::BadPermission => f.write_str("a permission in the reply is not a letter n/r/w/b then a domid"),
             XsError::NotOk => f.write_str("the reply should be \"OK\" and is not"),
         }
     }
@@ -224,9 +220,7 @@ pub fn ok(reply: &Message, request: MsgType) -> Result<(), XsError> {
 /// An XS_WATCH_EVENT's "path\0token\0".
 pub fn watch_event(message: &Message) -> Result<WatchEvent, XsError> {
     match nul_terminated(payload_of(message, MsgType::WatchEvent)?)?.as_slice() {
-        [path, token] => {
-            Ok(WatchEvent { path: String::from(text(path)?), token: String::from(text(token)?) })
-        }
+        [path, token] => Ok(WatchEvent { path: String::from(text(path)?), token: String::from(text(token)?) }),
         _ => Err(XsError::WrongFieldCount),
     }
 }
@@ -263,10 +257,7 @@ mod tests {
     #[test]
     fn wrong_reply_type() {
         let wrong = reply(MsgType::Write, b"OK\0");
-        assert_eq!(
-            read(&wrong),
-            Err(XsError::WrongReplyType { expected: MsgType::Read, got: MsgType::Write })
-        );
+        assert_eq!(read(&wrong), Err(XsError::WrongReplyType { expected: MsgType::Read, got: MsgType::Write }));
         assert!(matches!(ok(&wrong, MsgType::Mkdir), Err(XsError::WrongReplyType { .. })));
     }
 
@@ -337,9 +328,6 @@ mod tests {
             assert_eq!(watch_event(&message), Err(XsError::WrongFieldCount), "{bad:?}");
         }
         assert_eq!(watch_event(&reply(MsgType::WatchEvent, b"/a\0t")), Err(XsError::MissingNul));
-        assert!(matches!(
-            watch_event(&reply(MsgType::Read, b"/a\0t\0")),
-            Err(XsError::WrongReplyType { .. })
-        ));
+        assert!(matches!(watch_event(&reply(MsgType::Read, b"/a\0t\0")), Err(XsError::WrongReplyType { .. })));
     }
 }

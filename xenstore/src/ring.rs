@@ -63,11 +63,7 @@ pub struct CorruptRing {
 
 impl fmt::Display for CorruptRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the indexes claim more than a ringful of unread bytes (cons {}, prod {})",
-            self.cons, self.prod
-        )
+        write!(f, "the indexes claim more than a ringful of unread bytes (cons {}, prod {})", self.cons, self.prod)
     }
 }
 
@@ -97,11 +93,7 @@ pub fn chunks(start: u32, len: usize) -> [Range<usize>; 2] {
     let first = slot(start);
     let len = len.min(RING_SIZE);
     let until_end = RING_SIZE - first;
-    if len <= until_end {
-        [first..first + len, 0..0]
-    } else {
-        [first..RING_SIZE, 0..len - until_end]
-    }
+    if len <= until_end { [first..first + len, 0..0] } else { [first..RING_SIZE, 0..len - until_end] }
 }
 
 /// One queue in ordinary memory, for tests and simulations; it uses the same

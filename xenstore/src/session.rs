@@ -18,7 +18,10 @@ use crate::wire::{EncodeError, Message, MsgType, Request};
 pub enum Incoming {
     /// The answer to request `req_id`: the message if it has the request's type,
     /// otherwise the error it carries.
-    Reply { req_id: u32, result: Result<Message, XsError> },
+    Reply {
+        req_id: u32,
+        result: Result<Message, XsError>,
+    },
     Watch(WatchEvent),
     /// xenstored broke the protocol; the message was dropped.
     ProtocolError(ProtocolError),
@@ -170,10 +173,7 @@ mod tests {
             session.accept(message(MsgType::Read, mkdir_id, b"x")),
             Incoming::Reply {
                 req_id: mkdir_id,
-                result: Err(XsError::WrongReplyType {
-                    expected: MsgType::Mkdir,
-                    got: MsgType::Read,
-                }),
+                result: Err(XsError::WrongReplyType { expected: MsgType::Mkdir, got: MsgType::Read }),
             }
         );
         let good = message(MsgType::Read, read_id, b"value");
@@ -186,10 +186,7 @@ mod tests {
     fn unknown_ids_and_bad_events_are_values() {
         let mut session = Session::new();
         let unknown = ProtocolError::UnknownRequestId { req_id: 99, msg_type: MsgType::Read };
-        assert_eq!(
-            session.accept(message(MsgType::Read, 99, b"")),
-            Incoming::ProtocolError(unknown)
-        );
+        assert_eq!(session.accept(message(MsgType::Read, 99, b"")), Incoming::ProtocolError(unknown));
         let (req_id, _) = session.start(0, &Request::Read { path: "a" }).unwrap();
         assert!(session.cancel(req_id));
         assert!(!session.cancel(req_id));

@@ -22,10 +22,7 @@ use alloc::vec::Vec;
 use crate::decoder::{DecodeError, Decoder};
 use crate::reply::{self, Errno, WatchEvent, XsError};
 use crate::session::{Incoming, Session};
-use crate::wire::{
-    self, Access, Message, MsgType, Permission, Request, check_path, check_watch_path,
-    parse_decimal,
-};
+use crate::wire::{self, Access, Message, MsgType, Permission, Request, check_path, check_watch_path, parse_decimal};
 
 type Tree = BTreeMap<String, Node>;
 
@@ -52,7 +49,11 @@ struct Change {
 enum Event {
     Change(Change),
     /// A new watch fires once at once, to its own connection only.
-    Registered { connection: usize, path: String, token: String },
+    Registered {
+        connection: usize,
+        path: String,
+        token: String,
+    },
 }
 
 /// One connection to the sim, acting as one domain.
@@ -125,11 +126,7 @@ fn home(domid: u16) -> String {
 
 /// A relative path made absolute under the domain's home; others unchanged.
 fn absolute(domid: u16, path: &str) -> String {
-    if path.starts_with('/') || path.starts_with('@') {
-        path.to_string()
-    } else {
-        format!("{}/{path}", home(domid))
-    }
+    if path.starts_with('/') || path.starts_with('@') { path.to_string() } else { format!("{}/{path}", home(domid)) }
 }
 
 /// Splits a payload of NUL-terminated strings; anything else is EINVAL.
@@ -251,8 +248,7 @@ impl View<'_> {
         if !self.access(node).can_write() {
             return Err(Errno::EACCES);
         }
-        let doomed: Vec<String> =
-            self.tree.keys().filter(|key| is_within(key, path)).cloned().collect();
+        let doomed: Vec<String> = self.tree.keys().filter(|key| is_within(key, path)).cloned().collect();
         for key in doomed {
             self.tree.remove(&key);
             self.accessed.insert(key);
@@ -426,17 +422,10 @@ impl Sim {
         self.commits
     }
 
-    fn as_dom0<T>(
-        &mut self,
-        operation: impl FnOnce(&mut View) -> Result<T, Errno>,
-    ) -> Result<T, Errno> {
+    fn as_dom0<T>(&mut self, operation: impl FnOnce(&mut View) -> Result<T, Errno>) -> Result<T, Errno> {
         let mut accessed = BTreeSet::new();
-        let mut view = View {
-            tree: &mut self.tree,
-            generation: &mut self.generation,
-            accessed: &mut accessed,
-            domid: 0,
-        };
+        let mut view =
+            View { tree: &mut self.tree, generation: &mut self.generation, accessed: &mut accessed, domid: 0 };
         operation(&mut view)
     }
 
@@ -448,8 +437,9 @@ impl Sim {
         };
         let reply = match self.execute(connection, &message) {
             // A reply too long for a message (a big directory, say) is E2BIG, as in xenstored.
-            Ok(payload) => wire::encode(header.msg_type, header.req_id, header.tx_id, &[&payload])
-                .or_else(|_| error(Errno::E2BIG)),
+            Ok(payload) => {
+                wire::encode(header.msg_type, header.req_id, header.tx_id, &[&payload]).or_else(|_| error(Errno::E2BIG))
+            }
             Err(errno) => error(errno),
         };
         if self.replies_to_drop > 0 {
@@ -465,8 +455,13 @@ impl Sim {
         let header = message.header;
         let payload = message.payload.as_slice();
         match header.msg_type {
-            MsgType::Read | MsgType::Directory | MsgType::GetPerms | MsgType::Mkdir | MsgType::Rm
-            | MsgType::Write | MsgType::SetPerms => self.node_request(connection, message),
+            MsgType::Read
+            | MsgType::Directory
+            | MsgType::GetPerms
+            | MsgType::Mkdir
+            | MsgType::Rm
+            | MsgType::Write
+            | MsgType::SetPerms => self.node_request(connection, message),
             MsgType::Watch => {
                 let (path, token) = watch_fields(payload)?;
                 let watches = &mut self.connections[connection].watches;
@@ -584,8 +579,7 @@ impl Sim {
                 let fields = fields(payload)?;
                 let (path, permissions) = fields.split_first().ok_or(Errno::EINVAL)?;
                 check_path(path).map_err(|_| Errno::EINVAL)?;
-                let permissions: Option<Vec<Permission>> =
-                    permissions.iter().map(|p| Permission::parse(p)).collect();
+                let permissions: Option<Vec<Permission>> = permissions.iter().map(|p| Permission::parse(p)).collect();
                 let permissions = permissions.filter(|p| !p.is_empty()).ok_or(Errno::EINVAL)?;
                 let path = absolute(domid, path);
                 view.set_perms(&path, permissions)?;
@@ -613,10 +607,8 @@ impl Sim {
             EagainCommits::Next(_) | EagainCommits::Never => {}
         }
         let generation = |tree: &Tree, path: &String| tree.get(path).map(|node| node.generation);
-        let conflict = transaction
-            .accessed
-            .iter()
-            .any(|path| generation(&self.tree, path) != generation(&transaction.base, path));
+        let conflict =
+            transaction.accessed.iter().any(|path| generation(&self.tree, path) != generation(&transaction.base, path));
         if conflict {
             return Err(Errno::EAGAIN);
         }
@@ -652,9 +644,7 @@ impl Sim {
                             let relative_base = format!("{}/", home(connection.domid));
                             let shown = match watch_path.starts_with(['/', '@']) {
                                 true => event_path.as_str(),
-                                false => {
-                                    event_path.strip_prefix(&relative_base).unwrap_or(&event_path)
-                                }
+                                false => event_path.strip_prefix(&relative_base).unwrap_or(&event_path),
                             };
                             push_event(&mut connection.output, shown, token);
                         }
@@ -709,12 +699,7 @@ impl Client {
     /// # Panics
     /// If the request does not encode, no reply comes (see [`Sim::drop_replies`]), or
     /// the sim breaks the protocol: each is a failed test.
-    pub fn call(
-        &mut self,
-        sim: &mut Sim,
-        tx_id: u32,
-        request: &Request,
-    ) -> Result<Message, XsError> {
+    pub fn call(&mut self, sim: &mut Sim, tx_id: u32, request: &Request) -> Result<Message, XsError> {
         let (req_id, bytes) = self.session.start(tx_id, request).expect("request encodes");
         sim.send(self.connection, &bytes);
         let mut answer = None;
@@ -746,13 +731,7 @@ impl Client {
         reply::read(&self.call(sim, tx_id, &Request::Read { path })?)
     }
 
-    pub fn write(
-        &mut self,
-        sim: &mut Sim,
-        tx_id: u32,
-        path: &str,
-        value: &[u8],
-    ) -> Result<(), XsError> {
+    pub fn write(&mut self, sim: &mut Sim, tx_id: u32, path: &str, value: &[u8]) -> Result<(), XsError> {
         reply::ok(&self.call(sim, tx_id, &Request::Write { path, value })?, MsgType::Write)
     }
 
@@ -764,21 +743,11 @@ impl Client {
         reply::ok(&self.call(sim, tx_id, &Request::Rm { path })?, MsgType::Rm)
     }
 
-    pub fn directory(
-        &mut self,
-        sim: &mut Sim,
-        tx_id: u32,
-        path: &str,
-    ) -> Result<Vec<String>, XsError> {
+    pub fn directory(&mut self, sim: &mut Sim, tx_id: u32, path: &str) -> Result<Vec<String>, XsError> {
         reply::directory(&self.call(sim, tx_id, &Request::Directory { path })?)
     }
 
-    pub fn get_perms(
-        &mut self,
-        sim: &mut Sim,
-        tx_id: u32,
-        path: &str,
-    ) -> Result<Vec<Permission>, XsError> {
+    pub fn get_perms(&mut self, sim: &mut Sim, tx_id: u32, path: &str) -> Result<Vec<Permission>, XsError> {
         reply::get_perms(&self.call(sim, tx_id, &Request::GetPerms { path })?)
     }
 
@@ -809,12 +778,7 @@ impl Client {
         reply::transaction_start(&self.call(sim, 0, &Request::TransactionStart)?)
     }
 
-    pub fn transaction_end(
-        &mut self,
-        sim: &mut Sim,
-        tx_id: u32,
-        commit: bool,
-    ) -> Result<(), XsError> {
+    pub fn transaction_end(&mut self, sim: &mut Sim, tx_id: u32, commit: bool) -> Result<(), XsError> {
         let request = Request::TransactionEnd { commit };
         reply::ok(&self.call(sim, tx_id, &request)?, MsgType::TransactionEnd)
     }
@@ -881,10 +845,7 @@ mod tests {
         sim.write("/backend/x", b"secret").unwrap();
         assert_eq!(guest.read(&mut sim, 0, "/backend/x"), Err(errno(Errno::EACCES)));
         assert_eq!(guest.write(&mut sim, 0, "/backend/y", b""), Err(errno(Errno::EACCES)));
-        let readable = [
-            Permission { domid: 0, access: Access::None },
-            Permission { domid: 5, access: Access::Read },
-        ];
+        let readable = [Permission { domid: 0, access: Access::None }, Permission { domid: 5, access: Access::Read }];
         sim.set_perms("/backend/x", &readable).unwrap();
         assert_eq!(guest.read(&mut sim, 0, "/backend/x"), Ok(b"secret".to_vec()));
         assert_eq!(guest.get_perms(&mut sim, 0, "/backend/x"), Ok(readable.to_vec()));
@@ -1020,8 +981,7 @@ mod tests {
         let connection = sim.connect(0);
         sim.send(connection, &wire::watch(9, 0, "/w", "t").unwrap());
         let messages = Decoder::new().feed(&sim.receive(connection));
-        let types: Vec<MsgType> =
-            messages.iter().map(|m| m.as_ref().unwrap().header.msg_type).collect();
+        let types: Vec<MsgType> = messages.iter().map(|m| m.as_ref().unwrap().header.msg_type).collect();
         assert_eq!(types, [MsgType::Watch, MsgType::WatchEvent]);
     }
 

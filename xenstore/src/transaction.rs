@@ -107,11 +107,7 @@ mod tests {
     }
 
     /// One attempt: read a counter, maybe let a rival write it, write it plus one, commit.
-    fn increment(
-        sim: &mut Sim,
-        client: &mut Client,
-        rival_value: Option<&[u8]>,
-    ) -> Result<u32, XsError> {
+    fn increment(sim: &mut Sim, client: &mut Client, rival_value: Option<&[u8]>) -> Result<u32, XsError> {
         let tx_id = client.transaction_start(sim)?;
         let value = client.read(sim, tx_id, "counter")?;
         let number: u32 = core::str::from_utf8(&value).unwrap().parse().unwrap();
@@ -144,9 +140,7 @@ mod tests {
     fn default_policy_is_eight_attempts() {
         let (mut sim, mut client) = setup();
         sim.fail_commits_with_eagain_forever();
-        let result = block_on(with_retries(RetryPolicy::default(), async |_| {
-            increment(&mut sim, &mut client, None)
-        }));
+        let result = block_on(with_retries(RetryPolicy::default(), async |_| increment(&mut sim, &mut client, None)));
         assert_eq!(result, Err(TransactionError::TooManyConflicts { attempts: 8 }));
         assert_eq!(sim.commits(), 8);
     }

@@ -86,10 +86,7 @@ impl TryFrom<u32> for MsgType {
     type Error = UnknownMsgType;
 
     fn try_from(number: u32) -> Result<MsgType, UnknownMsgType> {
-        MsgType::ALL
-            .into_iter()
-            .find(|msg_type| *msg_type as u32 == number)
-            .ok_or(UnknownMsgType(number))
+        MsgType::ALL.into_iter().find(|msg_type| *msg_type as u32 == number).ok_or(UnknownMsgType(number))
     }
 }
 
@@ -123,8 +120,7 @@ impl Header {
             word.copy_from_slice(&bytes[index * 4..index * 4 + 4]);
             u32::from_le_bytes(word)
         };
-        let msg_type =
-            MsgType::try_from(field(0)).map_err(|UnknownMsgType(n)| DecodeError::UnknownType(n))?;
+        let msg_type = MsgType::try_from(field(0)).map_err(|UnknownMsgType(n)| DecodeError::UnknownType(n))?;
         let len = field(3);
         if len as usize > PAYLOAD_MAX {
             return Err(DecodeError::PayloadTooLong(len));
@@ -174,22 +170,17 @@ impl fmt::Display for EncodeError {
             EncodeError::PathTooLong { len, max } => {
                 write!(f, "the path is {len} bytes, more than the {max} xenstored accepts")
             }
-            EncodeError::PathCharacter(c) => write!(
-                f,
-                "the path has {c:?}; xenstored accepts only ASCII letters, digits and -/_@"
-            ),
+            EncodeError::PathCharacter(c) => {
+                write!(f, "the path has {c:?}; xenstored accepts only ASCII letters, digits and -/_@")
+            }
             EncodeError::DoubleSlash => f.write_str("the path contains \"//\""),
             EncodeError::TrailingSlash => f.write_str("the path ends with '/'"),
-            EncodeError::SpecialPath => {
-                f.write_str("the path starts with '@', which only watches may do")
-            }
+            EncodeError::SpecialPath => f.write_str("the path starts with '@', which only watches may do"),
             EncodeError::NulInToken => f.write_str("the watch token contains a NUL byte"),
-            EncodeError::NoPermissions => {
-                f.write_str("set_perms needs at least one permission (the owner's)")
+            EncodeError::NoPermissions => f.write_str("set_perms needs at least one permission (the owner's)"),
+            EncodeError::NestedTransaction => {
+                f.write_str("transaction_start was given a transaction id; transactions do not nest")
             }
-            EncodeError::NestedTransaction => f.write_str(
-                "transaction_start was given a transaction id; transactions do not nest",
-            ),
             EncodeError::NoTransaction => {
                 f.write_str("transaction_end was given transaction id 0, which is no transaction")
             }
@@ -300,17 +291,11 @@ pub(crate) fn parse_decimal(text: &str) -> Option<u32> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    text.bytes()
-        .try_fold(0u32, |n, digit| n.checked_mul(10)?.checked_add(u32::from(digit - b'0')))
+    text.bytes().try_fold(0u32, |n, digit| n.checked_mul(10)?.checked_add(u32::from(digit - b'0')))
 }
 
 /// A header and a payload made of `parts`, as one buffer ready for the ring.
-pub fn encode(
-    msg_type: MsgType,
-    req_id: u32,
-    tx_id: u32,
-    parts: &[&[u8]],
-) -> Result<Vec<u8>, EncodeError> {
+pub fn encode(msg_type: MsgType, req_id: u32, tx_id: u32, parts: &[&[u8]]) -> Result<Vec<u8>, EncodeError> {
     let len: usize = parts.iter().map(|part| part.len()).sum();
     if len > PAYLOAD_MAX {
         return Err(EncodeError::PayloadTooLong(len));
@@ -324,12 +309,7 @@ pub fn encode(
     Ok(bytes)
 }
 
-fn path_request(
-    msg_type: MsgType,
-    req_id: u32,
-    tx_id: u32,
-    path: &str,
-) -> Result<Vec<u8>, EncodeError> {
+fn path_request(msg_type: MsgType, req_id: u32, tx_id: u32, path: &str) -> Result<Vec<u8>, EncodeError> {
     check_path(path)?;
     encode(msg_type, req_id, tx_id, &[path.as_bytes(), b"\0"])
 }
@@ -372,12 +352,7 @@ pub fn write(req_id: u32, tx_id: u32, path: &str, value: &[u8]) -> Result<Vec<u8
 }
 
 /// XS_SET_PERMS "path\0" then each permission's text form and a NUL; owner first.
-pub fn set_perms(
-    req_id: u32,
-    tx_id: u32,
-    path: &str,
-    permissions: &[Permission],
-) -> Result<Vec<u8>, EncodeError> {
+pub fn set_perms(req_id: u32, tx_id: u32, path: &str, permissions: &[Permission]) -> Result<Vec<u8>, EncodeError> {
     check_path(path)?;
     if permissions.is_empty() {
         return Err(EncodeError::NoPermissions);
@@ -386,13 +361,7 @@ pub fn set_perms(
     encode(MsgType::SetPerms, req_id, tx_id, &[path.as_bytes(), b"\0", text.as_bytes()])
 }
 
-fn watch_request(
-    msg_type: MsgType,
-    req_id: u32,
-    tx_id: u32,
-    path: &str,
-    token: &str,
-) -> Result<Vec<u8>, EncodeError> {
+fn watch_request(msg_type: MsgType, req_id: u32, tx_id: u32, path: &str, token: &str) -> Result<Vec<u8>, EncodeError> {
     check_watch_path(path)?;
     if token.contains('\0') {
         return Err(EncodeError::NulInToken);
@@ -489,10 +458,7 @@ mod tests {
 
     #[test]
     fn read_of_domid_matches_fixture() {
-        let expected = [
-            0x02, 0, 0, 0, 0x07, 0, 0, 0, 0, 0, 0, 0, 0x06, 0, 0, 0, b'd', b'o', b'm', b'i',
-            b'd', 0,
-        ];
+        let expected = [0x02, 0, 0, 0, 0x07, 0, 0, 0, 0, 0, 0, 0, 0x06, 0, 0, 0, b'd', b'o', b'm', b'i', b'd', 0];
         assert_eq!(read(7, 0, "domid").unwrap(), expected);
     }
 
@@ -506,10 +472,7 @@ mod tests {
     #[test]
     fn request_payload_fixtures() {
         let payload = |bytes: Vec<u8>| bytes[HEADER_LEN..].to_vec();
-        let perms = [
-            Permission { domid: 0, access: Access::None },
-            Permission { domid: 5, access: Access::Read },
-        ];
+        let perms = [Permission { domid: 0, access: Access::None }, Permission { domid: 5, access: Access::Read }];
         assert_eq!(payload(set_perms(1, 0, "x", &perms).unwrap()), b"x\0n0\0r5\0");
         assert_eq!(payload(watch(1, 0, "@releaseDomain", "t1").unwrap()), b"@releaseDomain\0t1\0");
         assert_eq!(payload(unwatch(1, 0, "/a", "").unwrap()), b"/a\0\0");
@@ -550,10 +513,7 @@ mod tests {
         let absolute = "/".to_string() + &"a".repeat(ABS_PATH_MAX - 1);
         assert_eq!(check_path(&absolute), Ok(()));
         let too_long = absolute.clone() + "a";
-        assert_eq!(
-            check_path(&too_long),
-            Err(EncodeError::PathTooLong { len: ABS_PATH_MAX + 1, max: ABS_PATH_MAX })
-        );
+        assert_eq!(check_path(&too_long), Err(EncodeError::PathTooLong { len: ABS_PATH_MAX + 1, max: ABS_PATH_MAX }));
         assert_eq!(check_path(&"a".repeat(REL_PATH_MAX)), Ok(()));
         assert_eq!(
             check_path(&"a".repeat(REL_PATH_MAX + 1)),
@@ -565,10 +525,7 @@ mod tests {
     fn payload_limit_is_enforced() {
         // "a\0" plus 4094 bytes of value is exactly the limit.
         assert!(write(1, 0, "a", &vec![b'x'; PAYLOAD_MAX - 2]).is_ok());
-        assert_eq!(
-            write(1, 0, "a", &vec![b'x'; PAYLOAD_MAX - 1]),
-            Err(EncodeError::PayloadTooLong(PAYLOAD_MAX + 1))
-        );
+        assert_eq!(write(1, 0, "a", &vec![b'x'; PAYLOAD_MAX - 1]), Err(EncodeError::PayloadTooLong(PAYLOAD_MAX + 1)));
         let path = "/".to_string() + &"a".repeat(ABS_PATH_MAX - 1);
         let token = "t".repeat(2000);
         assert!(matches!(watch(1, 0, &path, &token), Err(EncodeError::PayloadTooLong(_))));
@@ -596,8 +553,7 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_checks() {
-        let header =
-            Header { msg_type: MsgType::WatchEvent, req_id: 0x0102_0304, tx_id: 9, len: 4096 };
+        let header = Header { msg_type: MsgType::WatchEvent, req_id: 0x0102_0304, tx_id: 9, len: 4096 };
         assert_eq!(Header::decode(&header.encode()), Ok(header));
         let mut bytes = header.encode();
         bytes[12..16].copy_from_slice(&4097u32.to_le_bytes());

@@ -23,8 +23,7 @@ fn c_output(expressions: &[(&str, &str)]) -> Vec<String> {
     for (format, expression) in expressions {
         match *format {
             "%s" => source.push_str(&format!("  printf(\"%s\\n\", {expression});\n")),
-            _ => source
-                .push_str(&format!("  printf(\"%lu\\n\", (unsigned long)({expression}));\n")),
+            _ => source.push_str(&format!("  printf(\"%lu\\n\", (unsigned long)({expression}));\n")),
         }
     }
     source.push_str("  return 0;\n}\n");
@@ -135,8 +134,7 @@ fn header_layout_matches_xsd_sockmsg() {
     let c = c_numbers(&expressions);
     assert_eq!(c[0], wire::HEADER_LEN);
     // Each field's value must be where C puts that field, little-endian.
-    let header =
-        Header { msg_type: MsgType::Write, req_id: 0x1111_2222, tx_id: 0x3333_4444, len: 0x0555 };
+    let header = Header { msg_type: MsgType::Write, req_id: 0x1111_2222, tx_id: 0x3333_4444, len: 0x0555 };
     let bytes = header.encode();
     let values = [MsgType::Write as u32, 0x1111_2222, 0x3333_4444, 0x0555];
     for ((field, offset), value) in fields.iter().zip(&c[1..]).zip(values) {
@@ -173,8 +171,7 @@ fn ring_page_layout_matches() {
 fn error_names_match_xsd_errors() {
     let count = c_numbers(&["sizeof(xsd_errors) / sizeof(xsd_errors[0])"])[0];
     assert_eq!(count, Errno::KNOWN.len(), "xsd_errors has {count} entries");
-    let expressions: Vec<String> =
-        (0..count).map(|i| format!("xsd_errors[{i}].errstring")).collect();
+    let expressions: Vec<String> = (0..count).map(|i| format!("xsd_errors[{i}].errstring")).collect();
     let with_format: Vec<(&str, &str)> = expressions.iter().map(|e| ("%s", e.as_str())).collect();
     let names = c_output(&with_format);
     let ours: Vec<&str> = Errno::KNOWN.iter().map(|errno| errno.name()).collect();

@@ -103,7 +103,13 @@ mod tests {
     #[test]
     fn cargo_tally_counts_only_per_test_lines() {
         let mut t = Tally::default();
-        for l in ["running 2 tests", "test a ... ok", "test b ... FAILED", "test result: FAILED. 1 passed; 1 failed", "test c ... ignored"] {
+        for l in [
+            "running 2 tests",
+            "test a ... ok",
+            "test b ... FAILED",
+            "test result: FAILED. 1 passed; 1 failed",
+            "test c ... ignored",
+        ] {
             t.count_cargo_line(l);
         }
         assert_eq!((t.passed, t.failed), (1, 1));

@@ -45,8 +45,18 @@ const VCHAN_ECHO_SOURCE: &str = "tests/dom0/vchan-echo.c";
 /// Kernel modules the Linux PV domU (the benchmarks' peer) loads.
 const DOMU_MODULES: &[&str] = &["xen-blkfront", "xen-netfront", "xen-gntalloc", "xen-evtchn"];
 /// Kernel modules dom0 loads (with their dependencies).
-const DOM0_MODULES: &[&str] =
-    &["xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-blkback", "xen-netback", "loop", "bridge", "tun"];
+const DOM0_MODULES: &[&str] = &[
+    "xen-evtchn",
+    "xen-gntdev",
+    "xen-gntalloc",
+    "xen-privcmd",
+    "xenfs",
+    "xen-blkback",
+    "xen-netback",
+    "loop",
+    "bridge",
+    "tun",
+];
 /// QEMU: Xen needs SVM + nested paging for HVM guests (Debian's Xen has no shadow
 /// paging); rdrand spares dom0 a long wait for entropy.
 const CPU: &str = "qemu64,+svm,+npt,+rdrand";
@@ -83,7 +93,9 @@ fn kernel_version() -> Result<String> {
     let mut versions: Vec<String> = fs::read_dir("/boot")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("vmlinuz-").map(String::from))
         .collect();
-    versions.sort_by_key(|v| v.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>());
+    versions.sort_by_key(|v| {
+        v.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>()
+    });
     versions.pop().context("no /boot/vmlinuz-*: is linux-image-amd64 installed?")
 }
 
@@ -228,7 +240,10 @@ pub fn base_initramfs() -> Result<PathBuf> {
     if root.exists() {
         fs::remove_dir_all(&root)?;
     }
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc", "root", "var/log", "var/lib", "var/lock"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc", "root", "var/log", "var/lib",
+        "var/lock",
+    ] {
         fs::create_dir_all(root.join(d))?;
     }
     symlink("../run", root.join("var/run"))?;
@@ -248,7 +263,9 @@ pub fn base_initramfs() -> Result<PathBuf> {
     for f in ["/bin/bash", "/usr/bin/flock", "/sbin/losetup"] {
         copy_with_libs(&root, f)?;
     }
-    for b in ["xl", "xenstored", "xenconsoled", "xenconsole", "xen-init-dom0", "libxl-save-helper", "vchan-socket-proxy"] {
+    for b in
+        ["xl", "xenstored", "xenconsoled", "xenconsole", "xen-init-dom0", "libxl-save-helper", "vchan-socket-proxy"]
+    {
         copy_with_libs(&root, &format!("{XEN_BIN}/{b}"))?;
     }
     for b in ["xl", "xenstored", "xenconsoled", "xen-init-dom0"] {
@@ -337,12 +354,7 @@ fn qemu_command(overlay: &Overlay, dom0_cmdline: &str) -> Command {
         .args(["-append", XEN_CMDLINE])
         .arg("-initrd")
         // QEMU's multiboot module list is comma-separated: a comma inside is doubled.
-        .arg(format!(
-            "{} {},{}",
-            overlay.vmlinuz.display(),
-            dom0_cmdline.replace(',', ",,"),
-            overlay.initrd.display()
-        ));
+        .arg(format!("{} {},{}", overlay.vmlinuz.display(), dom0_cmdline.replace(',', ",,"), overlay.initrd.display()));
     cmd
 }
 
@@ -383,7 +395,8 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
     fs::create_dir_all(&log_dir)?;
     // dom0's watchdog fires a little before the host gives up, so dom0 still says why.
     let wd = limit.as_secs().saturating_sub(30).max(60);
-    let dom0_cmdline = format!("console=hvc0 earlyprintk=xen quiet loglevel=4 suite={mode} suite.filter={filter} suite.wd={wd}");
+    let dom0_cmdline =
+        format!("console=hvc0 earlyprintk=xen quiet loglevel=4 suite={mode} suite.filter={filter} suite.wd={wd}");
     let mut cmd = qemu_command(overlay, &dom0_cmdline);
     cmd.args(["-serial", "stdio"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = KillOnDrop(cmd.spawn().context("starting qemu-system-x86_64")?);

@@ -212,7 +212,13 @@ impl<'a> Client<'a> {
     }
 
     /// Calls `f(page, offset, range)` for each contiguous piece of `len` bytes at `index`.
-    fn pieces(&self, ring: &Ring, index: u32, len: usize, mut f: impl FnMut(&MappedPage, usize, core::ops::Range<usize>)) {
+    fn pieces(
+        &self,
+        ring: &Ring,
+        index: u32,
+        len: usize,
+        mut f: impl FnMut(&MappedPage, usize, core::ops::Range<usize>),
+    ) {
         let size = ring.size() as usize;
         let mut at = index as usize % size;
         let mut done = 0;

@@ -1,13 +1,13 @@
 //! The server against a libxenvchan client written from init.c/io.c, in the sim.
 
+use super::sim_client::{Client, ClientError, connect};
 use super::*;
 use alloc::rc::Rc;
 use alloc::string::ToString;
 use alloc::vec;
 use core::cell::RefCell;
-use super::sim_client::{Client, ClientError, connect};
 use xen_seams::sim::{Executor, PortState, SimXen, World};
-use xen_seams::{Clock, EventChannels, SharedPage, XenstoreError, Xenstore};
+use xen_seams::{Clock, EventChannels, SharedPage, Xenstore, XenstoreError};
 
 /// Our stub domain, dom0's proxy, and the guest the stub domain serves.
 const STUB: DomId = 7;
@@ -68,7 +68,8 @@ fn listen_sets_up_the_page_grant_port_and_nodes_as_libxenvchan_server_init() {
     assert_eq!(node(&world, "ring-ref"), Some(grants[0].grant.0.to_string()));
     assert_eq!(node(&world, "event-channel"), Some(ports[0].port.0.to_string()));
     // The client domain may read the nodes; nobody else may.
-    let read = |xen: &SimXen, key: &str| world.block_on(xen.read_string(Tx::NONE, &format!("{ABSOLUTE}/{key}"))).unwrap();
+    let read =
+        |xen: &SimXen, key: &str| world.block_on(xen.read_string(Tx::NONE, &format!("{ABSOLUTE}/{key}"))).unwrap();
     assert_eq!(read(&client_dom, "ring-ref"), Ok(grants[0].grant.0.to_string()));
     assert_eq!(read(&client_dom, "event-channel"), Ok(ports[0].port.0.to_string()));
     assert!(matches!(read(&stranger, "ring-ref"), Err(XenstoreError::Xs(_))));
@@ -475,7 +476,8 @@ fn a_client_that_never_unmaps_keeps_its_page_aside_until_it_does() {
 #[test]
 fn shutdown_waits_a_bounded_time_for_the_client_to_unmap() {
     let (world, stub, dom0) = world();
-    let mut server = world.block_on(Server::listen(&stub, DOM0, PATH, Orders { read: 12, write: 11 })).unwrap().unwrap();
+    let mut server =
+        world.block_on(Server::listen(&stub, DOM0, PATH, Orders { read: 12, write: 11 })).unwrap().unwrap();
     let client = world.block_on(Client::init(&dom0, STUB, ABSOLUTE)).unwrap().unwrap();
     world.block_on(server.accept(Duration::ZERO)).unwrap().unwrap();
     let mut executor = Executor::new(&world);

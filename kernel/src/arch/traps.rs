@@ -214,14 +214,27 @@ pub fn init() {
     for (slot, (vector, entry)) in table.iter_mut().zip(entries) {
         // int3 may be raised from any ring; the rest only by the CPU or the kernel.
         let dpl = if vector == 3 { 3 } else { 0 };
-        *slot = TrapInfo { vector, flags: dpl | t::TI_MASK_EVENTS, cs: t::FLAT_KERNEL_CS64, address: entry as *const () as u64 };
+        *slot = TrapInfo {
+            vector,
+            flags: dpl | t::TI_MASK_EVENTS,
+            cs: t::FLAT_KERNEL_CS64,
+            address: entry as *const () as u64,
+        };
     }
     super::hypercall::set_trap_table(&table).expect("set_trap_table");
     use xen_abi::sched::{CALLBACKF_MASK_EVENTS, CALLBACKTYPE_EVENT, CALLBACKTYPE_FAILSAFE};
-    super::hypercall::register_callback(CALLBACKTYPE_EVENT, CALLBACKF_MASK_EVENTS, hypervisor_callback as *const () as u64)
-        .expect("register event callback");
-    super::hypercall::register_callback(CALLBACKTYPE_FAILSAFE, CALLBACKF_MASK_EVENTS, failsafe_callback as *const () as u64)
-        .expect("register failsafe callback");
+    super::hypercall::register_callback(
+        CALLBACKTYPE_EVENT,
+        CALLBACKF_MASK_EVENTS,
+        hypervisor_callback as *const () as u64,
+    )
+    .expect("register event callback");
+    super::hypercall::register_callback(
+        CALLBACKTYPE_FAILSAFE,
+        CALLBACKF_MASK_EVENTS,
+        failsafe_callback as *const () as u64,
+    )
+    .expect("register failsafe callback");
 }
 
 /// Reports a fatal exception and crashes the domain.

@@ -3,11 +3,11 @@
 //! writable for the domain; event channels are offered to dom0 (domain 0).
 
 use crate::events::{self, Port};
+use crate::seams::KernelXen;
 use crate::{gnttab, mm, time, xs};
 use alloc::format;
 use alloc::string::String;
 use core::time::Duration;
-use crate::seams::KernelXen;
 use xen_seams::{RetryPolicy, TransactionError, Xenstore};
 
 type Result<T> = core::result::Result<T, String>;
@@ -58,21 +58,24 @@ pub async fn xenstore() -> Result<()> {
     // conflict and attempt 2 must commit what dom0 wrote.
     let policy = RetryPolicy::default();
     let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
-    let (attempt, seen) = xen.transaction(policy, async |tx, attempt| {
-        let value = xs::read_string(tx, "data/race").await?;
-        if attempt == 1 {
-            xs::write(xs::NO_TX, "data/race-attempt", b"1").await?;
-            // dom0 polls for that and writes data/race; give it time.
-            let deadline = time::Deadline::after_ms(10_000);
-            while xs::read_string(xs::NO_TX, "data/race").await.as_deref() == Ok(value.as_str()) && !deadline.passed() {
-                time::sleep(Duration::from_millis(50)).await;
+    let (attempt, seen) = xen
+        .transaction(policy, async |tx, attempt| {
+            let value = xs::read_string(tx, "data/race").await?;
+            if attempt == 1 {
+                xs::write(xs::NO_TX, "data/race-attempt", b"1").await?;
+                // dom0 polls for that and writes data/race; give it time.
+                let deadline = time::Deadline::after_ms(10_000);
+                while xs::read_string(xs::NO_TX, "data/race").await.as_deref() == Ok(value.as_str())
+                    && !deadline.passed()
+                {
+                    time::sleep(Duration::from_millis(50)).await;
+                }
             }
-        }
-        xs::write(tx, "data/race-result", format!("{value}-seen").as_bytes()).await?;
-        Ok((attempt, value))
-    })
-    .await
-    .map_err(fail("race transaction"))?;
+            xs::write(tx, "data/race-result", format!("{value}-seen").as_bytes()).await?;
+            Ok((attempt, value))
+        })
+        .await
+        .map_err(fail("race transaction"))?;
     if attempt < 2 {
         return Err(format!("race transaction committed on attempt {attempt}: the dom0 write did not conflict"));
     }
@@ -83,16 +86,17 @@ pub async fn xenstore() -> Result<()> {
     xs::write(xs::NO_TX, "data/storm-go", b"1").await.map_err(fail("writing data/storm-go"))?;
     await_node("data/storm", Duration::from_secs(30)).await?;
     let started = time::now_ns();
-    let storm = xen.transaction(policy, async |tx, _| {
-        let value = xs::read(tx, "data/storm").await?;
-        // Hold the transaction open until dom0's next write has landed (bounded).
-        let deadline = time::Deadline::after_ms(5_000);
-        while xs::read(xs::NO_TX, "data/storm").await.as_ref() == Ok(&value) && !deadline.passed() {
-            time::sleep(Duration::from_millis(20)).await;
-        }
-        xs::write(tx, "data/storm-seen", &value).await
-    })
-    .await;
+    let storm = xen
+        .transaction(policy, async |tx, _| {
+            let value = xs::read(tx, "data/storm").await?;
+            // Hold the transaction open until dom0's next write has landed (bounded).
+            let deadline = time::Deadline::after_ms(5_000);
+            while xs::read(xs::NO_TX, "data/storm").await.as_ref() == Ok(&value) && !deadline.passed() {
+                time::sleep(Duration::from_millis(20)).await;
+            }
+            xs::write(tx, "data/storm-seen", &value).await
+        })
+        .await;
     xs::write(xs::NO_TX, "data/storm-done", b"1").await.map_err(fail("writing data/storm-done"))?;
     match storm {
         Err(TransactionError::TooManyConflicts { attempts }) => println!(
@@ -155,7 +159,9 @@ async fn offer_port(name: &str) -> Result<Port> {
 }
 
 async fn next_event(port: Port, what: &str) -> Result<()> {
-    time::timeout(Duration::from_secs(30), events::wait(port)).await.map_err(|_| format!("no event for {what} within 30 s"))
+    time::timeout(Duration::from_secs(30), events::wait(port))
+        .await
+        .map_err(|_| format!("no event for {what} within 30 s"))
 }
 
 /// Answers every event dom0 sends with one back, `rounds` times.
@@ -165,7 +171,11 @@ pub async fn evtchn_echo(rounds: u64) -> Result<()> {
         next_event(port, &format!("round {i}")).await?;
         events::send(port).map_err(|e| format!("send: {e:?}"))?;
     }
-    println!("evtchn: echoed {rounds} events (upcalls {}, blocks {})", events::upcall_count(), crate::executor::block_count());
+    println!(
+        "evtchn: echoed {rounds} events (upcalls {}, blocks {})",
+        events::upcall_count(),
+        crate::executor::block_count()
+    );
 
     // Masked: dom0's event must wait, not vanish, and arrive on unmask.
     events::mask(port);
@@ -199,7 +209,9 @@ pub async fn timed_sleep() -> Result<()> {
     let t1 = time::now_ns();
     events::send(port).map_err(|e| format!("send: {e:?}"))?;
     let (sec, nsec) = time::wallclock();
-    xs::write(xs::NO_TX, "data/sleep-wallclock", format!("{sec}.{nsec:09}").as_bytes()).await.map_err(fail("writing the wall clock"))?;
+    xs::write(xs::NO_TX, "data/sleep-wallclock", format!("{sec}.{nsec:09}").as_bytes())
+        .await
+        .map_err(fail("writing the wall clock"))?;
     println!("sleep: 200 ms measured {} us by the image; wallclock {sec}.{nsec:09}", (t1 - t0) / 1000);
     Ok(())
 }
@@ -218,7 +230,9 @@ pub async fn grant(seed: u8) -> Result<()> {
     }
     let gref = gnttab::grant_access(0, page.mfn(), true).map_err(|e| format!("grant_access: {e}"))?;
     let watch = xs::watch("data/grant-state").await.map_err(fail("watching data/grant-state"))?;
-    xs::write(xs::NO_TX, "data/grant-ref", format!("{}", gref.0).as_bytes()).await.map_err(fail("publishing the grant"))?;
+    xs::write(xs::NO_TX, "data/grant-ref", format!("{}", gref.0).as_bytes())
+        .await
+        .map_err(fail("publishing the grant"))?;
     let mut refused_while_mapped = false;
     loop {
         watch.next_event(Duration::from_secs(60)).await.map_err(fail("waiting for data/grant-state"))?;
@@ -229,7 +243,9 @@ pub async fn grant(seed: u8) -> Result<()> {
                     Ok(()) => "ended",
                     Err(_) => "error",
                 };
-                xs::write(xs::NO_TX, "data/grant-busy", verdict.as_bytes()).await.map_err(fail("writing data/grant-busy"))?;
+                xs::write(xs::NO_TX, "data/grant-busy", verdict.as_bytes())
+                    .await
+                    .map_err(fail("writing data/grant-busy"))?;
                 if verdict != "refused" {
                     return Err(format!("end_access while dom0 had the page mapped: {verdict}"));
                 }
@@ -248,15 +264,24 @@ pub async fn grant(seed: u8) -> Result<()> {
     // GNTTABOP_copy between two of our own frames.
     let target = mm::alloc_page().map_err(|e| format!("alloc_page: {e}"))?;
     let mut op = xen_abi::grant_table::GnttabCopy {
-        source: xen_abi::grant_table::GnttabCopyPtr { ref_or_gmfn: page.mfn(), domid: xen_abi::event_channel::DOMID_SELF, offset: 100 },
-        dest: xen_abi::grant_table::GnttabCopyPtr { ref_or_gmfn: target.mfn(), domid: xen_abi::event_channel::DOMID_SELF, offset: 200 },
+        source: xen_abi::grant_table::GnttabCopyPtr {
+            ref_or_gmfn: page.mfn(),
+            domid: xen_abi::event_channel::DOMID_SELF,
+            offset: 100,
+        },
+        dest: xen_abi::grant_table::GnttabCopyPtr {
+            ref_or_gmfn: target.mfn(),
+            domid: xen_abi::event_channel::DOMID_SELF,
+            offset: 200,
+        },
         len: 1000,
         ..Default::default()
     };
     gnttab::copy(core::slice::from_mut(&mut op)).map_err(|e| format!("GNTTABOP_copy: {e}"))?;
     // The copy landed in `target`; read it through a mapping slot of its frame.
     let slot = mm::MappingSlot::new().map_err(|e| format!("mapping slot: {e}"))?;
-    slot.map_foreign(xen_abi::event_channel::DOMID_SELF, target.mfn(), false).map_err(|e| format!("map_foreign: {e}"))?;
+    slot.map_foreign(xen_abi::event_channel::DOMID_SELF, target.mfn(), false)
+        .map_err(|e| format!("map_foreign: {e}"))?;
     let mut copied = [0u8; 1000];
     slot.read(200, &mut copied);
     slot.unmap().map_err(|e| format!("unmap: {e}"))?;
@@ -275,7 +300,8 @@ pub async fn map_dom0_grant(seed: u8) -> Result<()> {
         .await?
         .parse()
         .map_err(|_| "data/dom0-grant-ref is not a number")?;
-    let mapping = gnttab::map_grant(0, gref, false).map_err(|e| format!("map_grant_ref of dom0's grant {gref}: {e}"))?;
+    let mapping =
+        gnttab::map_grant(0, gref, false).map_err(|e| format!("map_grant_ref of dom0's grant {gref}: {e}"))?;
     let mut page = alloc::vec![0u8; 2048];
     mapping.read(0, &mut page);
     if let Some(i) = (0..page.len()).find(|&i| page[i] != grant_pattern(seed, i)) {
@@ -475,13 +501,18 @@ pub async fn blk_hotplug(devid: u32) -> Result<()> {
             Some(DeviceEvent::Added(id)) if id == devid => {}
             other => return Err(format!("round {round}: expected vbd {devid} to be attached, got {other:?}")),
         }
-        let disk = Disk::connect(&xen, devid, Options::default()).await.map_err(|e| format!("round {round}: connect: {e}"))?;
+        let disk =
+            Disk::connect(&xen, devid, Options::default()).await.map_err(|e| format!("round {round}: connect: {e}"))?;
         disk.read(0, &mut buf).await.map_err(|e| format!("round {round}: first read: {e}"))?;
         check_sectors(&buf, 0, 0)?;
-        xs::write(xs::NO_TX, "data/hotplug-connected", format!("{round}").as_bytes()).await.map_err(fail("writing data/hotplug-connected"))?;
+        xs::write(xs::NO_TX, "data/hotplug-connected", format!("{round}").as_bytes())
+            .await
+            .map_err(fail("writing data/hotplug-connected"))?;
         let how = if round == 1 {
             // Idle: only the backend watch can notice the detach.
-            let reason = time::timeout(Duration::from_secs(120), disk.watch_backend()).await.map_err(|_| "round 1: no detach within 120 s")?;
+            let reason = time::timeout(Duration::from_secs(120), disk.watch_backend())
+                .await
+                .map_err(|_| "round 1: no detach within 120 s")?;
             format!("detached while idle: {reason}")
         } else {
             let mut reads = 0u64;
@@ -532,11 +563,13 @@ pub async fn net(ip: [u8; 4], prefix: u8, connections: u64) -> Result<()> {
         let _ = addrs.push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), prefix));
     });
     let mut sockets = SocketSet::new(alloc::vec![]);
-    let socket = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 65536]), tcp::SocketBuffer::new(alloc::vec![0; 65536]));
+    let socket =
+        tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 65536]), tcp::SocketBuffer::new(alloc::vec![0; 65536]));
     let echo = sockets.add(socket);
     sockets.get_mut::<tcp::Socket>(echo).listen(7).map_err(|e| format!("listen: {e:?}"))?;
     // A discard service on port 5001 for throughput runs.
-    let sink_socket = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 65536]), tcp::SocketBuffer::new(alloc::vec![0; 1024]));
+    let sink_socket =
+        tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 65536]), tcp::SocketBuffer::new(alloc::vec![0; 1024]));
     let sink = sockets.add(sink_socket);
     sockets.get_mut::<tcp::Socket>(sink).listen(5001).map_err(|e| format!("listen: {e:?}"))?;
     let (mut sunk, mut sink_open) = (0u64, false);

@@ -75,11 +75,7 @@ fn parse_d_p(name: &str) -> Option<VirtualDisk> {
     let (disk, partition) = rest.split_once('p')?;
     let index = decimal(disk)?;
     let partition = decimal(partition)?;
-    (index < (1 << 20) && partition < 256).then_some(VirtualDisk {
-        kind: DiskKind::Xvd,
-        index,
-        partition,
-    })
+    (index < (1 << 20) && partition < 256).then_some(VirtualDisk { kind: DiskKind::Xvd, index, partition })
 }
 
 fn decimal(text: &str) -> Option<u32> {
@@ -160,8 +156,7 @@ pub fn disk_index(devid: u32) -> Option<u32> {
 /// Parses the letters of a stub-domain device path's `xvdX` part into a disk index.
 pub fn xvd_index(name: &str) -> Option<u32> {
     let disk = VirtualDisk::parse(name)?;
-    (disk.kind == DiskKind::Xvd && disk.partition == 0 && name.starts_with("xvd"))
-        .then_some(disk.index)
+    (disk.kind == DiskKind::Xvd && disk.partition == 0 && name.starts_with("xvd")).then_some(disk.index)
 }
 
 #[cfg(test)]
@@ -196,10 +191,8 @@ mod tests {
 
     #[test]
     fn refuses_what_libxl_refuses() {
-        let refused = [
-            "hde", "sdq", "xvd", "hd", "hdc0", "hdc01", "hdc64", "sda16", "xvda256", "d1p", "dp1",
-            "cd", "", "hdC",
-        ];
+        let refused =
+            ["hde", "sdq", "xvd", "hd", "hdc0", "hdc01", "hdc64", "sda16", "xvda256", "d1p", "dp1", "cd", "", "hdC"];
         for name in refused {
             assert_eq!(devid(name), None, "{name}");
         }

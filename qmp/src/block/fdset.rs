@@ -201,14 +201,8 @@ mod tests {
     fn remove_reports_as_qemu_does() {
         let mut sets = FdSets::new();
         sets.add(2, FdTarget::PvDisk(768), Some("stub-devid:768".to_string()));
-        assert_eq!(
-            sets.remove(7, None).unwrap_err().desc,
-            "File descriptor named 'fdset-id:7' not found"
-        );
-        assert_eq!(
-            sets.remove(2, Some(9)).unwrap_err().desc,
-            "File descriptor named 'fdset-id:2, fd:9' not found"
-        );
+        assert_eq!(sets.remove(7, None).unwrap_err().desc, "File descriptor named 'fdset-id:7' not found");
+        assert_eq!(sets.remove(2, Some(9)).unwrap_err().desc, "File descriptor named 'fdset-id:2, fd:9' not found");
         sets.remove(2, Some(3)).unwrap();
         assert!(sets.get(2).is_none());
     }

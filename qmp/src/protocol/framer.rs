@@ -221,10 +221,7 @@ mod tests {
     #[test]
     fn scalar_ends_at_a_structural_byte() {
         assert_eq!(frames(b"12{}"), vec![message("12"), message("{}")]);
-        assert_eq!(
-            frames(b"nul}"),
-            vec![message("nul"), Frame::Error("JSON parse error, expecting value".into())]
-        );
+        assert_eq!(frames(b"nul}"), vec![message("nul"), Frame::Error("JSON parse error, expecting value".into())]);
     }
 
     #[test]
@@ -238,10 +235,7 @@ mod tests {
         let mut input = b"{\"execute\":\"".to_vec();
         input.extend(core::iter::repeat_n(b'a', MAX_MESSAGE_BYTES));
         input.extend(b"\"}{}");
-        assert_eq!(
-            frames(&input),
-            vec![Frame::Error("JSON token size limit exceeded".into()), message("{}")]
-        );
+        assert_eq!(frames(&input), vec![Frame::Error("JSON token size limit exceeded".into()), message("{}")]);
     }
 
     #[test]
@@ -249,10 +243,7 @@ mod tests {
         let mut input = vec![b'['; MAX_NESTING + 10];
         input.extend(vec![b']'; MAX_NESTING + 10]);
         input.extend(b"{}");
-        assert_eq!(
-            frames(&input),
-            vec![Frame::Error("JSON nesting depth limit exceeded".into()), message("{}")]
-        );
+        assert_eq!(frames(&input), vec![Frame::Error("JSON nesting depth limit exceeded".into()), message("{}")]);
         let mut input = vec![b'['; MAX_NESTING];
         input.extend(vec![b']'; MAX_NESTING]);
         assert_eq!(frames(&input).len(), 1);
@@ -261,10 +252,7 @@ mod tests {
 
     #[test]
     fn stray_bytes_and_resynchronisation() {
-        assert_eq!(
-            frames(b"\x01{}"),
-            vec![Frame::Error("JSON parse error, stray '\\x01'".into()), message("{}")]
-        );
+        assert_eq!(frames(b"\x01{}"), vec![Frame::Error("JSON parse error, stray '\\x01'".into()), message("{}")]);
         // a stray byte inside an object costs that object only
         assert_eq!(
             frames(b"{\"a\":\x80}{}"),

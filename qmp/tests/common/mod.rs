@@ -30,8 +30,7 @@ impl Exchange {
 
     /// `(class, desc)` of an error reply.
     pub fn error(&self) -> (&str, &str) {
-        let error =
-            self.reply.get("error").unwrap_or_else(|| panic!("expected an error, got {}", self.reply));
+        let error = self.reply.get("error").unwrap_or_else(|| panic!("expected an error, got {}", self.reply));
         (error["class"].as_str().unwrap(), error["desc"].as_str().unwrap())
     }
 

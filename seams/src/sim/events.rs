@@ -29,8 +29,13 @@ struct Entry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortState {
     /// Offered to `remote` (or left behind when the peer closed its end).
-    Unbound { remote: DomId },
-    Interdomain { remote: DomId, remote_port: Port },
+    Unbound {
+        remote: DomId,
+    },
+    Interdomain {
+        remote: DomId,
+        remote_port: Port,
+    },
 }
 
 /// An open port as the sim sees it.

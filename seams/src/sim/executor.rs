@@ -188,8 +188,7 @@ impl<'a> Executor<'a> {
             if polled_any {
                 continue;
             }
-            let foreground_done =
-                self.tasks.iter().all(|task| task.background || task.future.is_none());
+            let foreground_done = self.tasks.iter().all(|task| task.background || task.future.is_none());
             if foreground_done {
                 return Ok(());
             }

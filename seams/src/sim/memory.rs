@@ -90,8 +90,7 @@ impl World {
     fn read_frame(&self, frame: u64, offset: usize, out: &mut [u8]) {
         let end = end_of(offset, out.len());
         self.with(|state| {
-            let page =
-                state.frames.pages.get(&frame).expect("a live page or mapping has its frame");
+            let page = state.frames.pages.get(&frame).expect("a live page or mapping has its frame");
             out.copy_from_slice(&page.bytes[offset..end]);
         });
     }
@@ -99,8 +98,7 @@ impl World {
     fn write_frame(&self, frame: u64, offset: usize, data: &[u8]) {
         let end = end_of(offset, data.len());
         self.with(|state| {
-            let page =
-                state.frames.pages.get_mut(&frame).expect("a live page or mapping has its frame");
+            let page = state.frames.pages.get_mut(&frame).expect("a live page or mapping has its frame");
             page.bytes[offset..end].copy_from_slice(data);
         });
     }
@@ -159,10 +157,8 @@ impl World {
 impl State {
     /// Frees a frame's bytes once its page is dropped and no grant names it.
     fn collect_frame(&mut self, frame: u64) {
-        let granted = self
-            .domains
-            .values()
-            .any(|domain| domain.grants.entries.values().any(|grant| grant.frame == frame));
+        let granted =
+            self.domains.values().any(|domain| domain.grants.entries.values().any(|grant| grant.frame == frame));
         if !granted && self.frames.pages.get(&frame).is_some_and(|page| page.dropped) {
             self.frames.pages.remove(&frame);
         }
@@ -230,12 +226,7 @@ impl super::SimXen {
     /// Returns `Error::Invalid` if `granter` has no such grant (never made, or ended),
     /// and `Error::Xen(-EPERM)` if the grant is for another domain, or read-only and
     /// `writable` is asked for.
-    pub fn map_grant(
-        &self,
-        granter: DomId,
-        grant: GrantRef,
-        writable: bool,
-    ) -> Result<MappedPage, Error> {
+    pub fn map_grant(&self, granter: DomId, grant: GrantRef, writable: bool) -> Result<MappedPage, Error> {
         let frame = self.world.with(|state| {
             let domain = state.domains.get_mut(&granter).ok_or(Error::Invalid)?;
             let entry = domain.grants.entries.get_mut(&grant.0).ok_or(Error::Invalid)?;

@@ -11,8 +11,8 @@ use core::time::Duration;
 
 use super::*;
 use crate::{
-    Clock, Error, EventChannels, GrantRef, Grants, Memory, Permission, Port, RetryPolicy,
-    SharedPage, TransactionError, Tx, XenstoreError, XenstoreWatch, Xenstore,
+    Clock, Error, EventChannels, GrantRef, Grants, Memory, Permission, Port, RetryPolicy, SharedPage, TransactionError,
+    Tx, Xenstore, XenstoreError, XenstoreWatch,
 };
 use xenstore::reply::XsError;
 use xenstore::wire::{Access, Header, MsgType};
@@ -76,10 +76,8 @@ async fn demo_frontend<X: Xen>(xen: &X, backend: DomId) -> u32 {
 /// The scripted backend: waits for the frontend to be initialised, maps its ring,
 /// binds its port, answers, and closes a second later.
 async fn demo_backend(xen: &SimXen, frontend: DomId) {
-    let readable = [
-        Permission { domid: BACK, access: Access::None },
-        Permission { domid: frontend, access: Access::Read },
-    ];
+    let readable =
+        [Permission { domid: BACK, access: Access::None }, Permission { domid: frontend, access: Access::Read }];
     xen.write(Tx::NONE, "backend/demo/5/0/state", b"2").await.unwrap();
     xen.set_perms(Tx::NONE, "backend/demo/5/0/state", &readable).await.unwrap();
     let watch = xen.watch(&format!("{FRONT_DEVICE}/state")).await.unwrap();
@@ -359,11 +357,8 @@ fn a_deadlock_is_reported_not_hung() {
     let stuck = executor.run().unwrap_err();
     assert_eq!(stuck.reason, StuckReason::Deadlock);
     assert_eq!(stuck.now_ns, 2 * SECOND, "the timer ran out first");
-    let expected = TaskReport {
-        name: "frontend".into(),
-        background: false,
-        waiting_on: vec!["an event on dom5 port 1".into()],
-    };
+    let expected =
+        TaskReport { name: "frontend".into(), background: false, waiting_on: vec!["an event on dom5 port 1".into()] };
     assert_eq!(stuck.tasks, [expected]);
     let report = stuck.to_string();
     assert!(report.starts_with("deadlock"), "{report}");

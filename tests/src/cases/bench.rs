@@ -7,8 +7,8 @@ use crate::cases::kernel::pv_config_with;
 use crate::cases::linux::{dd_mb_per_s, finish_linux, linux_job, patterned_disk, start_linux};
 use crate::cases::net::{start_net_image, tcp_send_rate};
 use crate::cases::runtime::finish;
-use crate::xl;
 use crate::harness::{self, Ctx};
+use crate::xl;
 use std::time::Duration;
 
 /// One measured figure: (name, value, unit).
@@ -39,7 +39,12 @@ fn blk(ctx: &mut Ctx) -> Result<Vec<(String, f64, &'static str)>, String> {
         let write = linux_job(ctx, &format!("bench-linux-write-{round}"), "blk-write", "bench.mib=64", DISK)?;
         linux_write.push(dd_mb_per_s(&write).ok_or(write.clone())?);
     }
-    for (name, v) in [("image reads", &image_read), ("image writes", &image_write), ("linux reads", &linux_read), ("linux writes", &linux_write)] {
+    for (name, v) in [
+        ("image reads", &image_read),
+        ("image writes", &image_write),
+        ("linux reads", &linux_read),
+        ("linux writes", &linux_write),
+    ] {
         println!("@@bench-detail blk| {name} MB/s per round: {v:.1?}");
     }
     Ok(vec![
@@ -69,7 +74,10 @@ fn net(ctx: &mut Ctx) -> Result<Vec<(String, f64, &'static str)>, String> {
         xl::destroy(&name);
     }
     println!("@@bench-detail net| image MB/s per round: {image:.1?}; linux MB/s per round: {linux:.1?}");
-    Ok(vec![("net-tcp-rx/image".to_string(), median(&mut image), "MB/s"), ("net-tcp-rx/linux".to_string(), median(&mut linux), "MB/s")])
+    Ok(vec![
+        ("net-tcp-rx/image".to_string(), median(&mut image), "MB/s"),
+        ("net-tcp-rx/linux".to_string(), median(&mut linux), "MB/s"),
+    ])
 }
 
 /// vchan throughput: dom0's vchan-socket-proxy (libxl's QMP path) echoing 10 MiB
@@ -98,7 +106,10 @@ fn vchan(ctx: &mut Ctx) -> Result<Vec<(String, f64, &'static str)>, String> {
         xl::destroy(&name);
     }
     println!("@@bench-detail vchan| image MB/s per round: {image:.2?}; linux MB/s per round: {linux:.2?}");
-    Ok(vec![("vchan-echo/image".to_string(), median(&mut image), "MB/s"), ("vchan-echo/linux".to_string(), median(&mut linux), "MB/s")])
+    Ok(vec![
+        ("vchan-echo/image".to_string(), median(&mut image), "MB/s"),
+        ("vchan-echo/linux".to_string(), median(&mut linux), "MB/s"),
+    ])
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -115,7 +126,8 @@ fn image_blk(ctx: &mut Ctx, disk: &str, round: usize) -> Result<(f64, f64), Stri
     )?;
     xl::create(&cfg)?;
     let log = finish(name)?;
-    let line = log.lines().find(|l| l.starts_with("blkbench: read ")).ok_or_else(|| format!("no blkbench line:\n{log}"))?;
+    let line =
+        log.lines().find(|l| l.starts_with("blkbench: read ")).ok_or_else(|| format!("no blkbench line:\n{log}"))?;
     parse_blkbench(line).ok_or_else(|| format!("cannot read {line:?}"))
 }
 
@@ -168,7 +180,9 @@ mod tests {
 
     #[test]
     fn reads_blkbench_lines() {
-        let (r, w) = parse_blkbench("blkbench: read 67108864 bytes in 1000000000 ns; wrote 67108864 bytes in 2000000000 ns").unwrap();
+        let (r, w) =
+            parse_blkbench("blkbench: read 67108864 bytes in 1000000000 ns; wrote 67108864 bytes in 2000000000 ns")
+                .unwrap();
         assert!((r - 67.108864).abs() < 1e-6 && (w - 33.554432).abs() < 1e-6);
         assert_eq!(parse_blkbench("blkbench: read 5 bytes in 0 ns; wrote 5 bytes in 0 ns"), None);
     }

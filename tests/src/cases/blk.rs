@@ -15,7 +15,11 @@ pub fn tests() -> Vec<Test> {
     vec![
         Test { name: "xen::blk::blkback_64_mib_read_write_flush", limit: Duration::from_secs(300), run: blkback },
         Test { name: "xen::blk::qdisk_cdrom_read", limit: Duration::from_secs(300), run: qdisk_cdrom },
-        Test { name: "xen::blk::hot_attach_and_detach_idle_and_in_flight", limit: Duration::from_secs(400), run: hotplug },
+        Test {
+            name: "xen::blk::hot_attach_and_detach_idle_and_in_flight",
+            limit: Duration::from_secs(400),
+            run: hotplug,
+        },
     ]
 }
 
@@ -34,7 +38,10 @@ fn blkback(ctx: &mut Ctx) -> Result<(), String> {
     const IMAGE: &str = "/tmp/blkback.img";
     patterned_disk(IMAGE, 64)?;
     let name = "blk-test";
-    let cfg = ctx.prepare_domain(name, &pv_config_with(name, 16, "selftest=blk devid=51712", "disk = [ \"/tmp/blkback.img,raw,xvda,rw\" ]\n"))?;
+    let cfg = ctx.prepare_domain(
+        name,
+        &pv_config_with(name, 16, "selftest=blk devid=51712", "disk = [ \"/tmp/blkback.img,raw,xvda,rw\" ]\n"),
+    )?;
     xl::create(&cfg)?;
     let log = finish(name)?;
     xl::destroy(name);
@@ -89,10 +96,22 @@ pub fn xl_block(args: &[&str]) -> Result<(), String> {
     }
     let backends = args
         .get(1)
-        .and_then(|dom| proc::run(Command::new("xenstore-ls").arg(format!("/local/domain/0/backend/vbd/{dom}")), Duration::from_secs(20)).ok())
+        .and_then(|dom| {
+            proc::run(
+                Command::new("xenstore-ls").arg(format!("/local/domain/0/backend/vbd/{dom}")),
+                Duration::from_secs(20),
+            )
+            .ok()
+        })
         .map(|o| o.stdout)
         .unwrap_or_default();
-    Err(format!("xl {}: {}{}\nbackend/vbd/{}:\n{backends}", args.join(" "), out.stdout, out.stderr, args.get(1).unwrap_or(&"")))
+    Err(format!(
+        "xl {}: {}{}\nbackend/vbd/{}:\n{backends}",
+        args.join(" "),
+        out.stdout,
+        out.stderr,
+        args.get(1).unwrap_or(&"")
+    ))
 }
 
 /// `xl block-attach` a disk to the running image, `xl block-detach` it while the

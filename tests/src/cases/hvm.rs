@@ -25,7 +25,8 @@ fn guest_reaches_seabios(ctx: &mut Ctx) -> Result<(), String> {
     })
     .ok_or_else(|| {
         let tag = format!("(d{domid})");
-        let lines: Vec<String> = xl::dmesg().unwrap_or_default().lines().filter(|l| l.contains(&tag)).map(String::from).collect();
+        let lines: Vec<String> =
+            xl::dmesg().unwrap_or_default().lines().filter(|l| l.contains(&tag)).map(String::from).collect();
         format!("no SeaBIOS banner after hvmloader within 120 s; {tag} lines of xl dmesg:\n{}", lines.join("\n"))
     })
 }

@@ -14,9 +14,17 @@ pub fn tests() -> Vec<Test> {
     vec![
         Test { name: "xen::kernel::banner_and_poweroff", limit: Duration::from_secs(90), run: banner_and_poweroff },
         Test { name: "xen::kernel::panic_crashes_with_message", limit: Duration::from_secs(90), run: panic_crashes },
-        Test { name: "xen::kernel::page_fault_crashes_with_report", limit: Duration::from_secs(90), run: page_fault_crashes },
+        Test {
+            name: "xen::kernel::page_fault_crashes_with_report",
+            limit: Duration::from_secs(90),
+            run: page_fault_crashes,
+        },
         Test { name: "xen::kernel::allocator_stress_in_8_mib", limit: Duration::from_secs(120), run: allocator_stress },
-        Test { name: "xen::time::thousand_timers_fire_in_order", limit: Duration::from_secs(120), run: timers_in_order },
+        Test {
+            name: "xen::time::thousand_timers_fire_in_order",
+            limit: Duration::from_secs(120),
+            run: timers_in_order,
+        },
     ]
 }
 
@@ -30,7 +38,11 @@ pub fn pv_config(name: &str, memory_mib: u32, cmdline: &str) -> String {
 /// `pv_config` plus extra xl.cfg lines (disks, vifs).
 pub fn pv_config_with(name: &str, memory_mib: u32, cmdline: &str, extra: &str) -> String {
     let shipped = ["selftest=none", "selftest=panic", "selftest=pagefault"];
-    let image = if !cmdline.contains("selftest=") || shipped.iter().any(|w| cmdline.contains(w)) { IMAGE } else { SELFTEST_IMAGE };
+    let image = if !cmdline.contains("selftest=") || shipped.iter().any(|w| cmdline.contains(w)) {
+        IMAGE
+    } else {
+        SELFTEST_IMAGE
+    };
     format!(
         "name = \"{name}\"\ntype = \"pv\"\nkernel = \"{image}\"\nextra = \"{cmdline}\"\nmemory = {memory_mib}\n\
          vcpus = 1\non_poweroff = \"preserve\"\non_crash = \"preserve\"\non_reboot = \"preserve\"\n{extra}"
@@ -72,7 +84,11 @@ fn panic_crashes(ctx: &mut Ctx) -> Result<(), String> {
     if !row.is_crashed() {
         return Err(format!("expected a crash, got state {}\n{log}", row.state));
     }
-    expect_contains(&log, "panic: selftest: deliberate panic requested on the command line at kernel/src/selftest.rs:", "console log")?;
+    expect_contains(
+        &log,
+        "panic: selftest: deliberate panic requested on the command line at kernel/src/selftest.rs:",
+        "console log",
+    )?;
     expect_contains(&log, "backtrace: 0x", "console log")?;
     if log.contains("powering off") {
         return Err("image went on past its panic".into());
@@ -120,7 +136,8 @@ fn allocator_stress(ctx: &mut Ctx) -> Result<(), String> {
 
 fn timers_in_order(ctx: &mut Ctx) -> Result<(), String> {
     let log = boot_selftest(ctx, "timers", 8, "selftest=timers count=1000")?;
-    let line = line_with(&log, "timers: 1000 fired in deadline order").ok_or_else(|| format!("no timer result:\n{log}"))?;
+    let line =
+        line_with(&log, "timers: 1000 fired in deadline order").ok_or_else(|| format!("no timer result:\n{log}"))?;
     println!("@@metric xen::time::thousand_timers_fire_in_order| {line}");
     Ok(())
 }

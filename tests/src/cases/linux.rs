@@ -7,7 +7,11 @@ use crate::{proc, xl};
 use std::time::Duration;
 
 pub fn tests() -> Vec<Test> {
-    vec![Test { name: "xen::linux::domU_reads_its_disk_with_dd", limit: Duration::from_secs(240), run: domu_reads_disk }]
+    vec![Test {
+        name: "xen::linux::domU_reads_its_disk_with_dd",
+        limit: Duration::from_secs(240),
+        run: domu_reads_disk,
+    }]
 }
 
 /// Starts the Linux domU with `mode` (its /init's job), extra command-line words and

@@ -24,7 +24,10 @@ pub fn dom0_address() -> Result<(), String> {
     if out.stdout.contains(DOM0_IP) {
         return Ok(());
     }
-    let out = proc::run(Command::new("ip").args(["addr", "add", &format!("{DOM0_IP}/24"), "dev", "xenbr0"]), Duration::from_secs(10))?;
+    let out = proc::run(
+        Command::new("ip").args(["addr", "add", &format!("{DOM0_IP}/24"), "dev", "xenbr0"]),
+        Duration::from_secs(10),
+    )?;
     if out.success { Ok(()) } else { Err(format!("ip addr add: {}", out.stderr)) }
 }
 
@@ -43,17 +46,24 @@ fn ping_and_echo(ctx: &mut Ctx) -> Result<(), String> {
     const BYTES: usize = 10 << 20;
     let name = "net-test";
     start_net_image(ctx, name, "selftest=net ip=192.0.2.2/24 connections=1")?;
-    let ping = proc::run(Command::new("ping").args(["-c", "100", "-A", "-W", "5", "-w", "120", "192.0.2.2"]), Duration::from_secs(150))?;
+    let ping = proc::run(
+        Command::new("ping").args(["-c", "100", "-A", "-W", "5", "-w", "120", "192.0.2.2"]),
+        Duration::from_secs(150),
+    )?;
     let summary = ping.stdout.lines().find(|l| l.contains("packets transmitted")).unwrap_or_default().to_string();
     if !summary.contains("100 packets transmitted, 100 packets received") {
-        let diag = proc::run(Command::new("sh").args(["-c", "ip -s link; brctl show; ip addr; ip neigh"]), Duration::from_secs(20))
-            .map(|o| o.stdout)
-            .unwrap_or_default();
+        let diag = proc::run(
+            Command::new("sh").args(["-c", "ip -s link; brctl show; ip addr; ip neigh"]),
+            Duration::from_secs(20),
+        )
+        .map(|o| o.stdout)
+        .unwrap_or_default();
         return Err(format!("ping: {summary:?}\n{}{}\n{diag}", ping.stdout, ping.stderr));
     }
     let rtt = ping.stdout.lines().find(|l| l.contains("round-trip")).unwrap_or_default().to_string();
 
-    let mut stream = TcpStream::connect_timeout(&"192.0.2.2:7".parse().unwrap(), Duration::from_secs(30)).map_err(|e| format!("connect: {e}"))?;
+    let mut stream = TcpStream::connect_timeout(&"192.0.2.2:7".parse().unwrap(), Duration::from_secs(30))
+        .map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
     let data: Vec<u8> = (0..BYTES as u64).map(|i| (i.wrapping_mul(0x2545_f491) >> 11) as u8).collect();
     let sent = data.clone();

@@ -16,7 +16,11 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 pub fn tests() -> Vec<Test> {
-    vec![Test { name: "xen::qmp::cd_insert_over_vchan_with_pv_disk_swap", limit: Duration::from_secs(400), run: cd_insert }]
+    vec![Test {
+        name: "xen::qmp::cd_insert_over_vchan_with_pv_disk_swap",
+        limit: Duration::from_secs(400),
+        run: cd_insert,
+    }]
 }
 
 /// A QMP client on a vchan-socket-proxy's socket.
@@ -29,8 +33,9 @@ pub struct Client {
 impl Client {
     /// Connects to `socket`; returns the client and the greeting.
     pub fn connect(socket: &str) -> Result<(Self, Value), String> {
-        let stream = proc::poll(Duration::from_secs(30), Duration::from_millis(100), || UnixStream::connect(socket).ok())
-            .ok_or_else(|| format!("cannot connect to {socket}"))?;
+        let stream =
+            proc::poll(Duration::from_secs(30), Duration::from_millis(100), || UnixStream::connect(socket).ok())
+                .ok_or_else(|| format!("cannot connect to {socket}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
         let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
         let mut client = Client { stream, reader, next_id: 1 };
@@ -120,7 +125,10 @@ fn cd_insert(ctx: &mut Ctx) -> Result<(), String> {
     expect_contains(&log, "PV disk 5632: 4194304 bytes, read-only as fdset", "console log")?;
     expect_contains(&log, "PV disk 5632: 8388608 bytes, read-only as fdset", "console log")?;
     expect_contains(&log, "device model: quit", "console log")?;
-    println!("@@metric xen::qmp::cd_insert_over_vchan_with_pv_disk_swap| fdset {old} -> {new}; ide-5632: {}", drive["inserted"]);
+    println!(
+        "@@metric xen::qmp::cd_insert_over_vchan_with_pv_disk_swap| fdset {old} -> {new}; ide-5632: {}",
+        drive["inserted"]
+    );
     Ok(())
 }
 
@@ -128,7 +136,13 @@ fn cd_insert(ctx: &mut Ctx) -> Result<(), String> {
 /// `domain` (the stub domain): a new `mib`-MiB image replaces CD-ROM `vdev` (devid
 /// `devid`). Returns
 /// the old and new fdsets and the drive's query-block entry afterwards.
-pub fn change_cd(qmp: &mut Client, domain: &str, vdev: &str, devid: u32, mib: u64) -> Result<(i64, i64, Value), String> {
+pub fn change_cd(
+    qmp: &mut Client,
+    domain: &str,
+    vdev: &str,
+    devid: u32,
+    mib: u64,
+) -> Result<(i64, i64, Value), String> {
     let iso = format!("/tmp/cd-{mib}m.iso");
     patterned_disk(&iso, mib)?;
     qmp.execute("query-version", Value::Null)?;

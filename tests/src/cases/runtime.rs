@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 pub fn tests() -> Vec<Test> {
     vec![
         Test { name: "xen::xenstore::identity_watch_and_transactions", limit: Duration::from_secs(240), run: xenstore },
-        Test { name: "xen::evtchn::ten_thousand_round_trips", limit: Duration::from_secs(300), run: evtchn_round_trips },
+        Test {
+            name: "xen::evtchn::ten_thousand_round_trips",
+            limit: Duration::from_secs(300),
+            run: evtchn_round_trips,
+        },
         Test { name: "xen::time::sleep_matches_dom0_clock", limit: Duration::from_secs(120), run: sleep_matches_dom0 },
         Test { name: "xen::grant::dom0_maps_granted_page", limit: Duration::from_secs(120), run: grant_to_dom0 },
         Test { name: "xen::grant::image_maps_dom0_grant", limit: Duration::from_secs(120), run: map_dom0_grant },
@@ -92,9 +96,11 @@ fn xenstore(ctx: &mut Ctx) -> Result<(), String> {
 }
 
 fn bind(name: &str, domid: u32) -> Result<(EventChannels, u32), String> {
-    let remote: u32 = xs::wait_for(&data_path(domid, &format!("{name}-port")), Duration::from_secs(60), |v| v.parse::<u32>().is_ok())?
-        .parse()
-        .map_err(|e| format!("port: {e}"))?;
+    let remote: u32 = xs::wait_for(&data_path(domid, &format!("{name}-port")), Duration::from_secs(60), |v| {
+        v.parse::<u32>().is_ok()
+    })?
+    .parse()
+    .map_err(|e| format!("port: {e}"))?;
     let channels = EventChannels::open()?;
     let local = channels.bind_interdomain(domid, remote)?;
     // Xen raises an event on the binding side's new port (in case a notification
@@ -124,7 +130,10 @@ fn evtchn_round_trips(ctx: &mut Ctx) -> Result<(), String> {
     let (channels, local) = bind("evtchn", domid)?;
     let mut times = Vec::with_capacity(ROUNDS);
     for i in 0..ROUNDS {
-        times.push(round_trip(&channels, local, Duration::from_secs(5)).map_err(|e| format!("round {i}: {e} (event lost?)"))?);
+        times.push(
+            round_trip(&channels, local, Duration::from_secs(5))
+                .map_err(|e| format!("round {i}: {e} (event lost?)"))?,
+        );
     }
     xs::wait_for(&data_path(domid, "evtchn-masked"), Duration::from_secs(30), |v| v == "1")?;
     channels.notify(local)?;
@@ -151,7 +160,8 @@ fn sleep_matches_dom0(ctx: &mut Ctx) -> Result<(), String> {
     let name = "sleep-test";
     let domid = start(ctx, name, "selftest=sleep")?;
     let (channels, local) = bind("sleep", domid)?;
-    let mut pings: Vec<Duration> = (0..20).map(|_| round_trip(&channels, local, Duration::from_secs(5))).collect::<Result<_, _>>()?;
+    let mut pings: Vec<Duration> =
+        (0..20).map(|_| round_trip(&channels, local, Duration::from_secs(5))).collect::<Result<_, _>>()?;
     pings.sort();
     let rtt = pings[pings.len() / 2];
     let slept = round_trip(&channels, local, Duration::from_secs(5))?;
@@ -171,7 +181,10 @@ fn sleep_matches_dom0(ctx: &mut Ctx) -> Result<(), String> {
         rtt.as_secs_f64() * 1000.0
     );
     if error_ms > 10.0 {
-        return Err(format!("the 200 ms sleep took {:.2} ms by dom0's clock (more than 10 ms off)", sleep.as_secs_f64() * 1000.0));
+        return Err(format!(
+            "the 200 ms sleep took {:.2} ms by dom0's clock (more than 10 ms off)",
+            sleep.as_secs_f64() * 1000.0
+        ));
     }
     if wall_diff_ms.abs() > 1000.0 {
         return Err(format!("the image's wall clock is {wall_diff_ms:.0} ms off dom0's"));
@@ -188,12 +201,17 @@ fn grant_to_dom0(ctx: &mut Ctx) -> Result<(), String> {
     let seed: u8 = (harness::nonce().bytes().map(u32::from).sum::<u32>() % 251) as u8 + 1;
     let domid = start(ctx, name, &format!("selftest=grant seed={seed}"))?;
     let limit = Duration::from_secs(60);
-    let gref: u32 = xs::wait_for(&data_path(domid, "grant-ref"), limit, |v| v.parse::<u32>().is_ok())?.parse().unwrap_or(0);
+    let gref: u32 =
+        xs::wait_for(&data_path(domid, "grant-ref"), limit, |v| v.parse::<u32>().is_ok())?.parse().unwrap_or(0);
     let device = GrantDevice::open()?;
     let mapping = device.map(domid, gref, false)?;
     let bytes = mapping.bytes();
     if let Some(i) = (0..bytes.len()).find(|&i| bytes[i] != grant_pattern(seed, i)) {
-        return Err(format!("granted page differs from the pattern at byte {i}: {} != {}", bytes[i], grant_pattern(seed, i)));
+        return Err(format!(
+            "granted page differs from the pattern at byte {i}: {} != {}",
+            bytes[i],
+            grant_pattern(seed, i)
+        ));
     }
     xs::write(&data_path(domid, "grant-state"), "mapped")?;
     let busy = xs::wait_for(&data_path(domid, "grant-busy"), limit, |_| true)?;

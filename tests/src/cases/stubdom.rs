@@ -18,7 +18,11 @@ use std::time::{Duration, Instant};
 pub fn tests() -> Vec<Test> {
     vec![
         Test { name: "xen::stubdom::consoles_carry_data_both_ways", limit: Duration::from_secs(240), run: consoles },
-        Test { name: "xen::stubdom::libxl_starts_saves_and_restores_the_image", limit: Duration::from_secs(500), run: device_model },
+        Test {
+            name: "xen::stubdom::libxl_starts_saves_and_restores_the_image",
+            limit: Duration::from_secs(500),
+            run: device_model,
+        },
     ]
 }
 
@@ -69,15 +73,21 @@ impl Creation {
         match status {
             Some(status) if status.success() => Ok(()),
             Some(status) => Err(format!("xl create failed ({status}):\n{output}\nconsole 0:\n{}", self.console0())),
-            None => Err(format!("xl create still running after {} s:\n{output}\nconsole 0:\n{}", limit.as_secs(), self.console0())),
+            None => Err(format!(
+                "xl create still running after {} s:\n{output}\nconsole 0:\n{}",
+                limit.as_secs(),
+                self.console0()
+            )),
         }
     }
 
     /// The (guest, stub domain) domids, once both exist.
     pub fn domids(&self) -> Result<(u32, u32), String> {
         let stub = format!("{}-dm", self.guest);
-        proc::poll(Duration::from_secs(60), Duration::from_millis(200), || Some((xl::domid(&self.guest).ok()?, xl::domid(&stub).ok()?)))
-            .ok_or_else(|| format!("{} and {stub} did not both appear within 60 s", self.guest))
+        proc::poll(Duration::from_secs(60), Duration::from_millis(200), || {
+            Some((xl::domid(&self.guest).ok()?, xl::domid(&stub).ok()?))
+        })
+        .ok_or_else(|| format!("{} and {stub} did not both appear within 60 s", self.guest))
     }
 
     /// The stub domain's console 0, which libxl sends to qemu-dm-<guest>.log.
@@ -121,7 +131,9 @@ fn read_until(rx: &mpsc::Receiver<Vec<u8>>, seen: &mut String, needle: &str, lim
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-            Err(_) => return Err(format!("{needle:?} did not arrive on the pty within {} s; got {seen:?}", limit.as_secs())),
+            Err(_) => {
+                return Err(format!("{needle:?} did not arrive on the pty within {} s; got {seen:?}", limit.as_secs()));
+            }
         }
     }
     Ok(())
@@ -140,7 +152,9 @@ fn consoles(ctx: &mut Ctx) -> Result<(), String> {
     .ok_or_else(|| format!("{save} never got the image's line; console 0:\n{}", console0()))?;
 
     // Console 3: the guest's serial port, a pty in dom0.
-    let tty = xs::wait_for(&format!("/local/domain/{stub}/device/console/3/tty"), Duration::from_secs(30), |v| v.starts_with("/dev/pts/"))?;
+    let tty = xs::wait_for(&format!("/local/domain/{stub}/device/console/3/tty"), Duration::from_secs(30), |v| {
+        v.starts_with("/dev/pts/")
+    })?;
     let (mut pty, rx) = pty_reader(&tty)?;
     // QEMU drops pty output while nobody has the pty open, so the image's own
     // greeting may be gone: dom0 speaks first, and repeats until answered.
@@ -157,10 +171,14 @@ fn consoles(ctx: &mut Ctx) -> Result<(), String> {
     answered.map_err(|e| format!("{e}; console 0:\n{}", console0()))?;
     pty.write_all(b"quit\n").map_err(|e| e.to_string())?;
 
-    let log = proc::poll(Duration::from_secs(30), Duration::from_millis(200), || Some(console0()).filter(|l| l.contains("consoles: ok")))
-        .ok_or_else(|| format!("no \"consoles: ok\" on console 0:\n{}", console0()))?;
+    let log = proc::poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        Some(console0()).filter(|l| l.contains("consoles: ok"))
+    })
+    .ok_or_else(|| format!("no \"consoles: ok\" on console 0:\n{}", console0()))?;
     expect_contains(&log, "rust-stubdom 0.1.0: Xen PV stub domain", "console 0 (qemu-dm log)")?;
-    println!("@@metric xen::stubdom::consoles_carry_data_both_ways| console 1 -> {save}, console 3 <-> {tty}, console 0 -> qemu-dm-stubcons.log");
+    println!(
+        "@@metric xen::stubdom::consoles_carry_data_both_ways| console 1 -> {save}, console 3 <-> {tty}, console 0 -> qemu-dm-stubcons.log"
+    );
     Ok(())
 }
 
@@ -208,7 +226,10 @@ fn device_model(ctx: &mut Ctx) -> Result<(), String> {
         xl::dmesg().ok()?.lines().any(|l| l.contains(&tag) && l.contains("HVM Loader")).then_some(())
     })
     .ok_or_else(|| format!("guest {guest} never started hvmloader after xl create"))?;
-    let seabios = proc::poll(Duration::from_secs(30), Duration::from_secs(1), || seabios_after_hvmloader(&xl::dmesg().ok()?, guest).then_some(())).is_some();
+    let seabios = proc::poll(Duration::from_secs(30), Duration::from_secs(1), || {
+        seabios_after_hvmloader(&xl::dmesg().ok()?, guest).then_some(())
+    })
+    .is_some();
 
     let (mut qmp, _greeting) = Client::connect(&format!("/var/run/xen/qmp-libxl-{guest}"))?;
     qmp.execute("qmp_capabilities", Value::Null)?;
@@ -217,11 +238,17 @@ fn device_model(ctx: &mut Ctx) -> Result<(), String> {
         return Err(format!("query-status: {status}"));
     }
     let hda = qmp.drive("ide0-hd0")?;
-    if hda["inserted"]["file"] != json!("/dev/xvda") || hda["inserted"]["ro"] != json!(false) || hda["inserted"]["image"]["virtual-size"] != json!(16 << 20) {
+    if hda["inserted"]["file"] != json!("/dev/xvda")
+        || hda["inserted"]["ro"] != json!(false)
+        || hda["inserted"]["image"]["virtual-size"] != json!(16 << 20)
+    {
         return Err(format!("hda: {hda}"));
     }
     let cd = qmp.drive("ide-5632")?;
-    if cd["inserted"]["file"] != json!("/dev/xvdc") || cd["inserted"]["ro"] != json!(true) || cd["removable"] != json!(true) {
+    if cd["inserted"]["file"] != json!("/dev/xvdc")
+        || cd["inserted"]["ro"] != json!(true)
+        || cd["removable"] != json!(true)
+    {
         return Err(format!("hdc: {cd}"));
     }
     qmp.stub_fdset(768)?.ok_or("no stub-devid:768 fdset")?;
@@ -252,8 +279,10 @@ fn device_model(ctx: &mut Ctx) -> Result<(), String> {
     if !saved.windows(8).any(|w| w == b"RSTUBDM1") {
         return Err(format!("the save image ({} bytes) holds no device-model state file", saved.len()));
     }
-    proc::poll(Duration::from_secs(60), Duration::from_millis(500), || xl::find("dmguest-dm").ok().filter(Option::is_none))
-        .ok_or("the stub domain outlived the saved guest")?;
+    proc::poll(Duration::from_secs(60), Duration::from_millis(500), || {
+        xl::find("dmguest-dm").ok().filter(Option::is_none)
+    })
+    .ok_or("the stub domain outlived the saved guest")?;
 
     // Restore: a new stub domain reads the state file from console 2.
     let restoring = Instant::now();
@@ -262,7 +291,11 @@ fn device_model(ctx: &mut Ctx) -> Result<(), String> {
     let guest = xl::domid("dmguest")?;
     let restored = creation.console0();
     // The framed (empty) state file: 24 bytes that only dom0's console-2 backend carried.
-    expect_contains(&restored, "restored 0 bytes of device state from console 2 (24-byte state file)", "console 0 after xl restore")?;
+    expect_contains(
+        &restored,
+        "restored 0 bytes of device state from console 2 (24-byte state file)",
+        "console 0 after xl restore",
+    )?;
     let row = xl::find("dmguest")?.ok_or("no dmguest after xl restore")?;
     if row.state.contains('p') || row.is_shutdown() || row.is_crashed() {
         return Err(format!("restored guest is {row:?}"));

@@ -11,7 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn tests() -> Vec<Test> {
-    vec![Test { name: "xen::vchan::proxy_exchanges_10_mib_then_reconnects_100_times", limit: Duration::from_secs(600), run: proxy }]
+    vec![Test {
+        name: "xen::vchan::proxy_exchanges_10_mib_then_reconnects_100_times",
+        limit: Duration::from_secs(600),
+        run: proxy,
+    }]
 }
 
 pub const SOCKET: &str = "/tmp/vchan-test.sock";

@@ -68,9 +68,8 @@ impl EventChannels {
         // is (layout checked against the header by the tests); the driver only reads it, during the call.
         let result =
             unsafe { libc::ioctl(self.device.as_raw_fd(), IOCTL_BIND_INTERDOMAIN as libc::Ioctl, &raw const request) };
-        let port = check(result, || {
-            format!("binding to port {remote_port} of domain {remote_domain} through {DEVICE}")
-        })?;
+        let port =
+            check(result, || format!("binding to port {remote_port} of domain {remote_domain} through {DEVICE}"))?;
         // The driver returns the new local port; check() has ruled out negative values.
         let port = port as u32;
         self.bound_ports().push(port);
@@ -116,7 +115,11 @@ impl EventChannels {
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
                 Ok(n) => return Err(format!("reading {DEVICE}: got {n} bytes, expected a 4-byte port")),
                 Err(e) => {
-                    let hint = if e.raw_os_error() == Some(libc::EFBIG) { " (the driver's event ring overflowed)" } else { "" };
+                    let hint = if e.raw_os_error() == Some(libc::EFBIG) {
+                        " (the driver's event ring overflowed)"
+                    } else {
+                        ""
+                    };
                     return Err(format!("reading {DEVICE}: {e}{hint}"));
                 }
             }

@@ -68,8 +68,7 @@ impl GrantAllocator {
         // SAFETY: this ioctl's argument is a struct ioctl_gntalloc_alloc_gref with room for `count`
         // references; `request` is one with count 1 (layout checked against the header by the tests).
         // The driver reads it and writes `index` and `gref_ids` back, only during the call.
-        let result =
-            unsafe { libc::ioctl(self.device.as_raw_fd(), IOCTL_ALLOC_GREF as libc::Ioctl, &raw mut request) };
+        let result = unsafe { libc::ioctl(self.device.as_raw_fd(), IOCTL_ALLOC_GREF as libc::Ioctl, &raw mut request) };
         check(result, || format!("granting a page to domain {domid} through {DEVICE}"))?;
         let index = request.index;
         let grant_ref = request.gref_ids[0];

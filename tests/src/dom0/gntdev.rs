@@ -62,8 +62,7 @@ impl GrantDevice {
     /// Maps the page that domain `domid` granted as `grant_ref`, read-only or writable
     /// (a writable mapping needs a grant that allows writing).
     pub fn map(&self, domid: u32, grant_ref: u32, writable: bool) -> Result<GrantMapping<'_>, String> {
-        let mut request =
-            MapGrantRef { count: 1, pad: 0, index: 0, refs: [GrantRef { domid, reference: grant_ref }] };
+        let mut request = MapGrantRef { count: 1, pad: 0, index: 0, refs: [GrantRef { domid, reference: grant_ref }] };
         // SAFETY: this ioctl's argument is a struct ioctl_gntdev_map_grant_ref holding `count` refs;
         // `request` is one with count 1 (layout checked against the header by the tests). The driver
         // reads it and writes `index` back, only during the call.

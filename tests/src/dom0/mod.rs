@@ -41,19 +41,14 @@ pub(crate) const fn ioctl_none(kind: u8, number: u8, size: usize) -> u32 {
 /// Opens a Xen device read-write and close-on-exec, plus `extra_flags`. The error
 /// names the device and says what its absence usually means.
 pub(crate) fn open_device(path: &str, extra_flags: i32) -> Result<File, String> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC | extra_flags)
-        .open(path)
-        .map_err(|e| {
-            let hint = match e.kind() {
-                io::ErrorKind::NotFound => " (is this a Xen dom0 with the driver loaded and /dev/xen populated?)",
-                io::ErrorKind::PermissionDenied => " (dom0's Xen devices need root)",
-                _ => "",
-            };
-            format!("cannot open {path}: {e}{hint}")
-        })
+    OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC | extra_flags).open(path).map_err(|e| {
+        let hint = match e.kind() {
+            io::ErrorKind::NotFound => " (is this a Xen dom0 with the driver loaded and /dev/xen populated?)",
+            io::ErrorKind::PermissionDenied => " (dom0's Xen devices need root)",
+            _ => "",
+        };
+        format!("cannot open {path}: {e}{hint}")
+    })
 }
 
 /// Turns a libc return value into `Ok(value)`, or the errno as an error about `what`.
