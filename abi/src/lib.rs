@@ -11,6 +11,7 @@ pub mod console;
 pub mod elfnote;
 pub mod event_channel;
 pub mod grant_table;
+pub mod hvm;
 pub mod hypercall;
 pub mod memory;
 pub mod sched;

@@ -49,6 +49,10 @@ pub struct DmArgs {
     pub incoming: Option<String>,
     /// `-serial` values (`/dev/hvc3` ... are the stub domain's consoles 3 ...)
     pub serials: Vec<String>,
+    /// `-boot order=`: the BIOS boot order (libxl's default "cda")
+    pub boot_order: String,
+    /// `-m`: the guest's RAM in MiB, as libxl computes it (maxmem minus video RAM)
+    pub ram_mib: Option<u32>,
     /// options (with their values) this device model does not act on
     pub ignored: Vec<String>,
 }
@@ -62,6 +66,8 @@ impl Default for DmArgs {
             drives: Vec::new(),
             incoming: None,
             serials: Vec::new(),
+            boot_order: String::from("cda"),
+            ram_mib: None,
             ignored: Vec::new(),
         }
     }
@@ -168,6 +174,20 @@ impl DmArgs {
                         online.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad(option, value, "no vCPU count"))?;
                 }
                 "-incoming" => args.incoming = Some(value.to_string()),
+                "-boot" => {
+                    let pairs = option_pairs(value);
+                    let order = get(&pairs, "order").or_else(|| get(&pairs, "")).unwrap_or("cda");
+                    if order.is_empty() || !order.chars().all(|c| c.is_ascii_lowercase()) {
+                        return Err(bad(option, value, "boot order is not drive letters"));
+                    }
+                    args.boot_order = order.to_string();
+                }
+                "-m" => {
+                    let size = option_pairs(value);
+                    let text = get(&size, "").or_else(|| get(&size, "size")).unwrap_or("");
+                    let mib = text.trim_end_matches(['M', 'm']);
+                    args.ram_mib = Some(mib.parse().map_err(|_| bad(option, value, "not a size in MiB"))?);
+                }
                 "-serial" => args.serials.push(value.to_string()),
                 "-drive" => args.drive(value, &mut pending)?,
                 "-device" if value.starts_with("ide-cd") || value.starts_with("ide-hd") => {
@@ -311,6 +331,8 @@ mod tests {
         assert_eq!(args.vcpus, 1);
         assert_eq!(args.serials, vec!["/dev/hvc3".to_string()]);
         assert_eq!(args.incoming, None);
+        assert_eq!(args.boot_order, "dc");
+        assert_eq!(args.ram_mib, Some(56));
         assert_eq!(
             args.drives,
             vec![
@@ -331,6 +353,15 @@ mod tests {
         // The VGA, NIC and machine options are reported as not acted on.
         assert!(args.ignored.iter().any(|o| o.starts_with("-device cirrus-vga")));
         assert!(args.ignored.iter().any(|o| o.starts_with("-netdev type=tap")));
+    }
+
+    #[test]
+    fn boot_order_and_memory_defaults_and_refusals() {
+        let args = DmArgs::parse(&["-xen-domid", "3"]).unwrap();
+        assert_eq!((args.boot_order.as_str(), args.ram_mib), ("cda", None));
+        assert!(matches!(DmArgs::parse(&["-boot", "order=D1"]), Err(ArgsError::BadValue { .. })));
+        assert!(matches!(DmArgs::parse(&["-m", "lots"]), Err(ArgsError::BadValue { .. })));
+        assert_eq!(DmArgs::parse(&["-m", "size=120M"]).unwrap().ram_mib, Some(120));
     }
 
     #[test]

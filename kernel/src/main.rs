@@ -31,6 +31,8 @@ mod fatal;
 #[cfg(not(test))]
 mod gnttab;
 #[cfg(not(test))]
+mod hvm;
+#[cfg(not(test))]
 mod logger;
 #[cfg(not(test))]
 mod mm;

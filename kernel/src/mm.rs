@@ -43,6 +43,8 @@ pub enum MmError {
     OutOfPages,
     /// A pseudo-physical frame number outside the domain.
     BadPfn(u64),
+    /// A foreign mapping that would name our own domain.
+    OwnDomain,
 }
 
 impl core::fmt::Display for MmError {
@@ -51,6 +53,7 @@ impl core::fmt::Display for MmError {
             MmError::Xen(e) => write!(f, "Xen refused a page-table update (errno {})", e.0),
             MmError::OutOfPages => write!(f, "no free page left"),
             MmError::BadPfn(pfn) => write!(f, "page frame {pfn} is outside the domain"),
+            MmError::OwnDomain => write!(f, "a foreign mapping may not name our own domain"),
         }
     }
 }
@@ -446,5 +449,61 @@ pub fn stats() -> Stats {
         pool_pages: POOL_PAGES.load(Ordering::Relaxed),
         pool_free_pages: FREE_PAGES.lock().len() as u64,
         page_tables_added: TABLES_ADDED.load(Ordering::Relaxed),
+    }
+}
+
+// Mappings of an HVM guest's frames, for the device model (kernel/src/hvm.rs).
+impl MappingSlot {
+    /// Maps frame `gfn` of HVM guest `guest` (we are its device model; Xen translates
+    /// the frame through the guest's p2m). Refuses our own domain: a mapping of our own
+    /// memory here could alias pages Rust code holds references into.
+    pub fn map_guest_frame(&self, guest: u16, gfn: u64, writable: bool) -> Result<(), MmError> {
+        if guest == DOMID_SELF {
+            return Err(MmError::OwnDomain);
+        }
+        self.map_with(guest, gfn, writable, MMU_NORMAL_PT_UPDATE)
+    }
+
+    /// Maps machine frame `mfn` that `owner` owns, untranslated (the frames
+    /// XENMEM_acquire_resource hands a PV caller, such as an ioreq server's page).
+    pub fn map_machine_frame_of(&self, owner: u16, mfn: u64, writable: bool) -> Result<(), MmError> {
+        if owner == DOMID_SELF {
+            return Err(MmError::OwnDomain);
+        }
+        self.map_with(owner, mfn, writable, xen_abi::hvm::MMU_PT_UPDATE_NO_TRANSLATE)
+    }
+
+    fn map_with(&self, domid: u16, frame: u64, writable: bool, kind: u64) -> Result<(), MmError> {
+        let l1 = l1_table_for(self.va, &mut || None)?;
+        let flags = if writable { pte::KERNEL_DATA } else { pte::KERNEL_DATA & !pte::WRITABLE };
+        let update =
+            MmuUpdate { ptr: ((l1 << 12) + table_index(self.va, 1) as u64 * 8) | kind, val: (frame << 12) | flags };
+        // SAFETY: the slot's virtual page belongs to this slot alone and holds nothing
+        // Rust refers to: its contents are only reached through the slot's volatile
+        // copies. `domid` is another domain (checked by the callers), so the new
+        // mapping cannot alias our own memory.
+        unsafe { hypercall::mmu_update(&[update], domid)? };
+        Ok(())
+    }
+
+    /// Reads one byte of the mapped page (volatile: the owner may be writing it).
+    pub fn read_u8(&self, offset: usize) -> u8 {
+        assert!(offset < PAGE_SIZE as usize, "read beyond the mapped page");
+        // SAFETY: inside the slot's page (checked above), which the caller mapped.
+        unsafe { ((self.va as usize + offset) as *const u8).read_volatile() }
+    }
+
+    /// Writes one byte of the mapped page with one store.
+    pub fn write_u8(&self, offset: usize, value: u8) {
+        assert!(offset < PAGE_SIZE as usize, "write beyond the mapped page");
+        // SAFETY: inside the slot's page (checked above), which the caller mapped writable.
+        unsafe { ((self.va as usize + offset) as *mut u8).write_volatile(value) };
+    }
+
+    /// Writes an aligned u64 of the mapped page with one store.
+    pub fn write_u64(&self, offset: usize, value: u64) {
+        assert!(offset % 8 == 0 && offset + 8 <= PAGE_SIZE as usize, "unaligned or outside the page");
+        // SAFETY: an aligned u64 inside the slot's page (checked above), mapped writable.
+        unsafe { ((self.va as usize + offset) as *mut u64).write_volatile(value) };
     }
 }

@@ -155,3 +155,9 @@ impl Xen for KernelXen {
         self.domid
     }
 }
+
+impl xen_seams::Spawn for KernelXen {
+    fn spawn(&self, _name: &str, future: impl Future<Output = ()> + 'static) {
+        crate::executor::spawn(future);
+    }
+}

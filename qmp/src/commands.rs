@@ -20,7 +20,10 @@
 //!   online vCPUs from it before `xl save`); there is no CPU hotplug.
 //! - `xen-set-global-dirty-log`: [`DeviceModel::set_global_dirty_log`].
 //! - `xen-save-devices-state`: the state file [`DeviceModel::save_state`] returns goes
-//!   to the console behind the fdset (the image frames it: devices' `state_file`).
+//!   to the console behind the fdset (the image frames it: devices' `state_file`). That
+//!   write is slow work: the command returns [`Outcome::Pending`] with a
+//!   [`SlowEffect`], the caller carries it out, and the reply (success, or the reason it
+//!   failed) follows only then ([`Engine::complete_effect`]).
 //! - `xen-load-devices-state`: what [`DeviceModel::read_console`] gives for the console
 //!   behind the fdset goes to [`DeviceModel::load_state`].
 //!
@@ -95,9 +98,6 @@ pub trait DeviceModel {
     /// `xen-load-devices-state`: restores what [`save_state`](Self::save_state) produced.
     fn load_state(&mut self, state: &[u8]) -> Result<(), DeviceModelError>;
 
-    /// Writes a state file to PV console `console` (1 is the save channel).
-    fn write_console(&mut self, console: u32, data: &[u8]) -> Result<(), DeviceModelError>;
-
     /// Reads a whole state file from PV console `console`.
     fn read_console(&mut self, console: u32) -> Result<Vec<u8>, DeviceModelError>;
 
@@ -159,6 +159,36 @@ impl Event {
     }
 }
 
+/// Work a command needs that the engine cannot do itself (it has no I/O): the caller
+/// carries it out and reports back with [`Engine::complete_effect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlowEffect {
+    /// Write `data` to PV console `console` and wait until dom0 has taken all of it.
+    WriteStateFile { console: u32, data: Vec<u8> },
+}
+
+/// What running a command gave.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The reply, now.
+    Done(Result<serde_json::Value, QmpError>),
+    /// The reply waits for `effect`.
+    Pending(SlowEffect),
+}
+
+impl From<Result<serde_json::Value, QmpError>> for Outcome {
+    fn from(result: Result<serde_json::Value, QmpError>) -> Outcome {
+        Outcome::Done(result)
+    }
+}
+
+/// A save whose state file is on its way to its console.
+#[derive(Clone, Copy, Debug)]
+struct SaveInProgress {
+    /// the VM ran before the save paused it: it resumes afterwards
+    was_running: bool,
+}
+
 /// An event and when it happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TimedEvent {
@@ -198,6 +228,7 @@ pub struct Engine<D: DeviceModel> {
     events: VecDeque<TimedEvent>,
     quit_requested: bool,
     vcpus: u32,
+    saving: Option<SaveInProgress>,
 }
 
 impl<D: DeviceModel> Engine<D> {
@@ -217,6 +248,7 @@ impl<D: DeviceModel> Engine<D> {
             events: VecDeque::new(),
             quit_requested: false,
             vcpus: config.vcpus,
+            saving: None,
         }
     }
 
@@ -329,13 +361,49 @@ impl<D: DeviceModel> Engine<D> {
     }
 
     /// Runs a negotiated session's command (everything but `qmp_capabilities`, which
-    /// the session handles). Events it causes are queued stamped `now`.
-    pub fn execute(
-        &mut self,
-        command: &str,
-        arguments: &Object,
-        now: Timestamp,
-    ) -> Result<serde_json::Value, QmpError> {
+    /// the session handles). Events it causes are queued stamped `now`. A command with
+    /// slow work returns it as [`Outcome::Pending`]; its reply comes from
+    /// [`complete_effect`](Self::complete_effect).
+    pub fn execute(&mut self, command: &str, arguments: &Object, now: Timestamp) -> Outcome {
+        if command == "xen-save-devices-state" {
+            return self.start_save(arguments, now);
+        }
+        self.execute_now(command, arguments, now).into()
+    }
+
+    /// `xen-save-devices-state`: pauses, takes the state, and hands its write out.
+    fn start_save(&mut self, arguments: &Object, now: Timestamp) -> Outcome {
+        let mut args = Args::new(arguments);
+        let parsed = (|| {
+            let filename = args.str("filename")?;
+            let live = args.opt_bool("live")?;
+            args.finish()?;
+            Ok((filename, live))
+        })();
+        let (filename, live) = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => return Outcome::Done(Err(error)),
+        };
+        if self.saving.is_some() {
+            return Outcome::Done(Err(QmpError::generic("a device state save is already in progress")));
+        }
+        self.save_devices_state(filename, live.unwrap_or(true), now)
+    }
+
+    /// The slow work of the command [`execute`](Self::execute) left pending is done
+    /// (`Err` says why it failed): finishes the command and returns its reply.
+    pub fn complete_effect(&mut self, result: Result<(), String>, now: Timestamp) -> Result<serde_json::Value, QmpError> {
+        let Some(save) = self.saving.take() else {
+            return Err(QmpError::generic("no command is waiting for its effect"));
+        };
+        // QEMU resumes a VM the save paused, whatever the outcome.
+        if save.was_running {
+            self.resume(now);
+        }
+        result.map(|()| empty()).map_err(|reason| QmpError::generic(format!("saving Xen device state failed: {reason}")))
+    }
+
+    fn execute_now(&mut self, command: &str, arguments: &Object, now: Timestamp) -> Result<serde_json::Value, QmpError> {
         let mut args = Args::new(arguments);
         match command {
             "query-version" => {
@@ -444,12 +512,6 @@ impl<D: DeviceModel> Engine<D> {
                 self.device_model.set_global_dirty_log(enable);
                 Ok(empty())
             }
-            "xen-save-devices-state" => {
-                let filename = args.str("filename")?;
-                let live = args.opt_bool("live")?;
-                args.finish()?;
-                self.save_devices_state(filename, live.unwrap_or(true), now)
-            }
             "xen-load-devices-state" => {
                 let filename = args.str("filename")?;
                 args.finish()?;
@@ -491,29 +553,32 @@ impl<D: DeviceModel> Engine<D> {
     }
 
     /// QEMU's qmp_xen_save_devices_state: a running VM is paused for the save and
-    /// resumed after it, whatever the outcome.
-    fn save_devices_state(
-        &mut self,
-        filename: &str,
-        live: bool,
-        now: Timestamp,
-    ) -> Result<serde_json::Value, QmpError> {
+    /// resumed after it, whatever the outcome ([`complete_effect`](Self::complete_effect)
+    /// resumes it once the state file is written).
+    fn save_devices_state(&mut self, filename: &str, live: bool, now: Timestamp) -> Outcome {
         let was_running = self.run_state == RunState::Running;
         self.pause(now);
-        let result = self.state_console(filename).and_then(|console| {
-            // PLACEHOLDER: the blob is whatever the device model returns, written as is.
-            let state = self.device_model.save_state(live);
-            state
-                .and_then(|state| self.device_model.write_console(console, &state))
-                .map_err(|_| QmpError::generic("saving Xen device state failed"))
+        let state = self.state_console(filename).and_then(|console| {
+            self.device_model
+                .save_state(live)
+                .map(|data| (console, data))
+                .map_err(|e| QmpError::generic(format!("saving Xen device state failed: {}", e.0)))
         });
         // With `live` and a VM libxl had stopped, QEMU releases its image locks here; PV
         // disks have none. (QEMU also leaves a paused VM in run state "save-vm"; this
         // server keeps reporting "paused", which is what libxl's `cont` expects anyway.)
-        if was_running {
-            self.resume(now);
+        match state {
+            Ok((console, data)) => {
+                self.saving = Some(SaveInProgress { was_running });
+                Outcome::Pending(SlowEffect::WriteStateFile { console, data })
+            }
+            Err(error) => {
+                if was_running {
+                    self.resume(now);
+                }
+                Outcome::Done(Err(error))
+            }
         }
-        result.map(|()| empty())
     }
 
     /// QEMU's qmp_xen_load_devices_state: only while paused.

@@ -31,7 +31,6 @@
 //!     fn set_global_dirty_log(&mut self, _enable: bool) {}
 //!     fn save_state(&mut self, _live: bool) -> Result<Vec<u8>, DeviceModelError> { Ok(vec![]) }
 //!     fn load_state(&mut self, _state: &[u8]) -> Result<(), DeviceModelError> { Ok(()) }
-//!     fn write_console(&mut self, _n: u32, _data: &[u8]) -> Result<(), DeviceModelError> { Ok(()) }
 //!     fn read_console(&mut self, _n: u32) -> Result<Vec<u8>, DeviceModelError> { Ok(vec![]) }
 //!     fn quit(&mut self) {}
 //! }
@@ -74,6 +73,6 @@ pub mod protocol;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
-pub use commands::{DeviceModel, DeviceModelError, Engine, EngineConfig, Event, RunState};
+pub use commands::{DeviceModel, DeviceModelError, Engine, EngineConfig, Event, Outcome, RunState, SlowEffect};
 pub use error::{ErrorClass, QmpError};
-pub use protocol::{Session, Timestamp, VersionInfo};
+pub use protocol::{MAX_HELD_MESSAGES, Session, Timestamp, VersionInfo};

@@ -20,9 +20,15 @@
 //!   message: [`MAX_MESSAGE_BYTES`], [`MAX_NESTING`]), without `id`, since none could
 //!   be read. Stray bytes cost the message they are in; a 0xFF byte drops any partial
 //!   message, so a client can always resynchronise.
+//! - Commands run one at a time, in order. A command with slow work
+//!   ([`Outcome::Pending`], e.g. `xen-save-devices-state` writing to a console) holds
+//!   the session: [`Session::take_effect`] hands the work to the caller, messages that
+//!   arrive meanwhile wait (at most [`MAX_HELD_MESSAGES`]; more are refused in order),
+//!   and [`Session::complete`] writes the reply and runs what waited.
 
 mod framer;
 
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -30,7 +36,7 @@ use alloc::vec::Vec;
 use serde::Serialize;
 
 use crate::args::Args;
-use crate::commands::{DeviceModel, Engine};
+use crate::commands::{DeviceModel, Engine, Outcome, SlowEffect};
 use crate::error::{ErrorClass, QmpError};
 use crate::json::{self, Object, Value};
 use framer::{Frame, Framer};
@@ -117,6 +123,19 @@ struct EventMessage {
 /// Capabilities QEMU defines; none is offered (out-of-band needs an I/O thread).
 const CAPABILITIES: [&str; 1] = ["oob"];
 
+/// Messages kept while a command waits for its slow work; more are answered with an
+/// error (in their turn), never buffered without bound.
+pub const MAX_HELD_MESSAGES: usize = 32;
+
+/// A command whose reply waits for its slow work.
+#[derive(Debug)]
+struct Waiting {
+    id: Option<Value>,
+    /// the work, until the caller takes it
+    effect: Option<SlowEffect>,
+    quit_before: bool,
+}
+
 /// One client connection.
 #[derive(Debug)]
 pub struct Session {
@@ -124,13 +143,25 @@ pub struct Session {
     output: Vec<u8>,
     negotiated: bool,
     closed: bool,
+    waiting: Option<Waiting>,
+    held: VecDeque<Frame>,
+    /// messages refused because `held` was full, not yet reported
+    refused: usize,
 }
 
 impl Session {
     /// A connection whose output starts with the greeting
     /// `{"QMP":{"version":{"qemu":{..},"package":".."},"capabilities":[]}}`.
     pub fn new(version: &VersionInfo) -> Session {
-        let mut session = Session { framer: Framer::new(), output: Vec::new(), negotiated: false, closed: false };
+        let mut session = Session {
+            framer: Framer::new(),
+            output: Vec::new(),
+            negotiated: false,
+            closed: false,
+            waiting: None,
+            held: VecDeque::new(),
+            refused: 0,
+        };
         session.write(&Greeting { qmp: GreetingBody { version, capabilities: [] } });
         session
     }
@@ -146,11 +177,56 @@ impl Session {
             }
             self.framer.push(byte, &mut frames);
             for frame in frames.drain(..) {
-                match frame {
-                    Frame::Message(bytes) => self.handle(engine, &bytes, now),
-                    Frame::Error(desc) => self.write_error(None, &QmpError::generic(desc)),
+                if self.waiting.is_some() || !self.held.is_empty() {
+                    self.hold(frame);
+                } else {
+                    self.run_frame(engine, frame, now);
                 }
             }
+        }
+    }
+
+    fn run_frame<D: DeviceModel>(&mut self, engine: &mut Engine<D>, frame: Frame, now: Timestamp) {
+        match frame {
+            Frame::Message(bytes) => self.handle(engine, &bytes, now),
+            Frame::Error(desc) => self.write_error(None, &QmpError::generic(desc)),
+        }
+    }
+
+    fn hold(&mut self, frame: Frame) {
+        if self.held.len() < MAX_HELD_MESSAGES {
+            self.held.push_back(frame);
+        } else {
+            self.refused += 1;
+        }
+    }
+
+    /// Whether a command waits for its slow work (its reply is not written yet).
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// The slow work of the command that waits, for the caller to carry out (once).
+    pub fn take_effect(&mut self) -> Option<SlowEffect> {
+        self.waiting.as_mut().and_then(|w| w.effect.take())
+    }
+
+    /// The slow work is done (`Err` says why it failed): writes the waiting command's
+    /// reply, then runs the messages that arrived meanwhile.
+    pub fn complete<D: DeviceModel>(&mut self, engine: &mut Engine<D>, result: Result<(), String>, now: Timestamp) {
+        let Some(waiting) = self.waiting.take() else { return };
+        let reply = engine.complete_effect(result, now);
+        self.finish(engine, waiting.id.as_ref(), reply, waiting.quit_before);
+        while self.waiting.is_none() && !self.closed {
+            let Some(frame) = self.held.pop_front() else { break };
+            self.run_frame(engine, frame, now);
+        }
+        if self.waiting.is_none() && self.held.is_empty() && self.refused > 0 {
+            let refused = core::mem::take(&mut self.refused);
+            let error = QmpError::generic(format!(
+                "{refused} command(s) refused: more than {MAX_HELD_MESSAGES} arrived while one was in progress"
+            ));
+            self.write_error(None, &error);
         }
     }
 
@@ -229,16 +305,37 @@ impl Session {
         let result = check_request(&request).and_then(|(command, arguments)| {
             let arguments = arguments.unwrap_or(&empty);
             if command == "qmp_capabilities" {
-                self.capabilities(arguments)
+                self.capabilities(arguments).map(|value| Outcome::Done(Ok(value)))
             } else if !self.negotiated {
                 Err(QmpError::new(
                     ErrorClass::CommandNotFound,
                     "Expecting capabilities negotiation with 'qmp_capabilities'",
                 ))
             } else {
-                engine.execute(command, arguments, now)
+                Ok(engine.execute(command, arguments, now))
             }
         });
+        let result = match result {
+            Err(error) => Err(error),
+            Ok(Outcome::Done(result)) => result,
+            Ok(Outcome::Pending(effect)) => {
+                // Events so far (STOP) go out now; the reply waits for the effect.
+                self.deliver_events(engine);
+                self.waiting = Some(Waiting { id: id.cloned(), effect: Some(effect), quit_before });
+                return;
+            }
+        };
+        self.finish(engine, id, result, quit_before);
+    }
+
+    /// Writes a command's events and reply.
+    fn finish<D: DeviceModel>(
+        &mut self,
+        engine: &mut Engine<D>,
+        id: Option<&Value>,
+        result: Result<serde_json::Value, QmpError>,
+        quit_before: bool,
+    ) {
         self.deliver_events(engine);
         match result {
             Ok(value) => self.write(&ReturnReply { value: &value, id }),

@@ -11,8 +11,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::block::{DriveChange, DriveConfig, DriveKind, MediumSource, PvDiskInfo};
-use crate::commands::{DeviceModel, DeviceModelError, Engine, EngineConfig};
-use crate::protocol::Timestamp;
+use crate::commands::{DeviceModel, DeviceModelError, Engine, EngineConfig, SlowEffect};
+use crate::protocol::{Session, Timestamp};
 
 /// What the engine asked of the device model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct SimDeviceModel {
     pub consoles: BTreeMap<u32, Vec<u8>>,
     pub fail_save: bool,
     pub fail_load: bool,
+    /// console writes fail with this reason
+    pub fail_console_write: Option<String>,
 }
 
 impl SimDeviceModel {
@@ -75,12 +77,6 @@ impl DeviceModel for SimDeviceModel {
         Ok(())
     }
 
-    fn write_console(&mut self, console: u32, data: &[u8]) -> Result<(), DeviceModelError> {
-        self.calls.push(Call::WriteConsole { console, data: data.to_vec() });
-        self.consoles.entry(console).or_default().extend_from_slice(data);
-        Ok(())
-    }
-
     fn read_console(&mut self, console: u32) -> Result<Vec<u8>, DeviceModelError> {
         self.calls.push(Call::ReadConsole(console));
         Ok(self.consoles.get(&console).cloned().unwrap_or_default())
@@ -92,6 +88,31 @@ impl DeviceModel for SimDeviceModel {
 
     fn drive_changed(&mut self, devid: u32, change: DriveChange) {
         self.calls.push(Call::DriveChanged { devid, change });
+    }
+}
+
+impl SimDeviceModel {
+    /// Carries out a command's slow work as the image does (here: into `consoles`).
+    pub fn carry_out(&mut self, effect: SlowEffect) -> Result<(), String> {
+        match effect {
+            SlowEffect::WriteStateFile { console, data } => {
+                self.calls.push(Call::WriteConsole { console, data: data.clone() });
+                if let Some(reason) = &self.fail_console_write {
+                    return Err(reason.clone());
+                }
+                self.consoles.entry(console).or_default().extend_from_slice(&data);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Carries out the slow work `session` waits for, if any, and completes it (what the
+/// image's QMP task does between reading and writing).
+pub fn run_effects(session: &mut Session, engine: &mut Engine<SimDeviceModel>, now: Timestamp) {
+    while let Some(effect) = session.take_effect() {
+        let result = engine.device_model_mut().carry_out(effect);
+        session.complete(engine, result, now);
     }
 }
 
@@ -244,6 +265,7 @@ pub fn fuzz_one(data: &[u8]) -> Result<StreamSummary, String> {
             session.deliver_events(&mut engine);
         }
         session.feed(&mut engine, piece, now);
+        run_effects(&mut session, &mut engine, now);
     }
     check_output(session.output())
 }

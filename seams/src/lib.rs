@@ -14,6 +14,7 @@
 
 extern crate alloc;
 
+pub mod hvm;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
@@ -244,8 +245,15 @@ pub trait Xenstore {
     }
 }
 
+/// Starting tasks that run beside the caller.
+pub trait Spawn {
+    /// Runs `future` as a task of its own (`name` is for reports); it is polled only
+    /// when its own wake-ups fire, so it neither delays nor is delayed by the caller.
+    fn spawn(&self, name: &str, future: impl Future<Output = ()> + 'static);
+}
+
 /// Everything a frontend or device needs from Xen, in one bound.
-pub trait Xen: Clock + EventChannels + Memory + Grants + Xenstore {
+pub trait Xen: Clock + EventChannels + Memory + Grants + Xenstore + Spawn {
     /// Our own domain id.
     fn domid(&self) -> DomId;
 }

@@ -33,6 +33,7 @@
 
 mod events;
 mod executor;
+mod hvm;
 mod memory;
 mod store;
 #[cfg(test)]
@@ -54,6 +55,7 @@ use crate::{Clock, DomId, Xen};
 
 pub use events::{PortInfo, PortState};
 pub use executor::{DEFAULT_POLL_LIMIT, Executor, Output, Stuck, StuckReason, TaskReport};
+pub use hvm::{EEXIST, ENOENT, IrqChange, SimGuest, SimGuestMemory, SimHvmControl, SimIoreqServer, pci_address};
 pub use memory::{GrantInfo, MappedPage, PAGE_SIZE, SimPage};
 pub use store::{DEFAULT_XENSTORE_TIMEOUT, SimWatch};
 pub use xenstore::reply::Errno;
@@ -91,6 +93,10 @@ struct State {
     current_task: Option<usize>,
     /// Wakers to call once the state is no longer borrowed.
     to_wake: Vec<Waker>,
+    /// HVM guests (device-model tests).
+    guests: hvm::Guests,
+    /// Tasks started with `Spawn::spawn`, for the executor to adopt.
+    spawned: Vec<(String, core::pin::Pin<alloc::boxed::Box<dyn Future<Output = ()>>>)>,
 }
 
 struct Domain {
@@ -125,6 +131,16 @@ enum Wait {
     Watch {
         domid: DomId,
         token: String,
+    },
+    /// A device model's wait on a guest vCPU's ioreq channel.
+    Ioreq {
+        guest: DomId,
+        vcpu: u32,
+    },
+    /// A guest vCPU waiting for its device model's answer.
+    IoreqResponse {
+        guest: DomId,
+        vcpu: u32,
     },
 }
 
@@ -197,6 +213,10 @@ impl State {
                 Wait::Watch { domid, token } => {
                     let path = self.domains.get(domid).and_then(|d| d.xenstore.watch_path(token));
                     alloc::format!("a dom{domid} watch event on {}", path.unwrap_or("?"))
+                }
+                Wait::Ioreq { guest, vcpu } => alloc::format!("an ioreq from dom{guest} vCPU {vcpu}"),
+                Wait::IoreqResponse { guest, vcpu } => {
+                    alloc::format!("the device model's answer to dom{guest} vCPU {vcpu}")
                 }
             };
             match waiter.deadline {
@@ -276,6 +296,11 @@ impl World {
         })
     }
 
+    /// Tasks spawned since the last call, for the executor.
+    fn take_spawned(&self) -> Vec<(String, core::pin::Pin<alloc::boxed::Box<dyn Future<Output = ()>>>)> {
+        self.with(|state| core::mem::take(&mut state.spawned))
+    }
+
     fn set_current_task(&self, task: Option<usize>) {
         self.with(|state| state.current_task = task);
     }
@@ -337,6 +362,15 @@ impl Clock for SimXen {
                 }
             })
         })
+    }
+}
+
+/// Spawned tasks join the running [`Executor`] as background tasks (they may still
+/// wait when the foreground tasks finish, as a device model's servers do).
+impl crate::Spawn for SimXen {
+    fn spawn(&self, name: &str, future: impl Future<Output = ()> + 'static) {
+        let name = String::from(name);
+        self.world.with(|state| state.spawned.push((name, alloc::boxed::Box::pin(future))));
     }
 }
 

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use qmp::block::PvDiskInfo;
-use qmp::sim::{SimDeviceModel, test_engine};
+use qmp::sim::{SimDeviceModel, run_effects, test_engine};
 use qmp::{Engine, Session, Timestamp};
 use serde_json::Value;
 
@@ -117,6 +117,7 @@ impl Client {
     pub fn send(&mut self, bytes: &[u8]) -> Vec<Value> {
         let now = self.tick();
         self.session.feed(&mut self.engine, bytes, now);
+        run_effects(&mut self.session, &mut self.engine, now);
         self.read()
     }
 

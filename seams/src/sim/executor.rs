@@ -164,6 +164,9 @@ impl<'a> Executor<'a> {
     pub fn run(&mut self) -> Result<(), Stuck> {
         let mut polls = 0;
         loop {
+            for (name, future) in self.world.take_spawned() {
+                self.push(&name, true, future);
+            }
             let mut polled_any = false;
             for index in 0..self.tasks.len() {
                 let task = &mut self.tasks[index];

@@ -1,0 +1,321 @@
+//! The device model's tasks (see the module doc of [`super`]): each runs on its own,
+//! woken only by what it waits for.
+
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use frontends::blkfront::Disk;
+use frontends::console::Console;
+use frontends::vchan::{Server, VchanError};
+use frontends::xenbus::{DeviceEvent, DeviceWatch};
+use qmp::{Session, SlowEffect};
+use xen_seams::hvm::{DeviceModelHost, IoreqServer};
+use xen_seams::Xen;
+
+use super::{BLOCK_IO_LIMIT, SAVE_CONSOLE, ServiceError, Shared, block_failure, is_client_fault};
+use crate::ide::{BlockOp, BlockOutcome, DriveId};
+use crate::task::{Either, first};
+
+/// Answers vCPU `vcpu`'s requests, one at a time, for as long as the service runs.
+/// While the VM is paused (QMP `stop`) a request waits, and so does the vCPU.
+pub(super) async fn serve_vcpu<X: Xen + DeviceModelHost + 'static>(shared: Rc<Shared<X>>, vcpu: u32) {
+    let (Some(server), Some(machine), Some(memory)) = (&shared.server, &shared.machine, &shared.memory) else {
+        return;
+    };
+    loop {
+        let Some(request) = server.pending(vcpu) else {
+            match first(server.wait(vcpu), shared.stopping.wait()).await {
+                Either::First(()) => continue,
+                Either::Second(()) => return,
+            }
+        };
+        shared.running.wait().await;
+        let data = machine.borrow_mut().handle_ioreq(&request, memory);
+        shared.after_machine_change();
+        if let Err(error) = server.respond(vcpu, data) {
+            shared.fail(ServiceError::IoreqServer { guest: shared.guest, error });
+            return;
+        }
+    }
+}
+
+/// Carries out the disk I/O of the IDE drive at `position` on the PV disk that holds
+/// its medium, one request at a time, each bounded by [`BLOCK_IO_LIMIT`].
+pub(super) async fn block_worker<X: Xen + DeviceModelHost + 'static>(shared: Rc<Shared<X>>, position: DriveId) {
+    let Some(drive) = shared.drive(position) else { return };
+    let Some(machine) = shared.machine.clone() else { return };
+    loop {
+        let request = match first(drive.mailbox.take(), shared.stopping.wait()).await {
+            Either::First(request) => request,
+            Either::Second(()) => return,
+        };
+        let disk = {
+            let engine = shared.engine.borrow();
+            let medium = engine.block().drive(drive.devid).and_then(|d| d.medium()).map(|m| m.pv_devid);
+            medium.and_then(|pv| shared.disks.borrow().get(&pv).cloned())
+        };
+        let outcome = match disk {
+            Some(disk) => carry_out_block(&shared, &disk, request.op).await,
+            None => {
+                if shared.log.borrow_mut().allow() {
+                    log::warn!("drive ide-{}: no PV disk behind the medium; the command fails", drive.devid);
+                }
+                BlockOutcome::Failed
+            }
+        };
+        {
+            let mut m = machine.borrow_mut();
+            m.ide_mut().complete(position, outcome);
+            m.sync_irqs();
+        }
+        shared.after_machine_change();
+    }
+}
+
+async fn carry_out_block<X: Xen + DeviceModelHost + 'static>(
+    shared: &Shared<X>,
+    disk: &Disk<'static, X>,
+    op: BlockOp,
+) -> BlockOutcome {
+    let xen = shared.xen;
+    let (what, result) = match op {
+        BlockOp::Read { sector, nr_sectors } => {
+            let mut data = vec![0u8; nr_sectors as usize * 512];
+            match xen.timeout(BLOCK_IO_LIMIT, disk.read(sector, &mut data)).await {
+                Ok(Ok(())) => return BlockOutcome::Read(data),
+                Ok(Err(e)) => (format!("read of {nr_sectors} sector(s) at {sector}"), Ok(e)),
+                Err(t) => (format!("read of {nr_sectors} sector(s) at {sector}"), Err(t)),
+            }
+        }
+        BlockOp::Write { sector, data } => match xen.timeout(BLOCK_IO_LIMIT, disk.write(sector, &data)).await {
+            Ok(Ok(())) => return BlockOutcome::Written,
+            Ok(Err(e)) => (format!("write of {} byte(s) at sector {sector}", data.len()), Ok(e)),
+            Err(t) => (format!("write of {} byte(s) at sector {sector}", data.len()), Err(t)),
+        },
+        BlockOp::Flush => match xen.timeout(BLOCK_IO_LIMIT, disk.flush()).await {
+            Ok(Ok(())) => return BlockOutcome::Flushed,
+            Ok(Err(e)) => (String::from("flush"), Ok(e)),
+            Err(t) => (String::from("flush"), Err(t)),
+        },
+    };
+    if shared.log.borrow_mut().allow() {
+        log::warn!("PV disk {}: {what} failed: {}", disk.devid(), block_failure(result));
+    }
+    BlockOutcome::Failed
+}
+
+/// COM1 to and from the guest's serial console: what the guest transmits goes to the
+/// console; what dom0 sends waits (bounded by the console ring) until the UART's FIFO
+/// has room.
+pub(super) async fn serial<X: Xen + DeviceModelHost + 'static>(shared: Rc<Shared<X>>, console: Console<'static, X>) {
+    const HELD_INPUT_LIMIT: usize = 256;
+    let Some(machine) = shared.machine.clone() else { return };
+    let mut input: Vec<u8> = Vec::new();
+    let mut buf = [0u8; HELD_INPUT_LIMIT];
+    while !shared.stopping.is_on() {
+        let output = {
+            let mut m = machine.borrow_mut();
+            let output = m.com1_mut().map(|u| u.take_output(4096)).unwrap_or_default();
+            if !input.is_empty() {
+                let accepted = m.com1_mut().map_or(input.len(), |u| u.receive(&input));
+                input.drain(..accepted);
+            }
+            m.sync_irqs();
+            output
+        };
+        shared.serial_holds_input.set(!input.is_empty());
+        shared.after_machine_change();
+        if !output.is_empty() {
+            if let Err(e) = console.write(&output).await
+                && shared.log.borrow_mut().allow()
+            {
+                log::warn!("COM1: {} byte(s) for the serial console lost: {e}", output.len());
+            }
+            continue;
+        }
+        if !input.is_empty() {
+            // The guest has to read before more fits: wait for it (or for output).
+            shared.serial_wake.wait().await;
+            continue;
+        }
+        match first(console.read(&mut buf, Duration::from_secs(60)), shared.serial_wake.wait()).await {
+            Either::First(Ok(n)) => input.extend_from_slice(&buf[..n]),
+            Either::First(Err(e)) => {
+                if shared.log.borrow_mut().allow() {
+                    log::warn!("COM1: the serial console failed: {e}");
+                }
+                shared.xen.sleep(Duration::from_secs(1)).await;
+            }
+            Either::Second(()) => {}
+        }
+    }
+}
+
+/// PV disks dom0 attaches later (a CD-ROM change) get connected and their fdset.
+pub(super) async fn hotplug<X: Xen + DeviceModelHost + 'static>(
+    shared: Rc<Shared<X>>,
+    mut watch: DeviceWatch<'static, X>,
+) {
+    loop {
+        let event = match first(watch.next(Duration::from_secs(60)), shared.stopping.wait()).await {
+            Either::First(event) => event,
+            Either::Second(()) => return,
+        };
+        match event {
+            Ok(Some(DeviceEvent::Added(devid))) => {
+                shared.connect_disk(devid).await;
+                shared.qmp_events.notify();
+            }
+            Ok(Some(DeviceEvent::Removed(devid))) => log::info!("PV disk {devid}: removed"),
+            Ok(None) => {}
+            Err(e) => {
+                shared.fail(ServiceError::DeviceWatch(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for PV disk `devid`'s backend to go away (a detach), then drops its medium
+/// and closes our side so that the detach completes.
+pub(super) async fn watch_detach<X: Xen + DeviceModelHost + 'static>(
+    shared: Rc<Shared<X>>,
+    devid: u32,
+    disk: Rc<Disk<'static, X>>,
+) {
+    let reason = match first(disk.watch_backend(), shared.stopping.wait()).await {
+        Either::First(reason) => reason,
+        Either::Second(()) => return,
+    };
+    log::info!("PV disk {devid}: detached ({reason})");
+    shared.disks.borrow_mut().remove(&devid);
+    shared.engine.borrow_mut().pv_disk_disconnected(devid);
+    shared.sync_media();
+    shared.qmp_events.notify();
+    // A worker may still hold the disk for a request that is failing now.
+    let mut disk = disk;
+    for _ in 0..20 {
+        match Rc::try_unwrap(disk) {
+            Ok(owned) => {
+                let _ = owned.close().await;
+                return;
+            }
+            Err(shared_disk) => disk = shared_disk,
+        }
+        shared.xen.sleep(Duration::from_millis(50)).await;
+    }
+    log::warn!("PV disk {devid}: still in use after the detach; dropped");
+}
+
+/// How one QMP client's connection ended.
+enum ClientEnd {
+    Left,
+    Quit,
+}
+
+/// Serves QMP clients one after another until `quit`. A client's own faults end its
+/// connection only.
+pub(super) async fn qmp<X: Xen + DeviceModelHost + 'static>(
+    shared: Rc<Shared<X>>,
+    mut server: Server<'static, X>,
+    save_console: Option<Console<'static, X>>,
+    path: String,
+) {
+    let result = serve_clients(&shared, &mut server, save_console.as_ref()).await;
+    match result {
+        Ok(()) => shared.stopping.set(),
+        Err(error) => shared.fail(ServiceError::Vchan { path, error }),
+    }
+    let _ = server.shutdown().await;
+    if let Some(console) = save_console {
+        let _ = console.close().await;
+    }
+}
+
+async fn serve_clients<X: Xen + DeviceModelHost + 'static>(
+    shared: &Shared<X>,
+    server: &mut Server<'static, X>,
+    save_console: Option<&Console<'static, X>>,
+) -> Result<(), VchanError> {
+    while !shared.stopping.is_on() {
+        let accepted = match first(server.accept(Duration::from_secs(60)), shared.stopping.wait()).await {
+            Either::First(accepted) => accepted,
+            Either::Second(()) => return Ok(()),
+        };
+        match accepted {
+            Ok(()) => {}
+            Err(VchanError::NoClient) => continue,
+            Err(e) if is_client_fault(&e) => {
+                log::warn!("QMP: no new client yet: {e}");
+                shared.xen.sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        let mut session = shared.engine.borrow_mut().open_session();
+        match serve_client(shared, server, &mut session, save_console).await {
+            Ok(ClientEnd::Left) => {}
+            Ok(ClientEnd::Quit) => return Ok(()),
+            Err(e) if is_client_fault(&e) => {
+                log::warn!("QMP: client dropped: {e}");
+                server.disconnect();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn serve_client<X: Xen + DeviceModelHost + 'static>(
+    shared: &Shared<X>,
+    server: &mut Server<'static, X>,
+    session: &mut Session,
+    save_console: Option<&Console<'static, X>>,
+) -> Result<ClientEnd, VchanError> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let output = session.take_output();
+        if !output.is_empty() {
+            server.write_all(&output).await?;
+        }
+        if session.is_closed() {
+            return Ok(ClientEnd::Quit);
+        }
+        if let Some(effect) = session.take_effect() {
+            let result = carry_out(effect, save_console).await;
+            session.complete(&mut shared.engine.borrow_mut(), result, (shared.now)());
+            shared.sync_media();
+            continue;
+        }
+        match first(server.read(&mut buf), shared.qmp_events.wait()).await {
+            Either::First(Ok(n)) => {
+                session.feed(&mut shared.engine.borrow_mut(), &buf[..n], (shared.now)());
+                shared.sync_media();
+            }
+            // Nothing arrived for a while: keep waiting.
+            Either::First(Err(VchanError::Timeout)) => {}
+            Either::First(Err(VchanError::Closed)) => return Ok(ClientEnd::Left),
+            Either::First(Err(e)) => return Err(e),
+            Either::Second(()) => session.deliver_events(&mut shared.engine.borrow_mut()),
+        }
+    }
+}
+
+/// A command's slow work: a state file written to its console and drained (dom0 has it).
+async fn carry_out<X: Xen>(effect: SlowEffect, save_console: Option<&Console<'static, X>>) -> Result<(), String> {
+    match effect {
+        SlowEffect::WriteStateFile { console, data } => {
+            let Some(channel) = save_console.filter(|_| console == SAVE_CONSOLE) else {
+                return Err(format!("console {console} is not connected"));
+            };
+            channel.write(&data).await.map_err(|e| format!("console {console}: {e}"))?;
+            channel.drain().await.map_err(|e| format!("console {console}: {e}"))?;
+            log::info!("device model: {} bytes of state written to console {console}", data.len());
+            Ok(())
+        }
+    }
+}
