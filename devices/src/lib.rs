@@ -13,6 +13,10 @@
 
 extern crate alloc;
 
+pub mod cmos;
 pub mod dm_args;
+pub mod pci;
+pub mod pm;
 pub mod service;
 pub mod state_file;
+pub mod uart;
