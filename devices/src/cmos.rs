@@ -292,6 +292,12 @@ mod tests {
         assert_eq!(cmos.nvram()[0x40], 0x5a);
         assert_eq!(read_index(&mut cmos, 0x40), 0x5a);
         assert_eq!(cmos.read(0x70), 0xff);
+        // 0x85 is RTC register 5 (Xen's) with NMIs masked, not NVRAM byte 0x05 + 0x80.
+        cmos.write(0x70, 0x85);
+        assert_eq!(cmos.read(0x71), 0xff);
+        cmos.write(0x71, 0x33);
+        assert!(!cmos.nvram().contains(&0x33));
+        cmos.write(0x70, 0x40);
         // The latch stays until the next index write.
         cmos.write(0x71, 0xa5);
         assert_eq!(cmos.read(0x71), 0xa5);

@@ -197,7 +197,11 @@ mod tests {
     #[test]
     fn a_byte_write_of_slp_en_keeps_the_low_byte_and_powers_off() {
         let mut pm = AcpiPm::new();
+        assert_eq!(pm.write(0xb004, 2, 0x0006), None);
+        assert_eq!(pm.write(0xb005, 1, 0x04), None, "SLP_TYP 1 without SLP_EN");
+        assert_eq!(pm.read(0xb004, 2), 0x0407, "the low byte is kept");
         assert_eq!(pm.write(0xb005, 1, 0x20), Some(PmRequest::PowerOff));
+        assert_eq!(pm.read(0xb004, 2), 0x0007);
         // A dword write at 0xb004 covers PM1a_CNT and two bytes outside it.
         assert_eq!(pm.write(0xb004, 4, 0xffff_2001), Some(PmRequest::PowerOff));
     }
