@@ -47,7 +47,9 @@ pub const IOREQ_BITS_OFFSET: usize = 30;
 impl Ioreq {
     /// Decodes a slot copied out of the ioreq page (little endian, as on x86).
     pub fn from_bytes(b: &[u8; IOREQ_SIZE_BYTES]) -> Ioreq {
-        let u64_at = |at: usize| u64::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5], b[at + 6], b[at + 7]]);
+        let u64_at = |at: usize| {
+            u64::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5], b[at + 6], b[at + 7]])
+        };
         let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         Ioreq {
             addr: u64_at(0),
@@ -394,7 +396,10 @@ mod tests {
 
     #[test]
     fn dm_op_args_land_in_the_union() {
-        let op = DmOp::new(SetPciIntxLevel::OP, &SetPciIntxLevel { domain: 0, bus: 0, device: 3, intx: 1, level: 1 }.to_bytes());
+        let op = DmOp::new(
+            SetPciIntxLevel::OP,
+            &SetPciIntxLevel { domain: 0, bus: 0, device: 3, intx: 1, level: 1 }.to_bytes(),
+        );
         assert_eq!(op.op, 8);
         assert_eq!(&op.arg_bytes()[..6], &[0, 0, 0, 3, 1, 1]);
         let range = IoreqServerRange { id: 2, pad: 0, kind: dmop::IO_RANGE_PORT, start: 0x1f0, end: 0x1f7 };

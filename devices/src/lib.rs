@@ -15,8 +15,12 @@ extern crate alloc;
 
 pub mod cmos;
 pub mod dm_args;
+pub mod ide;
+pub mod machine;
 pub mod pci;
 pub mod pm;
+pub mod ratelimit;
 pub mod service;
 pub mod state_file;
+pub mod task;
 pub mod uart;

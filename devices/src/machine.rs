@@ -29,8 +29,8 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use xen_seams::hvm::{GuestMemory, IoRangeKind, Ioreq, ShutdownReason};
 use xen_seams::hvm::ioreq_type as kind;
+use xen_seams::hvm::{GuestMemory, IoRangeKind, Ioreq, ShutdownReason};
 
 use crate::cmos::Cmos;
 use crate::ide::{DriveSpec, IdeController};

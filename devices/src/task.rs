@@ -185,9 +185,7 @@ mod tests {
         let m = mailbox.clone();
         let taken = world.block_on(async move { m.take().await }).unwrap();
         assert_eq!(taken, 1);
-        let result = world
-            .block_on(async { first(core::future::pending::<()>(), async { 7 }).await })
-            .unwrap();
+        let result = world.block_on(async { first(core::future::pending::<()>(), async { 7 }).await }).unwrap();
         assert_eq!(result, Either::Second(7));
     }
 }

@@ -1,15 +1,20 @@
-//! The control plane in the simulated Xen: dom0 connects as vchan-socket-proxy does,
-//! once per QMP client, and talks QMP to the service.
+//! The service in the simulated Xen: dom0 connects as vchan-socket-proxy does, once
+//! per QMP client, and talks QMP to it. No client, however it misbehaves, ends the
+//! device model: after each fault a new client gets its greeting and `query-status`.
 
-use devices::service::{Config, serve};
+use devices::service::{Config, ServiceError, serve};
 use frontends::vchan::sim_client::{Client, connect};
 use qmp::Timestamp;
 use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
-use xen_seams::sim::{Executor, SimXen, World};
+use xen_seams::sim::{Executor, MappedPage, SimXen, World};
 
 const STUB: u16 = 7;
 const QMP_PATH: &str = "device-model/5/qmp-vchan";
+/// The client's (left) ring's producer index in the vchan page (io/libxenvchan.h).
+const LEFT_PROD: usize = 4;
 
 fn config() -> Config {
     Config {
@@ -19,8 +24,18 @@ fn config() -> Config {
         restore: false,
         save_console: false,
         vcpus: 2,
+        guest: None,
         lifetime: Some(Duration::from_secs(600)),
     }
+}
+
+fn now() -> Timestamp {
+    Timestamp::new(1_700_000_000, 0)
+}
+
+/// The stub domain, for as long as the test's tasks need it.
+fn stub(world: &World) -> &'static SimXen {
+    Box::leak(Box::new(world.domain(STUB)))
 }
 
 async fn message(client: &Client<'_>) -> Value {
@@ -37,11 +52,16 @@ async fn execute(client: &Client<'_>, request: &str) -> Value {
     message(client).await
 }
 
-/// One vchan-socket-proxy connection: greeting, negotiation, then `requests`.
-async fn session(dom0: &SimXen, requests: &[&str]) -> Vec<Value> {
+async fn open(dom0: &SimXen) -> Client<'_> {
     let client = connect(dom0, STUB, &format!("/local/domain/{STUB}/{QMP_PATH}")).await;
     let greeting = message(&client).await;
     assert_eq!(greeting["QMP"]["version"]["qemu"]["major"], json!(9), "{greeting}");
+    client
+}
+
+/// One vchan-socket-proxy connection: greeting, negotiation, then `requests`.
+async fn session(dom0: &SimXen, requests: &[&str]) -> Vec<Value> {
+    let client = open(dom0).await;
     assert_eq!(execute(&client, r#"{"execute":"qmp_capabilities","id":1}"#).await["return"], json!({}));
     let mut replies = Vec::new();
     for request in requests {
@@ -51,13 +71,40 @@ async fn session(dom0: &SimXen, requests: &[&str]) -> Vec<Value> {
     replies
 }
 
+/// A new client gets its greeting and `running`.
+async fn still_served(dom0: &SimXen) {
+    let replies = session(dom0, &[r#"{"execute":"query-status","id":2}"#]).await;
+    assert_eq!(replies[0]["return"], json!({ "running": true, "status": "running" }), "{}", replies[0]);
+}
+
+/// Runs the service and `dom0`'s script; the script ends with `quit`, and the service
+/// must then end cleanly.
+fn run_with(script: impl AsyncFnOnce(&SimXen) + 'static) {
+    let world = World::new();
+    let stub = stub(&world);
+    let dom0 = world.domain(0);
+    let mut executor = Executor::new(&world);
+    let served = executor.spawn("service", async move { serve(stub, &config(), now).await });
+    executor.spawn("dom0", async move {
+        script(&dom0).await;
+        let replies = session(&dom0, &[r#"{"execute":"quit","id":3}"#]).await;
+        assert_eq!(replies[0], json!({ "return": {}, "id": 3 }));
+    });
+    let run = executor.run();
+    run.unwrap_or_else(|stuck| panic!("{stuck}"));
+    match served.take() {
+        Some(Ok(())) => {}
+        other => panic!("the service ended with {other:?}"),
+    }
+}
+
 #[test]
 fn each_connection_gets_a_greeting_and_quit_ends_the_service() {
     let world = World::new();
-    let (stub, dom0) = (world.domain(STUB), world.domain(0));
+    let stub = stub(&world);
+    let dom0 = world.domain(0);
     let mut executor = Executor::new(&world);
-    let served =
-        executor.spawn("service", async move { serve(&stub, &config(), || Timestamp::new(1_700_000_000, 0)).await });
+    let served = executor.spawn("service", async move { serve(stub, &config(), now).await });
     let watcher = world.clone();
     let replies = executor.spawn("dom0", async move {
         let mut replies = session(&dom0, &[r#"{"execute":"query-status","id":2}"#]).await;
@@ -69,15 +116,14 @@ fn each_connection_gets_a_greeting_and_quit_ends_the_service() {
         // A malformed request gets an error reply; the connection carries on.
         replies.extend(session(&dom0, &[r#"{"execute": 42}"#, r#"{"execute":"query-cpus-fast","id":"x"}"#]).await);
         // A client that leaves mid-request: its half message does not reach the next.
-        let client = connect(&dom0, STUB, &format!("/local/domain/{STUB}/{QMP_PATH}")).await;
-        message(&client).await;
+        let client = open(&dom0).await;
         client.write_all(b"{\"execute\": \"qmp_capab").await.expect("sent");
         client.close();
         replies.extend(session(&dom0, &[r#"{"execute":"quit","id":3}"#]).await);
         replies
     });
     let run = executor.run();
-    assert_eq!(served.take(), Some(Ok(())));
+    assert!(matches!(served.take(), Some(Ok(()))));
     run.unwrap_or_else(|stuck| panic!("{stuck}"));
     let replies = replies.take().unwrap();
     assert_eq!(replies[0]["return"], json!({ "running": true, "status": "running" }));
@@ -89,12 +135,68 @@ fn each_connection_gets_a_greeting_and_quit_ends_the_service() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_dropped_and_the_next_one_served() {
+    run_with(async |dom0| {
+        let client = open(dom0).await;
+        client.write_all(b"{\"execute\":\"qmp_capabilities\"}\r\n").await.expect("sent");
+        // Replies pile up in the server's ring; the client never reads them. Once the
+        // ring is full the server's write waits for room, gives up after its limit and
+        // hangs up; from then on the client's writes fail.
+        let request = b"{\"execute\":\"query-commands\"}\r\n";
+        let mut sent = 0;
+        while client.write_all(request).await.is_ok() && client.is_open() {
+            sent += 1;
+            assert!(sent < 10_000, "the server never hung up on a client that does not read");
+            dom0.world().advance(Duration::from_millis(100));
+        }
+        assert!(!client.is_open(), "the server hung up");
+        client.close();
+        still_served(dom0).await;
+    });
+}
+
+#[test]
+fn a_client_that_corrupts_its_ring_is_dropped_and_the_next_one_served() {
+    run_with(async |dom0| {
+        let client = open(dom0).await;
+        // The client's producer claims far more than the ring holds.
+        let page = client.page();
+        xen_seams::SharedPage::write_u32(page, LEFT_PROD, 0x7000_0000);
+        let _ = xen_seams::EventChannels::notify(dom0, client.port());
+        client.wait().await;
+        assert!(!client.is_open(), "the server hung up");
+        client.close();
+        still_served(dom0).await;
+    });
+}
+
+#[test]
+fn clients_that_leave_their_mappings_behind_cost_only_themselves() {
+    run_with(async |dom0| {
+        // Five clients leave without unmapping: the server has no page to offer a new
+        // one until they do, but it keeps running.
+        let kept: Rc<RefCell<Vec<MappedPage>>> = Rc::default();
+        for _ in 0..5 {
+            let client = open(dom0).await;
+            kept.borrow_mut().extend(client.close_keeping_mappings());
+        }
+        // Meanwhile the server tries to offer a page, and must not give up.
+        xen_seams::Clock::sleep(dom0, Duration::from_secs(5)).await;
+        kept.borrow_mut().clear(); // the clients unmap at last
+        still_served(dom0).await;
+    });
+}
+
+#[test]
 fn without_quit_the_service_ends_at_its_lifetime_with_an_error() {
     let world = World::new();
-    let stub = world.domain(STUB);
+    let stub = stub(&world);
     let mut executor = Executor::new(&world);
-    let served = executor.spawn("service", async move { serve(&stub, &config(), || Timestamp::new(0, 0)).await });
+    let served = executor.spawn("service", async move { serve(stub, &config(), now).await });
     executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
-    assert_eq!(served.take(), Some(Err("no quit within 600 s".to_string())));
+    match served.take() {
+        Some(Err(ServiceError::Lifetime(600))) => {}
+        other => panic!("{other:?}"),
+    }
     assert!(world.now_ns() >= 600_000_000_000);
 }

@@ -23,9 +23,11 @@ fn now() -> Timestamp {
 /// Runs the device model if this start asks for one; Ok(false) when it does not.
 pub async fn run(cmdline: Cmdline<'_>) -> Result<bool, String> {
     let xen = KernelXen::new().await.map_err(|e| format!("reading our domid: {e}"))?;
-    let config = match service::stub_domain_target(&xen).await? {
+    // The device model's tasks outlive any stack frame: they hold Xen for good.
+    let xen: &'static KernelXen = alloc::boxed::Box::leak(alloc::boxed::Box::new(xen));
+    let config = match service::stub_domain_target(xen).await.map_err(|e| e.to_string())? {
         Some(guest) => {
-            let argv = service::read_dm_argv(&xen, guest).await?;
+            let argv = service::read_dm_argv(xen, guest).await.map_err(|e| e.to_string())?;
             let args = DmArgs::parse(&argv).map_err(|e| format!("device model argv: {e}"))?;
             log::info!("stub domain of domain {guest}: {} argument(s), {} IDE drive(s)", argv.len(), args.drives.len());
             for option in &args.ignored {
@@ -38,7 +40,7 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<bool, String> {
             None => return Ok(false),
         },
     };
-    service::serve(&xen, &config, now).await?;
+    service::serve(xen, &config, now).await.map_err(|e| e.to_string())?;
     Ok(true)
 }
 
@@ -60,6 +62,7 @@ fn plain_domu(cmdline: Cmdline<'_>, path: &str) -> Config {
         restore: false,
         save_console: false,
         vcpus: 1,
+        guest: None,
         lifetime: Some(Duration::from_secs(600)),
     }
 }

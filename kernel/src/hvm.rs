@@ -51,10 +51,8 @@ fn mm_error(e: MmError) -> Error {
 /// `HYPERVISOR_dm_op(guest, 1 or 2 buffers)` with `op` in the first; Xen writes the
 /// union back for ops with outputs.
 fn dm_op(guest: DomId, op: &mut DmOp, extra: Option<&mut [u8]>) -> Result<(), XenError> {
-    let mut bufs = [
-        DmOpBuf { ptr: (op as *mut DmOp) as u64, size: core::mem::size_of::<DmOp>() as u64 },
-        DmOpBuf::default(),
-    ];
+    let mut bufs =
+        [DmOpBuf { ptr: (op as *mut DmOp) as u64, size: core::mem::size_of::<DmOp>() as u64 }, DmOpBuf::default()];
     let mut nr_bufs = 1u64;
     if let Some(extra) = extra {
         bufs[1] = DmOpBuf { ptr: extra.as_mut_ptr() as u64, size: extra.len() as u64 };
@@ -90,10 +88,7 @@ fn acquire_ioreq_page(guest: DomId, id: u16) -> Result<u64, XenError> {
     // xen-abi) and `frame_list` points at `frames`, room for `nr_frames` u64 that Xen
     // writes (for a PV caller it is output only).
     let ret = unsafe {
-        hypercall::hypercall(
-            hc::MEMORY_OP,
-            [abi::XENMEM_ACQUIRE_RESOURCE as u64, (&raw mut arg) as u64, 0, 0, 0],
-        )
+        hypercall::hypercall(hc::MEMORY_OP, [abi::XENMEM_ACQUIRE_RESOURCE as u64, (&raw mut arg) as u64, 0, 0, 0])
     };
     if ret < 0 {
         return Err(XenError(ret));
@@ -111,13 +106,16 @@ pub struct KernelIoreqServer {
 
 impl KernelIoreqServer {
     fn create(guest: DomId) -> Result<Self, Error> {
-        let nr_vcpus = u32::from_le_bytes(dm_op_args(guest, &abi::NrVcpus { vcpus: 0 }).map_err(xen)?[..4].try_into().unwrap_or([0; 4]));
+        let nr_vcpus = u32::from_le_bytes(
+            dm_op_args(guest, &abi::NrVcpus { vcpus: 0 }).map_err(xen)?[..4].try_into().unwrap_or([0; 4]),
+        );
         if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
             log::error!("ioreq server: the guest has {nr_vcpus} vCPUs; one ioreq page serves 1..={MAX_VCPUS}");
             return Err(Error::Invalid);
         }
-        let created = dm_op_args(guest, &abi::CreateIoreqServer { handle_bufioreq: dmop::BUFIOREQ_OFF, pad: [0; 3], id: 0 })
-            .map_err(xen)?;
+        let created =
+            dm_op_args(guest, &abi::CreateIoreqServer { handle_bufioreq: dmop::BUFIOREQ_OFF, pad: [0; 3], id: 0 })
+                .map_err(xen)?;
         let id = u16::from_le_bytes([created[4], created[5]]);
         let destroy = |e: Error| {
             let _ = dm_op_args(guest, &abi::DestroyIoreqServer { id, pad: 0 });
@@ -249,7 +247,12 @@ struct Cache {
 
 impl KernelGuestMemory {
     /// Runs `access` on the mapping of `gfn` (writable if `write`), mapping it if needed.
-    fn with_frame<T>(&self, gfn: u64, write: bool, access: impl FnOnce(&MappingSlot) -> T) -> Result<T, GuestMemoryError> {
+    fn with_frame<T>(
+        &self,
+        gfn: u64,
+        write: bool,
+        access: impl FnOnce(&MappingSlot) -> T,
+    ) -> Result<T, GuestMemoryError> {
         let mut cache = self.cache.borrow_mut();
         if let Some(m) = cache.mappings.iter().find(|m| m.gfn == gfn && (m.writable || !write)) {
             return Ok(access(&m.slot));

@@ -392,7 +392,11 @@ impl<D: DeviceModel> Engine<D> {
 
     /// The slow work of the command [`execute`](Self::execute) left pending is done
     /// (`Err` says why it failed): finishes the command and returns its reply.
-    pub fn complete_effect(&mut self, result: Result<(), String>, now: Timestamp) -> Result<serde_json::Value, QmpError> {
+    pub fn complete_effect(
+        &mut self,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> Result<serde_json::Value, QmpError> {
         let Some(save) = self.saving.take() else {
             return Err(QmpError::generic("no command is waiting for its effect"));
         };
@@ -400,10 +404,17 @@ impl<D: DeviceModel> Engine<D> {
         if save.was_running {
             self.resume(now);
         }
-        result.map(|()| empty()).map_err(|reason| QmpError::generic(format!("saving Xen device state failed: {reason}")))
+        result
+            .map(|()| empty())
+            .map_err(|reason| QmpError::generic(format!("saving Xen device state failed: {reason}")))
     }
 
-    fn execute_now(&mut self, command: &str, arguments: &Object, now: Timestamp) -> Result<serde_json::Value, QmpError> {
+    fn execute_now(
+        &mut self,
+        command: &str,
+        arguments: &Object,
+        now: Timestamp,
+    ) -> Result<serde_json::Value, QmpError> {
         let mut args = Args::new(arguments);
         match command {
             "query-version" => {

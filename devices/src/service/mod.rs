@@ -510,7 +510,11 @@ async fn read_state_file<X: Xen>(xen: &X, console: &Console<'_, X>) -> Result<(V
 }
 
 /// The IDE drive specs of the machine, from the drives and the PV disks behind them.
-fn machine_config(guest: &GuestConfig, engine: &Engine<Devices>, drives: &[DriveConfig]) -> (MachineConfig, Vec<IdeDrive>) {
+fn machine_config(
+    guest: &GuestConfig,
+    engine: &Engine<Devices>,
+    drives: &[DriveConfig],
+) -> (MachineConfig, Vec<IdeDrive>) {
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
     let mut ide_drives = Vec::new();
     for drive in drives {

@@ -13,8 +13,8 @@ use frontends::console::Console;
 use frontends::vchan::{Server, VchanError};
 use frontends::xenbus::{DeviceEvent, DeviceWatch};
 use qmp::{Session, SlowEffect};
-use xen_seams::hvm::{DeviceModelHost, IoreqServer};
 use xen_seams::Xen;
+use xen_seams::hvm::{DeviceModelHost, IoreqServer};
 
 use super::{BLOCK_IO_LIMIT, SAVE_CONSOLE, ServiceError, Shared, block_failure, is_client_fault};
 use crate::ide::{BlockOp, BlockOutcome, DriveId};

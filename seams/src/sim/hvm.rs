@@ -73,7 +73,9 @@ struct Server {
 
 impl GuestState {
     fn claims(&self, kind: IoRangeKind, address: u64) -> bool {
-        self.server.as_ref().is_some_and(|s| s.ranges.iter().any(|&(k, a, b)| k == kind && a <= address && address <= b))
+        self.server
+            .as_ref()
+            .is_some_and(|s| s.ranges.iter().any(|&(k, a, b)| k == kind && a <= address && address <= b))
     }
 
     fn frame_ok(&self, gfn: u64) -> bool {
