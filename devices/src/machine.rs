@@ -446,3 +446,76 @@ fn memory_error_gfn(e: xen_seams::hvm::GuestMemoryError) -> u64 {
         xen_seams::hvm::GuestMemoryError::Overflow => u64::MAX,
     }
 }
+
+/// The fuzz driver for the ioreq path (devices/fuzz's `ioreq` target and a host test):
+/// every 32 bytes of `data` become one ioreq, steered towards the ports and functions
+/// this machine has, against a machine with a disk and a CD and 1 MiB of guest RAM;
+/// block requests complete at once (every other one failing). Returns how many ioreqs
+/// were answered, which is all of them: a panic is the fuzzer's finding.
+pub fn fuzz_ioreqs(data: &[u8]) -> usize {
+    use crate::ide::{BlockOp, BlockOutcome};
+    use xen_seams::hvm::ioreq_type;
+
+    /// Guest RAM in a Vec.
+    struct Ram(core::cell::RefCell<Vec<u8>>);
+    impl GuestMemory for Ram {
+        fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), xen_seams::hvm::GuestMemoryError> {
+            let ram = self.0.borrow();
+            let end = gpa.checked_add(out.len() as u64).filter(|e| *e <= ram.len() as u64);
+            let end = end.ok_or(xen_seams::hvm::GuestMemoryError::Unmapped { gfn: gpa >> 12 })?;
+            out.copy_from_slice(&ram[gpa as usize..end as usize]);
+            Ok(())
+        }
+        fn write(&self, gpa: u64, data: &[u8]) -> Result<(), xen_seams::hvm::GuestMemoryError> {
+            let mut ram = self.0.borrow_mut();
+            let end = gpa.checked_add(data.len() as u64).filter(|e| *e <= ram.len() as u64);
+            let end = end.ok_or(xen_seams::hvm::GuestMemoryError::Unmapped { gfn: gpa >> 12 })?;
+            ram[gpa as usize..end as usize].copy_from_slice(data);
+            Ok(())
+        }
+        fn invalidate(&self) {}
+    }
+
+    const PORTS: [u16; 16] =
+        [0x1f0, 0x1f1, 0x1f2, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x177, 0x376, 0x3f8, 0x3fd, 0x70, 0x71, 0xcf8, 0xcf9, 0xb004];
+    let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
+    ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 2048, read_only: false });
+    ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(4096) });
+    let mut machine = Machine::new(MachineConfig { ide, boot_order: "dc".into(), ram_mib: 1, com1: true });
+    let ram = Ram(core::cell::RefCell::new(vec![0; 1 << 20]));
+    let mut answered = 0;
+    for (n, chunk) in data.chunks_exact(32).enumerate() {
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(chunk);
+        let mut req = Ioreq::from_bytes(&bytes);
+        // Mostly well-formed requests at our devices; the rest as they came.
+        if bytes[0] & 0x80 == 0 {
+            req.kind = [ioreq_type::PIO, ioreq_type::PCI_CONFIG, ioreq_type::COPY][usize::from(bytes[1] % 3)];
+            req.size = [1, 2, 4][usize::from(bytes[2] % 3)];
+            req.addr = match req.kind {
+                ioreq_type::PIO => u64::from(PORTS[usize::from(bytes[3] % 16)]),
+                ioreq_type::PCI_CONFIG => (u64::from(bytes[4] % 12) << 32) | u64::from(bytes[5]),
+                _ => req.addr,
+            };
+            req.count = if req.data_is_ptr() { u32::from(bytes[6]) } else { 1 };
+            req.data = if req.data_is_ptr() { u64::from(u16::from_le_bytes([bytes[8], bytes[9]])) << 4 } else { req.data };
+        }
+        machine.handle_ioreq(&req, &ram);
+        answered += 1;
+        while let Some(request) = machine.ide_mut().take_request() {
+            let outcome = match (n % 2, request.op) {
+                (1, _) => BlockOutcome::Failed,
+                (_, BlockOp::Read { nr_sectors, .. }) => BlockOutcome::Read(vec![0x5a; nr_sectors as usize * 512]),
+                (_, BlockOp::Write { .. }) => BlockOutcome::Written,
+                (_, BlockOp::Flush) => BlockOutcome::Flushed,
+            };
+            machine.ide_mut().complete(request.drive, outcome);
+        }
+        machine.sync_irqs();
+        machine.take_effects();
+        if let Some(uart) = machine.com1_mut() {
+            uart.take_output(64);
+        }
+    }
+    answered
+}

@@ -1,0 +1,294 @@
+//! The machine as hvmloader, SeaBIOS and Linux find it, through ioreqs: first the
+//! machine on its own (every ioreq shape, against guest memory in a Vec), then the
+//! whole service in the simulated Xen, where the guest's accesses go through Xen's
+//! routing to the device model's ioreq tasks and the effects come back as `dm_op`s.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use devices::machine::{Effect, Machine, MachineConfig};
+use devices::service::{Config, GuestConfig, serve};
+use qmp::Timestamp;
+use xen_seams::hvm::{GuestMemory, GuestMemoryError, IoRangeKind, Ioreq, ShutdownReason, ioreq_type};
+use xen_seams::sim::{Executor, IrqChange, SimGuest, SimXen, World};
+
+/// Guest RAM for machine-level tests.
+struct Ram(RefCell<Vec<u8>>, RefCell<u32>);
+
+impl Ram {
+    fn new(bytes: usize) -> Ram {
+        Ram(RefCell::new(vec![0; bytes]), RefCell::new(0))
+    }
+}
+
+impl GuestMemory for Ram {
+    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), GuestMemoryError> {
+        let ram = self.0.borrow();
+        let end = gpa.checked_add(out.len() as u64).ok_or(GuestMemoryError::Overflow)?;
+        if end > ram.len() as u64 {
+            return Err(GuestMemoryError::Unmapped { gfn: gpa / 4096 });
+        }
+        out.copy_from_slice(&ram[gpa as usize..end as usize]);
+        Ok(())
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestMemoryError> {
+        let mut ram = self.0.borrow_mut();
+        let end = gpa.checked_add(data.len() as u64).ok_or(GuestMemoryError::Overflow)?;
+        if end > ram.len() as u64 {
+            return Err(GuestMemoryError::Unmapped { gfn: gpa / 4096 });
+        }
+        ram[gpa as usize..end as usize].copy_from_slice(data);
+        Ok(())
+    }
+    fn invalidate(&self) {
+        *self.1.borrow_mut() += 1;
+    }
+}
+
+fn machine() -> Machine {
+    Machine::new(MachineConfig { ide: Default::default(), boot_order: "dc".into(), ram_mib: 128, com1: true })
+}
+
+fn pio(port: u16, size: u32, read: bool, data: u64) -> Ioreq {
+    Ioreq {
+        addr: port.into(),
+        data,
+        count: 1,
+        size,
+        bits: Ioreq::make_bits(1, false, read, false),
+        kind: ioreq_type::PIO,
+        ..Ioreq::default()
+    }
+}
+
+fn pci(devfn: u8, reg: u16, size: u32, read: bool, data: u64) -> Ioreq {
+    Ioreq {
+        addr: (u64::from(devfn) << 32) | u64::from(reg),
+        data,
+        count: 1,
+        size,
+        bits: Ioreq::make_bits(1, false, read, false),
+        kind: ioreq_type::PCI_CONFIG,
+        ..Ioreq::default()
+    }
+}
+
+#[test]
+fn hvmloader_finds_the_i440fx_piix3_and_ide_functions() {
+    let (mut m, ram) = (machine(), Ram::new(4096));
+    let id = |m: &mut Machine, devfn| m.handle_ioreq(&pci(devfn, 0, 4, true, 0), &ram);
+    assert_eq!(id(&mut m, 0x00), 0x1237_8086);
+    assert_eq!(id(&mut m, 0x08), 0x7000_8086);
+    assert_eq!(id(&mut m, 0x09), 0x7010_8086);
+    assert_eq!(id(&mut m, 0x10), 0xffff_ffff, "nothing at 00:02.0");
+    // SeaBIOS walks functions 1-7 only behind a multi-function header.
+    assert_eq!(m.handle_ioreq(&pci(0x08, 0x0e, 1, true, 0), &ram) & 0x80, 0x80);
+    // hvmloader routes PIRQA-D to IRQs 5, 10, 11, 5 with one dword write.
+    m.handle_ioreq(&pci(0x08, 0x60, 4, false, 0x050b_0a05), &ram);
+    let routes: Vec<Effect> = m.take_effects().into_iter().collect();
+    assert_eq!(
+        routes,
+        [
+            Effect::LinkRoute { link: 0, isa_irq: 5 },
+            Effect::LinkRoute { link: 1, isa_irq: 10 },
+            Effect::LinkRoute { link: 2, isa_irq: 11 },
+            Effect::LinkRoute { link: 3, isa_irq: 5 },
+        ]
+    );
+    // ...and enables IDE decoding, which Linux's ata_piix then reads back.
+    m.handle_ioreq(&pci(0x09, 0x40, 2, false, 0x8000), &ram);
+    m.handle_ioreq(&pci(0x09, 0x42, 2, false, 0x8000), &ram);
+    assert_eq!(m.handle_ioreq(&pci(0x09, 0x40, 4, true, 0), &ram), 0x8000_8000);
+    // Class codes: a PIO-only IDE controller (prog-if 0), bridges.
+    assert_eq!(m.handle_ioreq(&pci(0x09, 0x08, 4, true, 0), &ram) >> 8, 0x01_01_00);
+}
+
+#[test]
+fn the_config_address_latch_reads_back_and_byte_probes_are_ignored() {
+    let (mut m, ram) = (machine(), Ram::new(4096));
+    // Linux's pci_check_type1: byte 0x01 to 0xcfb, then the latch must read back.
+    m.handle_ioreq(&pio(0xcfb, 1, false, 0x01), &ram);
+    m.handle_ioreq(&pio(0xcf8, 4, false, 0x8000_0000), &ram);
+    assert_eq!(m.handle_ioreq(&pio(0xcf8, 4, true, 0), &ram), 0x8000_0000);
+    assert!(m.take_effects().is_empty(), "no reset from the probe");
+    // ACPI's reset register: 6 to 0xcf9 reboots.
+    m.handle_ioreq(&pio(0xcf9, 1, false, 0x06), &ram);
+    assert_eq!(m.take_effects().pop_front(), Some(Effect::Shutdown(ShutdownReason::Reboot)));
+}
+
+#[test]
+fn cmos_boot_order_and_acpi_poweroff() {
+    let (mut m, ram) = (machine(), Ram::new(4096));
+    m.handle_ioreq(&pio(0x70, 1, false, 0x3d), &ram);
+    // "dc": CD first (3), then the disk (2).
+    assert_eq!(m.handle_ioreq(&pio(0x71, 1, true, 0), &ram), 0x23);
+    // hvmloader's acpi_enable_sci needs SCI_EN set.
+    assert_eq!(m.handle_ioreq(&pio(0xb004, 2, true, 0), &ram) & 1, 1);
+    // Linux's S5: SLP_TYP 0 | SLP_EN.
+    m.handle_ioreq(&pio(0xb004, 2, false, 0x2000), &ram);
+    assert_eq!(m.take_effects().pop_front(), Some(Effect::Shutdown(ShutdownReason::Poweroff)));
+}
+
+#[test]
+fn rep_outs_and_ins_move_guest_memory_in_both_directions() {
+    let (mut m, ram) = (machine(), Ram::new(16384));
+    // `rep outsb` of "hi\n" from guest memory to COM1's THR, then the UART has it.
+    ram.write(0x1000, b"hi\n").unwrap();
+    let outs = Ioreq {
+        addr: 0x3f8,
+        data: 0x1000,
+        count: 3,
+        size: 1,
+        bits: Ioreq::make_bits(1, true, false, false),
+        kind: ioreq_type::PIO,
+        ..Ioreq::default()
+    };
+    m.handle_ioreq(&outs, &ram);
+    assert_eq!(m.com1_mut().unwrap().take_output(16), b"hi\n");
+    // `std; rep outsb` goes downwards from the last byte.
+    let down = Ioreq { data: 0x1002, bits: Ioreq::make_bits(1, true, false, true), ..outs };
+    m.handle_ioreq(&down, &ram);
+    assert_eq!(m.com1_mut().unwrap().take_output(16), b"\nih");
+    // `rep insb` of the CMOS data port: the same byte count times, into memory.
+    m.handle_ioreq(&pio(0x70, 1, false, 0x3d), &ram);
+    let ins = Ioreq { addr: 0x71, data: 0x2000, count: 4, bits: Ioreq::make_bits(1, true, true, false), ..outs };
+    m.handle_ioreq(&ins, &ram);
+    let mut got = [0u8; 4];
+    ram.read(0x2000, &mut got).unwrap();
+    assert_eq!(got, [0x23; 4]);
+}
+
+#[test]
+fn malformed_requests_are_answered_without_effect() {
+    let (mut m, ram) = (machine(), Ram::new(8192));
+    // Sizes Xen never sends, a rep larger than a page, memory the guest lacks, a
+    // pointer that wraps, an unknown type: answered (reads all-ones), counted.
+    assert_eq!(m.handle_ioreq(&pio(0x70, 3, true, 0), &ram), 0xff_ffff);
+    let huge = Ioreq { data: 0, count: 5000, bits: Ioreq::make_bits(1, true, true, false), ..pio(0x71, 1, true, 0) };
+    m.handle_ioreq(&huge, &ram);
+    let outside = Ioreq { data: 1 << 30, count: 2, ..huge };
+    m.handle_ioreq(&outside, &ram);
+    let wraps = Ioreq { data: u64::MAX - 1, count: 4, ..huge };
+    m.handle_ioreq(&wraps, &ram);
+    let odd = Ioreq { kind: 42, ..pio(0x70, 1, true, 0) };
+    assert_eq!(m.handle_ioreq(&odd, &ram), 0xff);
+    assert_eq!(m.stats().malformed, 5);
+    assert_eq!(ram.0.borrow().iter().filter(|b| **b != 0).count(), 0, "nothing was written");
+    // IOREQ_TYPE_INVALIDATE drops the cached mappings.
+    let invalidate = Ioreq { kind: ioreq_type::INVALIDATE, count: 0, size: 4, data: u64::MAX, ..Ioreq::default() };
+    m.handle_ioreq(&invalidate, &ram);
+    assert_eq!(*ram.1.borrow(), 1);
+}
+
+/// A pseudo-random ioreq stream (as the fuzz target feeds) never panics and every
+/// request gets an answer.
+#[test]
+fn random_ioreq_streams_never_panic() {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut bytes = vec![0u8; 1 << 16];
+    for chunk in bytes.chunks_mut(8) {
+        chunk.copy_from_slice(&next().to_le_bytes()[..chunk.len()]);
+    }
+    let answered = devices::machine::fuzz_ioreqs(&bytes);
+    assert!(answered > 1000, "{answered}");
+}
+
+const STUB: u16 = 7;
+const GUEST: u16 = 5;
+
+fn now() -> Timestamp {
+    Timestamp::new(1_700_000_000, 0)
+}
+
+fn guest_config() -> Config {
+    Config {
+        qmp_path: "device-model/5/qmp-vchan".into(),
+        ready_path: "device-model/5/state".into(),
+        drives: Vec::new(),
+        restore: false,
+        save_console: false,
+        vcpus: 2,
+        guest: Some(GuestConfig { domid: GUEST, boot_order: "dc".into(), ram_mib: 16, serial_console: None }),
+        lifetime: Some(Duration::from_secs(60)),
+    }
+}
+
+/// Runs the service for `guest` and `script` as the guest's CPUs.
+fn with_service(script: impl AsyncFnOnce(SimGuest) + 'static) -> World {
+    let world = World::new();
+    let guest = world.hvm_guest(GUEST, 2, 16 << 20);
+    let stub: &'static SimXen = Box::leak(Box::new(world.domain(STUB)));
+    let mut executor = Executor::new(&world);
+    executor.spawn_background("service", async move {
+        let _ = serve(stub, &guest_config(), now).await;
+    });
+    let watcher = world.clone();
+    let done = executor.spawn("guest", async move {
+        // The guest runs once the device model says it is ready, as libxl arranges.
+        while watcher.xenstore_read(&format!("/local/domain/{STUB}/device-model/{GUEST}/state")).is_none() {
+            xen_seams::Clock::sleep(&watcher.domain(0), Duration::from_millis(10)).await;
+        }
+        script(guest).await;
+    });
+    executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
+    assert!(done.is_ready());
+    world
+}
+
+#[test]
+fn everything_is_claimed_before_running_and_the_guest_is_served_through_xen() {
+    with_service(async |guest| {
+        let claimed = guest.claimed();
+        for port in [0x70u64, 0x1f0, 0x1f7, 0x3f6, 0x170, 0x376, 0xcf8, 0xcf9, 0xb004, 0xafe0] {
+            assert!(
+                claimed.iter().any(|&(k, a, b)| k == IoRangeKind::Port && a <= port && port <= b),
+                "port {port:#x} unclaimed: {claimed:?}"
+            );
+        }
+        assert!(!claimed.iter().any(|&(_, a, b)| a <= 0x3f8 && 0x3f8 <= b), "no COM1 without a serial console");
+        // hvmloader's scan through 0xcf8/0xcfc, as Xen routes it.
+        assert_eq!(guest.pci_read(0, 0, 0, 4).await, 0x1237_8086);
+        assert_eq!(guest.pci_read(1, 0, 0, 4).await, 0x7000_8086);
+        assert_eq!(guest.pci_read(1, 1, 0, 2).await, 0x8086);
+        assert_eq!(guest.pci_read(3, 0, 0, 4).await, 0xffff_ffff);
+        guest.pci_write(1, 0, 0x60, 1, 11).await;
+        assert_eq!(guest.pci_read(1, 0, 0x60, 1).await, 11);
+        // No floppy, CD first.
+        guest.outb(0x70, 0x10).await;
+        assert_eq!(guest.inb(0x71).await, 0);
+        assert!(guest.irq_log().contains(&IrqChange::LinkRoute { link: 0, isa_irq: 11 }));
+        // Linux powers off.
+        guest.outw(0xb004, 0x2000).await;
+        assert_eq!(guest.shutdown_reason(), Some(ShutdownReason::Poweroff));
+    });
+}
+
+#[test]
+fn each_vcpu_is_served_on_its_own() {
+    with_service(async |guest| {
+        let a = guest.clone();
+        let read_on = |vcpu: u32| {
+            let g = a.clone();
+            async move {
+                let req = Ioreq {
+                    addr: 0xcf8,
+                    count: 1,
+                    size: 4,
+                    bits: Ioreq::make_bits(0, false, true, false),
+                    kind: ioreq_type::PIO,
+                    ..Ioreq::default()
+                };
+                g.io(vcpu, req).await
+            }
+        };
+        guest.outl(0xcf8, 0x8000_0800).await;
+        assert_eq!(read_on(1).await, 0x8000_0800);
+        assert_eq!(read_on(0).await, 0x8000_0800);
+    });
+}
