@@ -59,6 +59,8 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         #[cfg(feature = "selftests")]
         Some(b"vchan") => peers::vchan_echo(cmdline.number("connections").unwrap_or(101)).await,
         #[cfg(feature = "selftests")]
+        Some(b"indexreads") => peers::index_reads(cmdline.number("seconds").unwrap_or(10)).await,
+        #[cfg(feature = "selftests")]
         Some(b"mapgrant") => peers::map_dom0_grant(cmdline.number("seed").unwrap_or(1) as u8).await,
         Some(other) => Err(alloc::format!(
             "unknown selftest \"{}\" (the peer and stress tests need an image built with feature selftests)",

@@ -293,6 +293,73 @@ pub async fn grant(seed: u8) -> Result<()> {
     Ok(())
 }
 
+/// Where in the shared page dom0's counter sits: 8-byte aligned, as a ring index
+/// at the start of a ring page is.
+const COUNTER_OFFSET: usize = 64;
+/// Reads between looks at the clock.
+const READS_PER_BATCH: u64 = 4096;
+
+/// Grants dom0 a page in which dom0 increments a u32 as fast as it can, reads it
+/// through `SharedPage::read_u32` (the ring-index path) for `seconds`, and publishes
+/// in `data/tear-result` how many reads saw the value move and how many saw it go
+/// backwards: a read torn across a byte carry (0x..ff -> 0x..00) is undercut by the
+/// next read. dom0 judges; the image only counts.
+pub async fn index_reads(seconds: u64) -> Result<()> {
+    use xen_seams::SharedPage;
+    let page = mm::alloc_page().map_err(|e| format!("alloc_page: {e}"))?;
+    let gref = gnttab::grant_access(0, page.mfn(), false).map_err(|e| format!("grant_access: {e}"))?;
+    xs::write(xs::NO_TX, "data/tear-ref", format!("{}", gref.0).as_bytes())
+        .await
+        .map_err(fail("publishing the grant"))?;
+    // dom0 maps the page and starts counting from 1.
+    let deadline = time::Deadline::after_ms(60_000);
+    let first = loop {
+        let value = page.read_u32(COUNTER_OFFSET);
+        if value != 0 {
+            break value;
+        }
+        if deadline.passed() {
+            return Err("dom0 did not start counting within 60 s".into());
+        }
+        time::sleep(Duration::from_millis(1)).await;
+    };
+    let (mut reads, mut changes, mut violations, mut previous) = (0u64, 0u64, 0u64, first);
+    let mut first_violation = None;
+    let started = time::now_ns();
+    let limit_ns = seconds.saturating_mul(1_000_000_000);
+    while time::now_ns() - started < limit_ns {
+        for _ in 0..READS_PER_BATCH {
+            let value = page.read_u32(COUNTER_OFFSET);
+            if value < previous {
+                violations += 1;
+                first_violation.get_or_insert((previous, value));
+            } else if value != previous {
+                changes += 1;
+            }
+            previous = value;
+        }
+        reads += READS_PER_BATCH;
+    }
+    let took_ms = (time::now_ns() - started) / 1_000_000;
+    let worst = match first_violation {
+        Some((before, after)) => format!(" first_violation={before:#x}->{after:#x}"),
+        None => String::new(),
+    };
+    let result = format!(
+        "reads={reads} changes={changes} violations={violations} first={first} last={previous} ms={took_ms}{worst}"
+    );
+    xs::write(xs::NO_TX, "data/tear-result", result.as_bytes()).await.map_err(fail("writing data/tear-result"))?;
+    println!("indexreads: {result}");
+    // The page goes back to the pool only once dom0 has let go of it.
+    await_node("data/tear-unmapped", Duration::from_secs(60)).await?;
+    if let Err(e) = gnttab::end_access(gref) {
+        // Still granted: keep the page out of the pool for good.
+        core::mem::forget(page);
+        return Err(format!("end_access after dom0 unmapped: {e}"));
+    }
+    Ok(())
+}
+
 /// Maps a page dom0 granted us (GNTTABOP_map_grant_ref), checks dom0's pattern,
 /// writes an answer into it and unmaps it.
 pub async fn map_dom0_grant(seed: u8) -> Result<()> {
