@@ -8,7 +8,7 @@ use crate::{gnttab, mm, time, xs};
 use alloc::format;
 use alloc::string::String;
 use core::time::Duration;
-use xen_seams::{RetryPolicy, TransactionError, Xenstore};
+use xen_seams::{RetryPolicy, TransactionError, Xen, Xenstore};
 
 type Result<T> = core::result::Result<T, String>;
 
@@ -224,10 +224,10 @@ fn grant_pattern(seed: u8, i: usize) -> u8 {
 /// has it mapped and succeed after it unmaps. Also checks GNTTABOP_copy and a
 /// mapping of our own frame through a mapping slot (the foreign-mapping path).
 pub async fn grant(seed: u8) -> Result<()> {
-    let mut page = mm::alloc_page().map_err(|e| format!("alloc_page: {e}"))?;
-    for (i, b) in page.as_mut_slice().iter_mut().enumerate() {
-        *b = grant_pattern(seed, i);
-    }
+    let page = mm::alloc_page().map_err(|e| format!("alloc_page: {e}"))?;
+    let pattern: alloc::vec::Vec<u8> =
+        (0..xen_abi::memory::PAGE_SIZE as usize).map(|i| grant_pattern(seed, i)).collect();
+    mm::write_page(&page, 0, &pattern);
     let gref = gnttab::grant_access(0, page.mfn(), true).map_err(|e| format!("grant_access: {e}"))?;
     let watch = xs::watch("data/grant-state").await.map_err(fail("watching data/grant-state"))?;
     xs::write(xs::NO_TX, "data/grant-ref", format!("{}", gref.0).as_bytes())
@@ -278,17 +278,27 @@ pub async fn grant(seed: u8) -> Result<()> {
         ..Default::default()
     };
     gnttab::copy(core::slice::from_mut(&mut op)).map_err(|e| format!("GNTTABOP_copy: {e}"))?;
-    // The copy landed in `target`; read it through a mapping slot of its frame.
+    // The copy landed in `target`; read it through a mapping slot of its frame. The
+    // safe guest-frame mapper must refuse our own frame, by DOMID_SELF or by our domid.
     let slot = mm::MappingSlot::new().map_err(|e| format!("mapping slot: {e}"))?;
-    slot.map_foreign(xen_abi::event_channel::DOMID_SELF, target.mfn(), false)
-        .map_err(|e| format!("map_foreign: {e}"))?;
+    let own_domid = KernelXen::new().await.map_err(fail("reading our domid"))?.domid();
+    for domid in [xen_abi::event_channel::DOMID_SELF, own_domid] {
+        match slot.map_guest_frame(domid, target.mfn(), true) {
+            Err(mm::MmError::OwnFrame { .. }) => {}
+            other => return Err(format!("map_guest_frame of our own frame as domain {domid} gave {other:?}")),
+        }
+    }
+    // SAFETY: `target` is a `Page`, into which no Rust reference points; the mapping
+    // is read-only and only `slot.read` (volatile copies) touches it before `unmap`.
+    unsafe { slot.map_own_frame(target.mfn(), false) }.map_err(|e| format!("map_own_frame: {e}"))?;
     let mut copied = [0u8; 1000];
     slot.read(200, &mut copied);
     slot.unmap().map_err(|e| format!("unmap: {e}"))?;
     if copied.iter().enumerate().any(|(i, &b)| b != grant_pattern(seed, 100 + i)) {
         return Err("GNTTABOP_copy result differs from the source".into());
     }
-    println!("grant: copy of 1000 bytes verified through a foreign-frame mapping");
+    println!("grant: map_guest_frame refused our own frame (DOMID_SELF and domid {own_domid})");
+    println!("grant: copy of 1000 bytes verified through a mapping slot");
     println!("grant: ok");
     Ok(())
 }
