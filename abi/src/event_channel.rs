@@ -42,11 +42,50 @@ pub struct EvtchnBindVirq {
     pub port: u32,
 }
 
-/// `struct evtchn_close`, `struct evtchn_unmask` and `struct evtchn_send`: just a port.
+/// `struct evtchn_close`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct EvtchnPort {
+pub struct EvtchnClose {
     pub port: u32,
+}
+
+/// `struct evtchn_unmask`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EvtchnUnmask {
+    pub port: u32,
+}
+
+/// The argument of an `EVENTCHANNEL_op` hypercall: each struct names the one command
+/// that takes it, so a caller cannot pair a struct with a command that makes Xen
+/// read or write past it. Sealed: only the structs of this crate, whose layouts
+/// `tests/layout.rs` checks against Xen's headers, implement it.
+pub trait EvtchnOp: sealed::Sealed {
+    /// The `EVTCHNOP_*` command.
+    const CMD: usize;
+}
+
+pub(crate) mod sealed {
+    /// Implemented only inside xen-abi.
+    pub trait Sealed {}
+}
+
+macro_rules! evtchn_op {
+    ($($ty:ty => $cmd:expr),* $(,)?) => {$(
+        impl sealed::Sealed for $ty {}
+        impl EvtchnOp for $ty {
+            const CMD: usize = $cmd;
+        }
+    )*};
+}
+
+evtchn_op! {
+    EvtchnBindInterdomain => EVTCHNOP_BIND_INTERDOMAIN,
+    EvtchnBindVirq => EVTCHNOP_BIND_VIRQ,
+    EvtchnClose => EVTCHNOP_CLOSE,
+    crate::hypercall::EvtchnSend => crate::hypercall::EVTCHNOP_SEND,
+    EvtchnAllocUnbound => EVTCHNOP_ALLOC_UNBOUND,
+    EvtchnUnmask => EVTCHNOP_UNMASK,
 }
 
 /// Word and bit of `port` in the pending/mask bitmaps.

@@ -6,10 +6,13 @@
 
 use std::mem::{offset_of, size_of};
 use xen_abi::console::XenconsInterface;
-use xen_abi::event_channel::{EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq};
+use xen_abi::event_channel::{
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq, EvtchnClose, EvtchnOp, EvtchnUnmask,
+};
 use xen_abi::grant_table::{
     GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabQuerySize, GnttabSetupTable, GnttabUnmapGrantRef, GrantEntryV1,
 };
+use xen_abi::hypercall::EvtchnSend;
 use xen_abi::memory::{MmuUpdate, MmuextOp};
 use xen_abi::sched::{CallbackRegister, SchedShutdown};
 use xen_abi::shared::{ArchSharedInfo, SharedInfo, VcpuInfo, VcpuTimeInfo};
@@ -81,6 +84,12 @@ fn rust_layout() -> Vec<(&'static str, usize)> {
         off!("struct evtchn_bind_interdomain", "local_port", EvtchnBindInterdomain, local_port),
         size!("struct evtchn_bind_virq", EvtchnBindVirq),
         off!("struct evtchn_bind_virq", "port", EvtchnBindVirq, port),
+        size!("struct evtchn_close", EvtchnClose),
+        off!("struct evtchn_close", "port", EvtchnClose, port),
+        size!("struct evtchn_unmask", EvtchnUnmask),
+        off!("struct evtchn_unmask", "port", EvtchnUnmask, port),
+        size!("struct evtchn_send", EvtchnSend),
+        off!("struct evtchn_send", "port", EvtchnSend, port),
         size!("struct grant_entry_v1", GrantEntryV1),
         off!("struct grant_entry_v1", "domid", GrantEntryV1, domid),
         off!("struct grant_entry_v1", "frame", GrantEntryV1, frame),
@@ -152,6 +161,13 @@ fn rust_constants() -> Vec<(&'static str, usize)> {
         ("EVTCHNOP_close", ev::EVTCHNOP_CLOSE),
         ("EVTCHNOP_alloc_unbound", ev::EVTCHNOP_ALLOC_UNBOUND),
         ("EVTCHNOP_unmask", ev::EVTCHNOP_UNMASK),
+        // Each argument struct names the command that takes it.
+        ("EVTCHNOP_alloc_unbound", EvtchnAllocUnbound::CMD),
+        ("EVTCHNOP_bind_interdomain", EvtchnBindInterdomain::CMD),
+        ("EVTCHNOP_bind_virq", EvtchnBindVirq::CMD),
+        ("EVTCHNOP_close", EvtchnClose::CMD),
+        ("EVTCHNOP_unmask", EvtchnUnmask::CMD),
+        ("EVTCHNOP_send", EvtchnSend::CMD),
         ("VIRQ_TIMER", ev::VIRQ_TIMER as usize),
         ("DOMID_SELF", ev::DOMID_SELF as usize),
         ("EVTCHN_2L_NR_CHANNELS", ev::NR_EVENT_CHANNELS),

@@ -28,7 +28,8 @@ unsafe impl Send for Console {}
 static CONSOLE: Mutex<Option<Console>> = Mutex::new(None);
 
 /// start_info's console frame is not one of this domain's pages.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("start_info's console frame is not one of this domain's pages")]
 pub struct FrameNotOurs;
 
 /// Finds the console page through the machine-to-physical table and opens it.

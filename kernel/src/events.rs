@@ -11,21 +11,21 @@
 
 use crate::arch::hypercall::{self, XenError};
 use crate::shared_info;
+use alloc::collections::BTreeMap;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::task::{Context, Poll, Waker};
-use litemap::LiteMap;
 use spin::Mutex;
 use xen_abi::event_channel::{
-    self as ev, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq, EvtchnPort, NR_EVENT_CHANNELS,
+    self as ev, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq, EvtchnClose, EvtchnUnmask, NR_EVENT_CHANNELS,
 };
 
 /// Ports that fired and have not been consumed by a waiter yet.
 static FIRED: [AtomicU64; NR_EVENT_CHANNELS / 64] = [const { AtomicU64::new(0) }; NR_EVENT_CHANNELS / 64];
 /// Set when FIRED gained a bit since the executor last looked.
 static NEW_EVENTS: AtomicBool = AtomicBool::new(false);
-static WAKERS: Mutex<LiteMap<u32, Waker>> = Mutex::new(LiteMap::new());
+static WAKERS: Mutex<BTreeMap<u32, Waker>> = Mutex::new(BTreeMap::new());
 static UPCALLS: AtomicU64 = AtomicU64::new(0);
 
 /// A local event channel port.
@@ -129,7 +129,7 @@ impl Drop for WaitEvent {
 /// Allocates a port that domain `remote` may bind to.
 pub fn alloc_unbound(remote: u16) -> Result<Port, XenError> {
     let mut arg = EvtchnAllocUnbound { dom: ev::DOMID_SELF, remote_dom: remote, port: 0 };
-    hypercall::event_channel_op(ev::EVTCHNOP_ALLOC_UNBOUND, &mut arg)?;
+    hypercall::event_channel_op(&mut arg)?;
     let port = Port(arg.port);
     unmask(port)?;
     Ok(port)
@@ -138,7 +138,7 @@ pub fn alloc_unbound(remote: u16) -> Result<Port, XenError> {
 /// Binds to `remote_port` of domain `remote`.
 pub fn bind_interdomain(remote: u16, remote_port: u32) -> Result<Port, XenError> {
     let mut arg = EvtchnBindInterdomain { remote_dom: remote, remote_port, local_port: 0 };
-    hypercall::event_channel_op(ev::EVTCHNOP_BIND_INTERDOMAIN, &mut arg)?;
+    hypercall::event_channel_op(&mut arg)?;
     let port = Port(arg.local_port);
     unmask(port)?;
     Ok(port)
@@ -147,7 +147,7 @@ pub fn bind_interdomain(remote: u16, remote_port: u32) -> Result<Port, XenError>
 /// Binds a virtual IRQ of vCPU 0.
 pub fn bind_virq(virq: u32) -> Result<Port, XenError> {
     let mut arg = EvtchnBindVirq { virq, vcpu: 0, port: 0 };
-    hypercall::event_channel_op(ev::EVTCHNOP_BIND_VIRQ, &mut arg)?;
+    hypercall::event_channel_op(&mut arg)?;
     let port = Port(arg.port);
     unmask(port)?;
     Ok(port)
@@ -165,14 +165,12 @@ pub fn mask(port: Port) {
 
 /// Resumes delivery of `port`; Xen re-raises it if it became pending meanwhile.
 pub fn unmask(port: Port) -> Result<(), XenError> {
-    let mut arg = EvtchnPort { port: port.0 };
-    hypercall::event_channel_op(ev::EVTCHNOP_UNMASK, &mut arg)
+    hypercall::event_channel_op(&mut EvtchnUnmask { port: port.0 })
 }
 
 /// Closes `port`; a task still waiting on it is woken and sees no more events.
 pub fn close(port: Port) -> Result<(), XenError> {
-    let mut arg = EvtchnPort { port: port.0 };
-    let result = hypercall::event_channel_op(ev::EVTCHNOP_CLOSE, &mut arg);
+    let result = hypercall::event_channel_op(&mut EvtchnClose { port: port.0 });
     take_fired(port);
     if let Some(w) = WAKERS.lock().remove(&port.0) {
         w.wake();

@@ -7,14 +7,13 @@ use crate::arch::hypercall;
 use crate::events::{self, Port};
 use crate::{shared_info, time};
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
 use alloc::task::Wake;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::{Context, Poll, Waker};
-use litemap::LiteMap;
 use spin::Mutex;
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
@@ -68,8 +67,8 @@ pub fn block_count() -> u64 {
 /// Runs `main` (and spawned tasks) until `main` completes.
 pub fn block_on<F: Future>(main: F) -> F::Output {
     let mut main = core::pin::pin!(main);
-    let mut tasks: LiteMap<u64, Task> = LiteMap::new();
-    let wakers: Mutex<LiteMap<u64, Waker>> = Mutex::new(LiteMap::new());
+    let mut tasks: BTreeMap<u64, Task> = BTreeMap::new();
+    let wakers: Mutex<BTreeMap<u64, Waker>> = Mutex::new(BTreeMap::new());
     let waker_for = |id: u64| {
         let mut wakers = wakers.lock();
         if let Some(w) = wakers.get(&id) {
@@ -109,7 +108,7 @@ pub fn block_on<F: Future>(main: F) -> F::Output {
     }
 }
 
-fn adopt_new_tasks(tasks: &mut LiteMap<u64, Task>) {
+fn adopt_new_tasks(tasks: &mut BTreeMap<u64, Task>) {
     for (id, task) in NEW_TASKS.lock().0.drain(..) {
         tasks.insert(id, task);
     }

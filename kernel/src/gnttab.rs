@@ -22,34 +22,22 @@ use xen_abi::hypercall::pte;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GrantRef(pub u32);
 
-#[derive(Debug)]
+/// Why a grant table operation failed.
+#[derive(Debug, thiserror::Error)]
 pub enum GrantError {
-    Xen(XenError),
+    #[error("Xen refused the grant operation: {0}")]
+    Xen(#[from] XenError),
     /// Xen's per-operation status (GNTST_*).
+    #[error("grant operation failed with GNTST {0}")]
     Status(i16),
     /// Every reference is in use.
+    #[error("no free grant reference")]
     TableFull,
     /// The peer still has the grant mapped; try again after it unmaps.
+    #[error("the peer still has the grant mapped")]
     InUse,
+    #[error("not a grant of ours")]
     NotGranted,
-}
-
-impl core::fmt::Display for GrantError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            GrantError::Xen(e) => write!(f, "Xen refused the grant operation (errno {})", e.0),
-            GrantError::Status(s) => write!(f, "grant operation failed with GNTST {s}"),
-            GrantError::TableFull => write!(f, "no free grant reference"),
-            GrantError::InUse => write!(f, "the peer still has the grant mapped"),
-            GrantError::NotGranted => write!(f, "not a grant of ours"),
-        }
-    }
-}
-
-impl From<XenError> for GrantError {
-    fn from(e: XenError) -> Self {
-        GrantError::Xen(e)
-    }
 }
 
 struct Table {

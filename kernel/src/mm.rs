@@ -9,7 +9,7 @@
 
 use crate::arch::boot::{VIRT_BASE, stack_guard_page};
 use crate::arch::hypercall::{self, XenError};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use linked_list_allocator::LockedHeap;
 use spin::Mutex;
 use xen_abi::event_channel::DOMID_SELF;
@@ -29,39 +29,34 @@ static L4_MFN: AtomicU64 = AtomicU64::new(0);
 static TABLES_ADDED: AtomicU64 = AtomicU64::new(0);
 static HEAP_PAGES: AtomicU64 = AtomicU64::new(0);
 static POOL_PAGES: AtomicU64 = AtomicU64::new(0);
+/// Our domain id once known ([`set_own_domid`]); `OWN_DOMID_UNKNOWN` before.
+static OWN_DOMID: AtomicU32 = AtomicU32::new(OWN_DOMID_UNKNOWN);
+const OWN_DOMID_UNKNOWN: u32 = u32::MAX;
 
 /// Entry bits for a page-table page linked into its parent.
 const TABLE_LINK: u64 = pte::PRESENT | pte::WRITABLE | pte::USER | pte::ACCESSED;
 /// How a page-table page maps itself: Xen refuses writable mappings of page tables.
 const TABLE_SELF: u64 = pte::PRESENT | pte::USER | pte::ACCESSED;
 
-#[derive(Debug)]
+/// Why a memory operation failed.
+#[derive(Debug, thiserror::Error)]
 pub enum MmError {
     /// Xen refused a page-table update.
-    Xen(XenError),
+    #[error("Xen refused a page-table update: {0}")]
+    Xen(#[from] XenError),
     /// No free page left (for a page table or a caller).
+    #[error("no free page left")]
     OutOfPages,
     /// A pseudo-physical frame number outside the domain.
+    #[error("page frame {0} is outside the domain")]
     BadPfn(u64),
-    /// A foreign mapping that would name our own domain.
-    OwnDomain,
-}
-
-impl core::fmt::Display for MmError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            MmError::Xen(e) => write!(f, "Xen refused a page-table update (errno {})", e.0),
-            MmError::OutOfPages => write!(f, "no free page left"),
-            MmError::BadPfn(pfn) => write!(f, "page frame {pfn} is outside the domain"),
-            MmError::OwnDomain => write!(f, "a foreign mapping may not name our own domain"),
-        }
-    }
-}
-
-impl From<XenError> for MmError {
-    fn from(e: XenError) -> Self {
-        MmError::Xen(e)
-    }
+    /// A guest-frame mapping asked for one of our own frames (DOMID_SELF, our domid,
+    /// or a frame that turned out to be ours): it would alias memory Rust owns.
+    #[error("refusing to map frame {frame:#x} of domain {domid}: it is this domain's own memory")]
+    OwnFrame { domid: u16, frame: u64 },
+    /// A guest-frame mapping before the kernel knows its own domid ([`set_own_domid`]).
+    #[error("refusing to map a guest frame before this domain knows its own domid")]
+    OwnDomidUnknown,
 }
 
 /// Virtual address of pseudo-physical page `pfn` once `init` has run.
@@ -245,7 +240,32 @@ impl Batch {
     }
 }
 
-/// One whole page of ours, taken from the pool; dropping it gives it back.
+/// Records our domain id (read from xenstore), so that [`MappingSlot::map_guest_frame`]
+/// can refuse it.
+pub fn set_own_domid(domid: u16) {
+    OWN_DOMID.store(u32::from(domid), Ordering::Relaxed);
+}
+
+/// Whether machine frame `mfn` is one of this domain's own pages.
+fn is_own_frame(mfn: u64) -> bool {
+    let pfn = pfn_of(mfn);
+    pfn < NR_PAGES.load(Ordering::Relaxed) && mfn_of(pfn) == mfn
+}
+
+/// Takes a page from the pool and zeroes it.
+fn take_pool_page() -> Result<u64, MmError> {
+    let pfn = u64::from(FREE_PAGES.lock().pop().ok_or(MmError::OutOfPages)?);
+    // SAFETY: the page just left the pool: ours, mapped writable at va_of(pfn) since
+    // `init`, and nothing refers to it (not granted, no Page or PrivatePage holds it).
+    unsafe { core::ptr::write_bytes(va_of(pfn) as *mut u8, 0, PAGE_SIZE as usize) };
+    Ok(pfn)
+}
+
+/// A whole page of ours that may be shared with another domain (granted, or used as
+/// a ring): the peer may write it at any moment, so it is only ever copied in and out
+/// with volatile accesses ([`read_page`], [`write_page`], [`read_u32`], [`write_u32`]);
+/// no Rust reference into it exists. Dropping it gives it back to the pool, so a page
+/// must not be dropped while granted.
 #[derive(Debug)]
 pub struct Page {
     pfn: u64,
@@ -265,21 +285,41 @@ impl Page {
         pfn
     }
 
-    pub fn pfn(&self) -> u64 {
-        self.pfn
-    }
     pub fn va(&self) -> u64 {
         va_of(self.pfn)
     }
+    /// The machine frame, which a grant of the page names.
     pub fn mfn(&self) -> u64 {
         mfn_of(self.pfn)
     }
-    /// The page's bytes. A page shared with another domain must not be read this way
-    /// while the peer may write it; use volatile copies instead.
+}
+
+/// A whole page of ours that is never shared: it has no frame number to grant, so
+/// no other domain can map it, and it hands out ordinary slices.
+#[derive(Debug)]
+pub struct PrivatePage {
+    pfn: u64,
+}
+
+impl Drop for PrivatePage {
+    fn drop(&mut self) {
+        FREE_PAGES.lock().push(self.pfn as u32);
+    }
+}
+
+impl PrivatePage {
+    pub fn pfn(&self) -> u64 {
+        self.pfn
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the page is ours alone (taken from the pool, not yet given back,
+        // never granted: this type exposes no frame number), mapped at va_of(pfn);
+        // `&self` keeps it alive and unchanged for the slice's lifetime.
+        unsafe { core::slice::from_raw_parts(va_of(self.pfn) as *const u8, PAGE_SIZE as usize) }
+    }
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the page is ours alone (taken from the pool, not yet freed), mapped
-        // writable at va(), and `&mut self` makes this the only reference to it.
-        unsafe { core::slice::from_raw_parts_mut(self.va() as *mut u8, PAGE_SIZE as usize) }
+        // SAFETY: as in `as_slice`, and `&mut self` makes this the only reference.
+        unsafe { core::slice::from_raw_parts_mut(va_of(self.pfn) as *mut u8, PAGE_SIZE as usize) }
     }
 }
 
@@ -290,65 +330,102 @@ fn page_range_check(offset: usize, len: usize) {
     );
 }
 
+/// Copies `out.len()` bytes from virtual address `src` with volatile loads, a machine
+/// word at a time where alignment allows.
+///
+/// # Safety
+/// `src .. src + out.len()` must be mapped readable for the whole call.
+unsafe fn volatile_copy_from(src: usize, out: &mut [u8]) {
+    let head = (src.next_multiple_of(8) - src).min(out.len());
+    let words = (out.len() - head) / 8;
+    let (head_bytes, rest) = out.split_at_mut(head);
+    let (word_bytes, tail_bytes) = rest.split_at_mut(words * 8);
+    for (i, b) in head_bytes.iter_mut().enumerate() {
+        // SAFETY: inside the range the caller vouches for.
+        *b = unsafe { ((src + i) as *const u8).read_volatile() };
+    }
+    for (i, chunk) in word_bytes.chunks_exact_mut(8).enumerate() {
+        // SAFETY: an 8-byte aligned word inside the range (`head` aligned the address).
+        let word = unsafe { ((src + head + i * 8) as *const u64).read_volatile() };
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    for (i, b) in tail_bytes.iter_mut().enumerate() {
+        // SAFETY: inside the range, as above.
+        *b = unsafe { ((src + head + words * 8 + i) as *const u8).read_volatile() };
+    }
+}
+
+/// Copies `data` to virtual address `dst` with volatile stores, a machine word at a
+/// time where alignment allows.
+///
+/// # Safety
+/// `dst .. dst + data.len()` must be mapped writable for the whole call, and no Rust
+/// reference may point into it.
+unsafe fn volatile_copy_to(dst: usize, data: &[u8]) {
+    let head = (dst.next_multiple_of(8) - dst).min(data.len());
+    let words = (data.len() - head) / 8;
+    let (head_bytes, rest) = data.split_at(head);
+    let (word_bytes, tail_bytes) = rest.split_at(words * 8);
+    for (i, &b) in head_bytes.iter().enumerate() {
+        // SAFETY: inside the range the caller vouches for.
+        unsafe { ((dst + i) as *mut u8).write_volatile(b) };
+    }
+    for (i, chunk) in word_bytes.chunks_exact(8).enumerate() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        // SAFETY: an 8-byte aligned word inside the range (`head` aligned the address).
+        unsafe { ((dst + head + i * 8) as *mut u64).write_volatile(u64::from_ne_bytes(word)) };
+    }
+    for (i, &b) in tail_bytes.iter().enumerate() {
+        // SAFETY: inside the range, as above.
+        unsafe { ((dst + head + words * 8 + i) as *mut u8).write_volatile(b) };
+    }
+}
+
 /// Copies bytes out of one of our pages with volatile reads (it may be shared),
 /// a machine word at a time where alignment allows.
 pub fn read_page(page: &Page, offset: usize, out: &mut [u8]) {
     page_range_check(offset, out.len());
-    let base = page.va() as usize + offset;
-    let head = (base.next_multiple_of(8) - base).min(out.len());
-    let words = (out.len() - head) / 8;
-    for (i, b) in out[..head].iter_mut().enumerate() {
-        // SAFETY: inside our page (checked above), mapped at va() since `init`.
-        *b = unsafe { ((base + i) as *const u8).read_volatile() };
-    }
-    for (w, chunk) in out[head..head + words * 8].chunks_exact_mut(8).enumerate() {
-        // SAFETY: an 8-byte aligned word inside our page (head aligned the address).
-        let v = unsafe { ((base + head + w * 8) as *const u64).read_volatile() };
-        chunk.copy_from_slice(&v.to_ne_bytes());
-    }
-    for (i, b) in out[head + words * 8..].iter_mut().enumerate() {
-        // SAFETY: inside our page, as above.
-        *b = unsafe { ((base + head + words * 8 + i) as *const u8).read_volatile() };
-    }
+    // SAFETY: the range is inside our page (checked above), mapped since `init`.
+    unsafe { volatile_copy_from(page.va() as usize + offset, out) }
 }
 
 /// Copies bytes into one of our pages with volatile writes (it may be shared),
 /// a machine word at a time where alignment allows.
 pub fn write_page(page: &Page, offset: usize, data: &[u8]) {
     page_range_check(offset, data.len());
-    let base = page.va() as usize + offset;
-    let head = (base.next_multiple_of(8) - base).min(data.len());
-    let words = (data.len() - head) / 8;
-    for (i, &b) in data[..head].iter().enumerate() {
-        // SAFETY: inside our page (checked above), mapped writable at va().
-        unsafe { ((base + i) as *mut u8).write_volatile(b) };
-    }
-    for (w, chunk) in data[head..head + words * 8].chunks_exact(8).enumerate() {
-        let v = u64::from_ne_bytes(chunk.try_into().unwrap());
-        // SAFETY: an 8-byte aligned word inside our page, mapped writable.
-        unsafe { ((base + head + w * 8) as *mut u64).write_volatile(v) };
-    }
-    for (i, &b) in data[head + words * 8..].iter().enumerate() {
-        // SAFETY: inside our page, as above.
-        unsafe { ((base + head + words * 8 + i) as *mut u8).write_volatile(b) };
-    }
+    // SAFETY: the range is inside our page (checked above), mapped writable since
+    // `init`; a `Page` never hands out references into itself.
+    unsafe { volatile_copy_to(page.va() as usize + offset, data) }
+}
+
+/// Reads an aligned u32 from one of our pages in one volatile 32-bit load, so a
+/// value the peer changes meanwhile is read either wholly old or wholly new
+/// (single-copy atomic), never part of each.
+pub fn read_u32(page: &Page, offset: usize) -> u32 {
+    page_range_check(offset, 4);
+    assert!(offset.is_multiple_of(4), "unaligned u32 at {offset}");
+    // SAFETY: an aligned u32 inside our page (checked above), mapped since `init`.
+    unsafe { ((page.va() as usize + offset) as *const u32).read_volatile() }
 }
 
 /// Writes an aligned u32 into one of our pages with one volatile store, so a peer
 /// never sees half of it.
 pub fn write_u32(page: &Page, offset: usize, value: u32) {
     page_range_check(offset, 4);
-    assert!(offset % 4 == 0, "unaligned u32 at {offset}");
+    assert!(offset.is_multiple_of(4), "unaligned u32 at {offset}");
     // SAFETY: an aligned u32 inside our page (checked above), mapped writable.
     unsafe { ((page.va() as usize + offset) as *mut u32).write_volatile(value) };
 }
 
-/// Takes a zeroed page from the pool.
+/// Takes a zeroed page from the pool, to share.
 pub fn alloc_page() -> Result<Page, MmError> {
-    let pfn = u64::from(FREE_PAGES.lock().pop().ok_or(MmError::OutOfPages)?);
-    let mut page = Page { pfn };
-    page.as_mut_slice().fill(0);
-    Ok(page)
+    Ok(Page { pfn: take_pool_page()? })
+}
+
+/// Takes a zeroed page from the pool that is never shared.
+pub fn alloc_private_page() -> Result<PrivatePage, MmError> {
+    Ok(PrivatePage { pfn: take_pool_page()? })
 }
 
 /// A virtual page at which another domain's frame (or a grant) can be mapped.
@@ -384,41 +461,82 @@ impl MappingSlot {
         self.va
     }
 
-    /// Maps frame `frame` of `domid` (a machine frame for DOMID_SELF and PV domains,
-    /// a guest frame for an HVM guest we are the device model of) at this slot.
-    pub fn map_foreign(&self, domid: u16, frame: u64, writable: bool) -> Result<(), MmError> {
+    /// Writes the slot's L1 entry: `frame` of `domid` (Xen checks that we may map it).
+    ///
+    /// # Safety
+    /// Whatever the slot mapped before becomes unreachable through it; the caller
+    /// makes sure the new mapping aliases no memory that Rust references point into.
+    unsafe fn set_entry(&self, domid: u16, frame: u64, writable: bool) -> Result<(), MmError> {
         let l1 = l1_table_for(self.va, &mut || None)?;
         let flags = if writable { pte::KERNEL_DATA } else { pte::KERNEL_DATA & !pte::WRITABLE };
         let update = MmuUpdate { ptr: (l1 << 12) + table_index(self.va, 1) as u64 * 8, val: (frame << 12) | flags };
-        // SAFETY: the slot's page is ours to map; no reference into it outlives a
-        // mapping because callers only read it through `read`/`write` below.
+        // SAFETY: the slot's page is ours to map and only `read`/`write` below touch
+        // it (volatile, no references); aliasing is the caller's contract.
         unsafe { hypercall::mmu_update(&[update], domid)? };
         Ok(())
     }
 
+    /// Maps frame `frame` of another domain `domid` at this slot: a guest frame of an
+    /// HVM guest we are the device model of, or a machine frame of a PV domain that
+    /// lets us. Our own memory is refused ([`MmError::OwnFrame`]): `DOMID_SELF`, our
+    /// own domid, and any frame that turns out to be ours once mapped, because a
+    /// writable alias of our heap would let `write` change memory Rust owns.
+    /// Refused with [`MmError::OwnDomidUnknown`] until [`set_own_domid`] has run.
+    pub fn map_guest_frame(&self, domid: u16, frame: u64, writable: bool) -> Result<(), MmError> {
+        let own = OWN_DOMID.load(Ordering::Relaxed);
+        if own == OWN_DOMID_UNKNOWN {
+            return Err(MmError::OwnDomidUnknown);
+        }
+        if domid == DOMID_SELF || u32::from(domid) == own {
+            return Err(MmError::OwnFrame { domid, frame });
+        }
+        // SAFETY: `domid` is another domain, so the mapping is of its memory, which no
+        // Rust reference of ours points into; checked once more below.
+        unsafe { self.set_entry(domid, frame, writable)? };
+        // Belt and braces: a domain id we did not expect to be ours (a stale record)
+        // must still not yield an alias of our own memory.
+        let mapped = l1_entry(self.va).map(pte_frame);
+        if mapped.is_some_and(is_own_frame) {
+            self.unmap()?;
+            return Err(MmError::OwnFrame { domid, frame });
+        }
+        Ok(())
+    }
+
+    /// Maps our own machine frame `mfn` at this slot.
+    ///
+    /// # Safety
+    /// The frame must not be memory Rust references point into (the heap, stacks,
+    /// statics, a `PrivatePage`) while this mapping exists, unless `writable` is false
+    /// and nothing writes that memory through Rust meanwhile.
+    pub unsafe fn map_own_frame(&self, mfn: u64, writable: bool) -> Result<(), MmError> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.set_entry(DOMID_SELF, mfn, writable) }
+    }
+
     /// Removes whatever is mapped at this slot.
     pub fn unmap(&self) -> Result<(), MmError> {
-        // SAFETY: see `map_foreign`; clearing the entry and flushing it is always allowed.
+        // SAFETY: clearing the entry and flushing it is always allowed: nothing holds
+        // a reference into the slot (`read`/`write` copy).
         unsafe { hypercall::update_va_mapping(self.va, 0)? };
         Ok(())
     }
 
-    /// Copies bytes out of the mapped page (volatile: the owner may be writing it).
+    /// Copies bytes out of the mapped page (volatile: the owner may be writing it), a
+    /// machine word at a time where alignment allows.
     pub fn read(&self, offset: usize, out: &mut [u8]) {
-        assert!(offset + out.len() <= PAGE_SIZE as usize, "read beyond the mapped page");
-        for (i, b) in out.iter_mut().enumerate() {
-            // SAFETY: inside the slot's page (checked above), which the caller mapped.
-            *b = unsafe { ((self.va as usize + offset + i) as *const u8).read_volatile() };
-        }
+        page_range_check(offset, out.len());
+        // SAFETY: inside the slot's page (checked above), which the caller mapped.
+        unsafe { volatile_copy_from(self.va as usize + offset, out) }
     }
 
-    /// Copies bytes into the mapped page.
+    /// Copies bytes into the mapped page, a machine word at a time where alignment
+    /// allows.
     pub fn write(&self, offset: usize, data: &[u8]) {
-        assert!(offset + data.len() <= PAGE_SIZE as usize, "write beyond the mapped page");
-        for (i, &b) in data.iter().enumerate() {
-            // SAFETY: inside the slot's page, which the caller mapped writable.
-            unsafe { ((self.va as usize + offset + i) as *mut u8).write_volatile(b) };
-        }
+        page_range_check(offset, data.len());
+        // SAFETY: inside the slot's page, which the caller mapped writable; nothing
+        // holds a reference into it.
+        unsafe { volatile_copy_to(self.va as usize + offset, data) }
     }
 }
 
@@ -452,57 +570,52 @@ pub fn stats() -> Stats {
     }
 }
 
-// Mappings of an HVM guest's frames, for the device model (kernel/src/hvm.rs).
+// Untranslated foreign mappings and single loads/stores, for the device model
+// (kernel/src/hvm.rs: the ioreq server's page).
 impl MappingSlot {
-    /// Maps frame `gfn` of HVM guest `guest` (we are its device model; Xen translates
-    /// the frame through the guest's p2m). Refuses our own domain: a mapping of our own
-    /// memory here could alias pages Rust code holds references into.
-    pub fn map_guest_frame(&self, guest: u16, gfn: u64, writable: bool) -> Result<(), MmError> {
-        if guest == DOMID_SELF {
-            return Err(MmError::OwnDomain);
-        }
-        self.map_with(guest, gfn, writable, MMU_NORMAL_PT_UPDATE)
-    }
-
-    /// Maps machine frame `mfn` that `owner` owns, untranslated (the frames
-    /// XENMEM_acquire_resource hands a PV caller, such as an ioreq server's page).
+    /// Maps machine frame `mfn` that domain `owner` owns, untranslated: the frames
+    /// XENMEM_acquire_resource hands a PV caller, such as an ioreq server's page (Xen
+    /// allocated it as the guest's and checks that we may map the guest's memory).
+    /// Our own domain is refused, as for [`map_guest_frame`](Self::map_guest_frame).
     pub fn map_machine_frame_of(&self, owner: u16, mfn: u64, writable: bool) -> Result<(), MmError> {
-        if owner == DOMID_SELF {
-            return Err(MmError::OwnDomain);
+        let own = OWN_DOMID.load(Ordering::Relaxed);
+        if own == OWN_DOMID_UNKNOWN {
+            return Err(MmError::OwnDomidUnknown);
         }
-        self.map_with(owner, mfn, writable, xen_abi::hvm::MMU_PT_UPDATE_NO_TRANSLATE)
-    }
-
-    fn map_with(&self, domid: u16, frame: u64, writable: bool, kind: u64) -> Result<(), MmError> {
+        if owner == DOMID_SELF || u32::from(owner) == own || is_own_frame(mfn) {
+            return Err(MmError::OwnFrame { domid: owner, frame: mfn });
+        }
         let l1 = l1_table_for(self.va, &mut || None)?;
         let flags = if writable { pte::KERNEL_DATA } else { pte::KERNEL_DATA & !pte::WRITABLE };
-        let update =
-            MmuUpdate { ptr: ((l1 << 12) + table_index(self.va, 1) as u64 * 8) | kind, val: (frame << 12) | flags };
-        // SAFETY: the slot's virtual page belongs to this slot alone and holds nothing
-        // Rust refers to: its contents are only reached through the slot's volatile
-        // copies. `domid` is another domain (checked by the callers), so the new
-        // mapping cannot alias our own memory.
-        unsafe { hypercall::mmu_update(&[update], domid)? };
+        let update = MmuUpdate {
+            ptr: ((l1 << 12) + table_index(self.va, 1) as u64 * 8) | xen_abi::hvm::MMU_PT_UPDATE_NO_TRANSLATE,
+            val: (mfn << 12) | flags,
+        };
+        // SAFETY: the slot's page is reached only through its volatile copies, and the
+        // frame is not ours (checked above), so the mapping aliases no memory that a
+        // Rust reference points into.
+        unsafe { hypercall::mmu_update(&[update], owner)? };
         Ok(())
     }
 
     /// Reads one byte of the mapped page (volatile: the owner may be writing it).
     pub fn read_u8(&self, offset: usize) -> u8 {
-        assert!(offset < PAGE_SIZE as usize, "read beyond the mapped page");
+        page_range_check(offset, 1);
         // SAFETY: inside the slot's page (checked above), which the caller mapped.
         unsafe { ((self.va as usize + offset) as *const u8).read_volatile() }
     }
 
     /// Writes one byte of the mapped page with one store.
     pub fn write_u8(&self, offset: usize, value: u8) {
-        assert!(offset < PAGE_SIZE as usize, "write beyond the mapped page");
+        page_range_check(offset, 1);
         // SAFETY: inside the slot's page (checked above), which the caller mapped writable.
         unsafe { ((self.va as usize + offset) as *mut u8).write_volatile(value) };
     }
 
     /// Writes an aligned u64 of the mapped page with one store.
     pub fn write_u64(&self, offset: usize, value: u64) {
-        assert!(offset % 8 == 0 && offset + 8 <= PAGE_SIZE as usize, "unaligned or outside the page");
+        page_range_check(offset, 8);
+        assert!(offset % 8 == 0, "unaligned u64 at {offset}");
         // SAFETY: an aligned u64 inside the slot's page (checked above), mapped writable.
         unsafe { ((self.va as usize + offset) as *mut u64).write_volatile(value) };
     }

@@ -20,10 +20,12 @@ pub struct KernelXen {
 }
 
 impl KernelXen {
-    /// Reads our domain id from xenstore (it is nowhere in start_info).
+    /// Reads our domain id from xenstore (it is nowhere in start_info) and records it
+    /// in `mm`, which refuses to map our own frames as another domain's.
     pub async fn new() -> XsResult<Self> {
         let domid = xs::read_string(xs::NO_TX, "domid").await?;
         let domid = domid.parse().map_err(|_| xen_seams::XenstoreError::Broken("xenstore's domid is not a number"))?;
+        mm::set_own_domid(domid);
         Ok(KernelXen { domid })
     }
 }
@@ -74,15 +76,14 @@ impl SharedPage for mm::Page {
         mm::write_page(self, offset, data);
     }
     fn read_u32(&self, offset: usize) -> u32 {
-        let mut bytes = [0u8; 4];
-        assert!(offset % 4 == 0, "ring index at unaligned offset {offset}");
-        mm::read_page(self, offset, &mut bytes);
+        // One aligned 32-bit load: single-copy atomic, so a peer's increment across a
+        // byte carry is seen wholly or not at all.
+        let value = mm::read_u32(self, offset);
         // What the peer wrote before the index must be read after it.
         fence(Ordering::Acquire);
-        u32::from_le_bytes(bytes)
+        value
     }
     fn write_u32(&self, offset: usize, value: u32) {
-        assert!(offset % 4 == 0, "ring index at unaligned offset {offset}");
         // What we wrote before the index must be visible before it.
         fence(Ordering::Release);
         mm::write_u32(self, offset, value);

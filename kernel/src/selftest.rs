@@ -59,6 +59,8 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         #[cfg(feature = "selftests")]
         Some(b"vchan") => peers::vchan_echo(cmdline.number("connections").unwrap_or(101)).await,
         #[cfg(feature = "selftests")]
+        Some(b"indexreads") => peers::index_reads(cmdline.number("seconds").unwrap_or(10)).await,
+        #[cfg(feature = "selftests")]
         Some(b"mapgrant") => peers::map_dom0_grant(cmdline.number("seed").unwrap_or(1) as u8).await,
         Some(other) => Err(alloc::format!(
             "unknown selftest \"{}\" (the peer and stress tests need an image built with feature selftests)",
@@ -106,7 +108,7 @@ fn alloc_stress(rounds: u64) -> Result<(), alloc::string::String> {
     println!("alloc: start {before:?}");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut blocks: Vec<(Vec<u8>, u8)> = Vec::new();
-    let mut pages: Vec<(mm::Page, u8)> = Vec::new();
+    let mut pages: Vec<(mm::PrivatePage, u8)> = Vec::new();
     let mut peak_heap = 0;
     let mut refused = 0u64;
     for round in 0..rounds {
@@ -141,7 +143,7 @@ fn alloc_stress(rounds: u64) -> Result<(), alloc::string::String> {
             6 => {
                 if pages.try_reserve(1).is_err() {
                     refused += 1;
-                } else if let Ok(mut page) = mm::alloc_page() {
+                } else if let Ok(mut page) = mm::alloc_private_page() {
                     let seed = rng.next() as u8;
                     fill(page.as_mut_slice(), seed);
                     pages.push((page, seed));
@@ -150,8 +152,8 @@ fn alloc_stress(rounds: u64) -> Result<(), alloc::string::String> {
                 }
             }
             _ if !pages.is_empty() => {
-                let (mut page, seed) = pages.swap_remove(rng.below(pages.len() as u64) as usize);
-                if !intact(page.as_mut_slice(), seed) {
+                let (page, seed) = pages.swap_remove(rng.below(pages.len() as u64) as usize);
+                if !intact(page.as_slice(), seed) {
                     return Err(alloc::format!("page {} corrupted (round {round})", page.pfn()));
                 }
             }
@@ -164,8 +166,8 @@ fn alloc_stress(rounds: u64) -> Result<(), alloc::string::String> {
             return Err("heap block corrupted at the end".into());
         }
     }
-    for (mut page, seed) in pages.drain(..) {
-        if !intact(page.as_mut_slice(), seed) {
+    for (page, seed) in pages.drain(..) {
+        if !intact(page.as_slice(), seed) {
             return Err("page corrupted at the end".into());
         }
     }

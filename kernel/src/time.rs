@@ -6,12 +6,12 @@
 
 use crate::arch;
 use crate::shared_info;
+use alloc::collections::BTreeMap;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::{Context, Poll, Waker};
 use core::time::Duration;
-use litemap::LiteMap;
 use spin::Mutex;
 
 /// Nanoseconds since the host booted (Xen system time).
@@ -41,7 +41,7 @@ impl Deadline {
 }
 
 /// Pending timers: (deadline ns, arrival number) -> the task to wake.
-static TIMERS: Mutex<LiteMap<(u64, u64), Waker>> = Mutex::new(LiteMap::new());
+static TIMERS: Mutex<BTreeMap<(u64, u64), Waker>> = Mutex::new(BTreeMap::new());
 static ARRIVALS: AtomicU64 = AtomicU64::new(0);
 
 /// Wakes every timer whose deadline has passed, earliest first. Returns how many.
@@ -51,7 +51,7 @@ pub fn fire_expired() -> usize {
     loop {
         let next = {
             let mut timers = TIMERS.lock();
-            match timers.first().map(|(&key, _)| key) {
+            match timers.first_key_value().map(|(&key, _)| key) {
                 Some(key) if key.0 <= now => timers.remove(&key).map(|w| (key, w)),
                 _ => None,
             }
@@ -68,7 +68,7 @@ pub fn fire_expired() -> usize {
 
 /// The earliest pending deadline, if any.
 pub fn next_deadline() -> Option<u64> {
-    TIMERS.lock().first().map(|(&(d, _), _)| d)
+    TIMERS.lock().first_key_value().map(|(&(d, _), _)| d)
 }
 
 /// Completes at absolute system time `deadline_ns`.
@@ -110,7 +110,7 @@ impl Drop for Sleep {
     }
 }
 
-/// Runs `future` but gives up at `deadline_ns`.
+/// Runs `future` but gives up after `duration`.
 pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, TimedOut> {
     let mut future = core::pin::pin!(future);
     let mut sleep = core::pin::pin!(sleep(duration));
@@ -127,5 +127,6 @@ pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Outp
 }
 
 /// A bounded wait ran out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("timed out")]
 pub struct TimedOut;

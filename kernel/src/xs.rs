@@ -10,14 +10,13 @@
 use crate::events::{self, Port};
 use crate::mm;
 use crate::time::{self, TimedOut};
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::future::poll_fn;
 use core::sync::atomic::{AtomicU64, Ordering, fence};
 use core::task::{Poll, Waker};
 use core::time::Duration;
-use litemap::LiteMap;
 use spin::Mutex;
 use xenstore::decoder::Decoder;
 use xenstore::reply::{self, WatchEvent, XsError};
@@ -36,9 +35,9 @@ struct Connection {
     session: Session,
     decoder: Decoder,
     outgoing: VecDeque<u8>,
-    replies: LiteMap<u32, Result<Message, XsError>>,
-    reply_wakers: LiteMap<u32, Waker>,
-    watches: LiteMap<String, (VecDeque<WatchEvent>, Option<Waker>)>,
+    replies: BTreeMap<u32, Result<Message, XsError>>,
+    reply_wakers: BTreeMap<u32, Waker>,
+    watches: BTreeMap<String, (VecDeque<WatchEvent>, Option<Waker>)>,
     broken: Option<&'static str>,
 }
 
@@ -62,9 +61,9 @@ pub fn init(store_mfn: u64, store_evtchn: u32) -> Result<(), Error> {
         session: Session::new(),
         decoder: Decoder::new(),
         outgoing: VecDeque::new(),
-        replies: LiteMap::new(),
-        reply_wakers: LiteMap::new(),
-        watches: LiteMap::new(),
+        replies: BTreeMap::new(),
+        reply_wakers: BTreeMap::new(),
+        watches: BTreeMap::new(),
         broken: None,
     });
     events::unmask(Port(store_evtchn)).map_err(|_| Error::Broken("cannot unmask the xenstore event channel"))?;

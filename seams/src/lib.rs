@@ -123,8 +123,13 @@ pub trait SharedPage {
     /// Copies bytes into the page. Panics if the range leaves the page.
     fn write(&self, offset: usize, data: &[u8]);
     /// Reads an aligned u32 (a ring index) after everything the peer wrote before it.
+    /// The read is single-copy atomic: one 32-bit load, so a value the peer changes
+    /// meanwhile (an increment across a byte carry) reads wholly old or wholly new,
+    /// never part of each. Panics if `offset` is not a multiple of 4.
     fn read_u32(&self, offset: usize) -> u32;
     /// Writes an aligned u32 (a ring index) after everything we wrote before it.
+    /// The write is single-copy atomic: one 32-bit store, so the peer never sees part
+    /// of it. Panics if `offset` is not a multiple of 4.
     fn write_u32(&self, offset: usize, value: u32);
 }
 

@@ -6,12 +6,14 @@
 //! preserve the argument registers, debug builds poison them, so we assume clobbered.
 
 use super::boot::hypercall_page;
+use xen_abi::event_channel::EvtchnOp;
 use xen_abi::hypercall as hc;
 use xen_abi::sched::{self, CallbackRegister, SchedShutdown, ShutdownReason};
 use xen_abi::traps::TrapInfo;
 
 /// A negative Xen errno from a failed hypercall.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("Xen returned errno {0}")]
 pub struct XenError(pub i64);
 
 /// Issues hypercall `nr` with five arguments.
@@ -77,10 +79,7 @@ pub unsafe fn update_va_mapping(va: u64, pte: u64) -> Result<(), XenError> {
 
 /// Sends an event on a bound local port.
 pub fn evtchn_send(port: u32) -> Result<(), XenError> {
-    let arg = xen_abi::hypercall::EvtchnSend { port };
-    // SAFETY: `arg` is a live `struct evtchn_send` that Xen only reads.
-    check(unsafe { hypercall(hc::EVENT_CHANNEL_OP, [hc::EVTCHNOP_SEND as u64, (&raw const arg) as u64, 0, 0, 0]) })
-        .map(drop)
+    event_channel_op(&mut xen_abi::hypercall::EvtchnSend { port })
 }
 
 /// Gives up the vCPU for one scheduling round.
@@ -117,11 +116,12 @@ pub unsafe fn mmu_update(updates: &[xen_abi::memory::MmuUpdate], foreign_domid: 
     check(ret).map(drop)
 }
 
-/// An event channel operation whose argument is the plain-data struct `arg`.
-pub fn event_channel_op<T>(cmd: usize, arg: &mut T) -> Result<(), XenError> {
-    // SAFETY: every EVTCHNOP_* takes one struct that Xen reads and writes back in
-    // place; callers pass the struct matching `cmd` (layouts checked in xen-abi).
-    check(unsafe { hypercall(hc::EVENT_CHANNEL_OP, [cmd as u64, (arg as *mut T) as u64, 0, 0, 0]) }).map(drop)
+/// Event channel operation `T::CMD` on `arg`, which Xen reads and writes back in place.
+pub fn event_channel_op<T: EvtchnOp>(arg: &mut T) -> Result<(), XenError> {
+    // SAFETY: `T` is one of xen-abi's event channel structs (the trait is sealed there)
+    // and `T::CMD` is the command that takes exactly that struct, layouts checked
+    // against Xen's headers; `arg` is live and writable for the call.
+    check(unsafe { hypercall(hc::EVENT_CHANNEL_OP, [T::CMD as u64, (arg as *mut T) as u64, 0, 0, 0]) }).map(drop)
 }
 
 /// A grant table operation on `count` structs starting at `args`.

@@ -8,7 +8,7 @@ use crate::{gnttab, mm, time, xs};
 use alloc::format;
 use alloc::string::String;
 use core::time::Duration;
-use xen_seams::{RetryPolicy, TransactionError, Xenstore};
+use xen_seams::{RetryPolicy, TransactionError, Xen, Xenstore};
 
 type Result<T> = core::result::Result<T, String>;
 
@@ -224,10 +224,10 @@ fn grant_pattern(seed: u8, i: usize) -> u8 {
 /// has it mapped and succeed after it unmaps. Also checks GNTTABOP_copy and a
 /// mapping of our own frame through a mapping slot (the foreign-mapping path).
 pub async fn grant(seed: u8) -> Result<()> {
-    let mut page = mm::alloc_page().map_err(|e| format!("alloc_page: {e}"))?;
-    for (i, b) in page.as_mut_slice().iter_mut().enumerate() {
-        *b = grant_pattern(seed, i);
-    }
+    let page = mm::alloc_page().map_err(|e| format!("alloc_page: {e}"))?;
+    let pattern: alloc::vec::Vec<u8> =
+        (0..xen_abi::memory::PAGE_SIZE as usize).map(|i| grant_pattern(seed, i)).collect();
+    mm::write_page(&page, 0, &pattern);
     let gref = gnttab::grant_access(0, page.mfn(), true).map_err(|e| format!("grant_access: {e}"))?;
     let watch = xs::watch("data/grant-state").await.map_err(fail("watching data/grant-state"))?;
     xs::write(xs::NO_TX, "data/grant-ref", format!("{}", gref.0).as_bytes())
@@ -278,18 +278,95 @@ pub async fn grant(seed: u8) -> Result<()> {
         ..Default::default()
     };
     gnttab::copy(core::slice::from_mut(&mut op)).map_err(|e| format!("GNTTABOP_copy: {e}"))?;
-    // The copy landed in `target`; read it through a mapping slot of its frame.
+    // The copy landed in `target`; read it through a mapping slot of its frame. The
+    // safe guest-frame mapper must refuse our own frame, by DOMID_SELF or by our domid.
     let slot = mm::MappingSlot::new().map_err(|e| format!("mapping slot: {e}"))?;
-    slot.map_foreign(xen_abi::event_channel::DOMID_SELF, target.mfn(), false)
-        .map_err(|e| format!("map_foreign: {e}"))?;
+    let own_domid = KernelXen::new().await.map_err(fail("reading our domid"))?.domid();
+    for domid in [xen_abi::event_channel::DOMID_SELF, own_domid] {
+        match slot.map_guest_frame(domid, target.mfn(), true) {
+            Err(mm::MmError::OwnFrame { .. }) => {}
+            other => return Err(format!("map_guest_frame of our own frame as domain {domid} gave {other:?}")),
+        }
+    }
+    // SAFETY: `target` is a `Page`, into which no Rust reference points; the mapping
+    // is read-only and only `slot.read` (volatile copies) touches it before `unmap`.
+    unsafe { slot.map_own_frame(target.mfn(), false) }.map_err(|e| format!("map_own_frame: {e}"))?;
     let mut copied = [0u8; 1000];
     slot.read(200, &mut copied);
     slot.unmap().map_err(|e| format!("unmap: {e}"))?;
     if copied.iter().enumerate().any(|(i, &b)| b != grant_pattern(seed, 100 + i)) {
         return Err("GNTTABOP_copy result differs from the source".into());
     }
-    println!("grant: copy of 1000 bytes verified through a foreign-frame mapping");
+    println!("grant: map_guest_frame refused our own frame (DOMID_SELF and domid {own_domid})");
+    println!("grant: copy of 1000 bytes verified through a mapping slot");
     println!("grant: ok");
+    Ok(())
+}
+
+/// Where in the shared page dom0's counter sits: 8-byte aligned, as a ring index
+/// at the start of a ring page is.
+const COUNTER_OFFSET: usize = 64;
+/// Reads between looks at the clock.
+const READS_PER_BATCH: u64 = 4096;
+
+/// Grants dom0 a page in which dom0 increments a u32 as fast as it can, reads it
+/// through `SharedPage::read_u32` (the ring-index path) for `seconds`, and publishes
+/// in `data/tear-result` how many reads saw the value move and how many saw it go
+/// backwards: a read torn across a byte carry (0x..ff -> 0x..00) is undercut by the
+/// next read. dom0 judges; the image only counts.
+pub async fn index_reads(seconds: u64) -> Result<()> {
+    use xen_seams::SharedPage;
+    let page = mm::alloc_page().map_err(|e| format!("alloc_page: {e}"))?;
+    let gref = gnttab::grant_access(0, page.mfn(), false).map_err(|e| format!("grant_access: {e}"))?;
+    xs::write(xs::NO_TX, "data/tear-ref", format!("{}", gref.0).as_bytes())
+        .await
+        .map_err(fail("publishing the grant"))?;
+    // dom0 maps the page and starts counting from 1.
+    let deadline = time::Deadline::after_ms(60_000);
+    let first = loop {
+        let value = page.read_u32(COUNTER_OFFSET);
+        if value != 0 {
+            break value;
+        }
+        if deadline.passed() {
+            return Err("dom0 did not start counting within 60 s".into());
+        }
+        time::sleep(Duration::from_millis(1)).await;
+    };
+    let (mut reads, mut changes, mut violations, mut previous) = (0u64, 0u64, 0u64, first);
+    let mut first_violation = None;
+    let started = time::now_ns();
+    let limit_ns = seconds.saturating_mul(1_000_000_000);
+    while time::now_ns() - started < limit_ns {
+        for _ in 0..READS_PER_BATCH {
+            let value = page.read_u32(COUNTER_OFFSET);
+            if value < previous {
+                violations += 1;
+                first_violation.get_or_insert((previous, value));
+            } else if value != previous {
+                changes += 1;
+            }
+            previous = value;
+        }
+        reads += READS_PER_BATCH;
+    }
+    let took_ms = (time::now_ns() - started) / 1_000_000;
+    let worst = match first_violation {
+        Some((before, after)) => format!(" first_violation={before:#x}->{after:#x}"),
+        None => String::new(),
+    };
+    let result = format!(
+        "reads={reads} changes={changes} violations={violations} first={first} last={previous} ms={took_ms}{worst}"
+    );
+    xs::write(xs::NO_TX, "data/tear-result", result.as_bytes()).await.map_err(fail("writing data/tear-result"))?;
+    println!("indexreads: {result}");
+    // The page goes back to the pool only once dom0 has let go of it.
+    await_node("data/tear-unmapped", Duration::from_secs(60)).await?;
+    if let Err(e) = gnttab::end_access(gref) {
+        // Still granted: keep the page out of the pool for good.
+        core::mem::forget(page);
+        return Err(format!("end_access after dom0 unmapped: {e}"));
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Pages, grant tables and grant mappings: the bytes live in the world, so a page and
-//! every mapping of a grant of it see the same bytes.
+//! every mapping of a grant of it see the same bytes. `read_u32`/`write_u32` move
+//! their four bytes in one step, as the seam's single-copy atomic contract asks.
 
 use alloc::collections::BTreeMap;
 use alloc::vec;
@@ -100,6 +101,30 @@ impl World {
         self.with(|state| {
             let page = state.frames.pages.get_mut(&frame).expect("a live page or mapping has its frame");
             page.bytes[offset..end].copy_from_slice(data);
+        });
+    }
+
+    /// Reads the aligned u32 at `offset` in one step: the four bytes come from one
+    /// borrow of the world, so no other operation lands between them (the seam's
+    /// single-copy atomic contract for ring indices).
+    fn read_frame_u32(&self, frame: u64, offset: usize) -> u32 {
+        check_aligned(offset);
+        let end = end_of(offset, 4);
+        self.with(|state| {
+            let page = state.frames.pages.get(&frame).expect("a live page or mapping has its frame");
+            let mut bytes = [0; 4];
+            bytes.copy_from_slice(&page.bytes[offset..end]);
+            u32::from_le_bytes(bytes)
+        })
+    }
+
+    /// Writes the aligned u32 at `offset` in one step, as `read_frame_u32` reads.
+    fn write_frame_u32(&self, frame: u64, offset: usize, value: u32) {
+        check_aligned(offset);
+        let end = end_of(offset, 4);
+        self.with(|state| {
+            let page = state.frames.pages.get_mut(&frame).expect("a live page or mapping has its frame");
+            page.bytes[offset..end].copy_from_slice(&value.to_le_bytes());
         });
     }
 
@@ -252,14 +277,10 @@ impl SharedPage for SimPage {
         self.world.write_frame(self.frame, offset, data);
     }
     fn read_u32(&self, offset: usize) -> u32 {
-        check_aligned(offset);
-        let mut bytes = [0; 4];
-        self.read(offset, &mut bytes);
-        u32::from_le_bytes(bytes)
+        self.world.read_frame_u32(self.frame, offset)
     }
     fn write_u32(&self, offset: usize, value: u32) {
-        check_aligned(offset);
-        self.write(offset, &value.to_le_bytes());
+        self.world.write_frame_u32(self.frame, offset, value);
     }
 }
 
@@ -311,14 +332,11 @@ impl SharedPage for MappedPage {
         self.world.write_frame(self.frame, offset, data);
     }
     fn read_u32(&self, offset: usize) -> u32 {
-        check_aligned(offset);
-        let mut bytes = [0; 4];
-        self.read(offset, &mut bytes);
-        u32::from_le_bytes(bytes)
+        self.world.read_frame_u32(self.frame, offset)
     }
     fn write_u32(&self, offset: usize, value: u32) {
-        check_aligned(offset);
-        self.write(offset, &value.to_le_bytes());
+        assert!(self.writable, "dom{} wrote through a read-only mapping", self.mapper);
+        self.world.write_frame_u32(self.frame, offset, value);
     }
 }
 

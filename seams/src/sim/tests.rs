@@ -186,6 +186,42 @@ fn a_page_and_its_mapping_see_the_same_bytes() {
 }
 
 #[test]
+fn an_index_the_peer_increments_across_byte_carries_reads_whole() {
+    let (_world, back, front) = world_with_two_domains();
+    let page = front.alloc_page().unwrap();
+    let gref = front.grant(BACK, page.frame(), false).unwrap();
+    let mapping = back.map_grant(FRONT, gref, true).unwrap();
+    for carry in [0xffu32, 0xffff, 0xff_ffff, 0xffff_ffff] {
+        for value in [carry, carry.wrapping_add(1)] {
+            mapping.write_u32(8, value);
+            assert_eq!(page.read_u32(8), value, "the whole of {value:#x}, never part of it");
+            page.write_u32(12, value);
+            assert_eq!(mapping.read_u32(12), value);
+        }
+    }
+    let mut bytes = [0; 4];
+    page.read(8, &mut bytes);
+    assert_eq!(bytes, [0; 4], "0xffff_ffff + 1 wrapped to 0");
+}
+
+#[test]
+#[should_panic(expected = "ring index at unaligned offset 6")]
+fn a_ring_index_at_an_unaligned_offset_panics() {
+    let world = World::new();
+    let page = world.domain(FRONT).alloc_page().unwrap();
+    page.read_u32(6);
+}
+
+#[test]
+#[should_panic(expected = "wrote through a read-only mapping")]
+fn an_index_written_through_a_read_only_mapping_panics() {
+    let (_world, back, front) = world_with_two_domains();
+    let page = front.alloc_page().unwrap();
+    let gref = front.grant(BACK, page.frame(), true).unwrap();
+    back.map_grant(FRONT, gref, false).unwrap().write_u32(0, 1);
+}
+
+#[test]
 #[should_panic(expected = "leave the 4096-byte page")]
 fn reading_past_the_page_panics() {
     let world = World::new();

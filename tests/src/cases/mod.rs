@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod blk;
+pub mod grant;
 pub mod hvm;
 pub mod kernel;
 pub mod linux;
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Test> {
     let mut v = Vec::new();
     v.extend(kernel::tests());
     v.extend(runtime::tests());
+    v.extend(grant::tests());
     v.extend(blk::tests());
     v.extend(net::tests());
     v.extend(stubdom::tests());

@@ -1,9 +1,9 @@
-//! The kernel runtime against real peers in dom0: xenstore, event channels, time,
-//! grant tables. Each test starts the image with a `selftest=` word and plays the
+//! The kernel runtime against real peers in dom0: xenstore, event channels, time
+//! (grant tables are in `grant`). Each test starts the image with a `selftest=` word and plays the
 //! other side through dom0's xenstore tools and Xen devices.
 
 use crate::cases::kernel::{line_with, pv_config};
-use crate::dom0::{evtchn::EventChannels, gntalloc::GrantAllocator, gntdev::GrantDevice};
+use crate::dom0::evtchn::EventChannels;
 use crate::harness::{self, Ctx, Test, console_log, expect_contains};
 use crate::xs::{self, data_path};
 use crate::{proc, xl};
@@ -18,8 +18,6 @@ pub fn tests() -> Vec<Test> {
             run: evtchn_round_trips,
         },
         Test { name: "xen::time::sleep_matches_dom0_clock", limit: Duration::from_secs(120), run: sleep_matches_dom0 },
-        Test { name: "xen::grant::dom0_maps_granted_page", limit: Duration::from_secs(120), run: grant_to_dom0 },
-        Test { name: "xen::grant::image_maps_dom0_grant", limit: Duration::from_secs(120), run: map_dom0_grant },
     ]
 }
 
@@ -190,59 +188,4 @@ fn sleep_matches_dom0(ctx: &mut Ctx) -> Result<(), String> {
         return Err(format!("the image's wall clock is {wall_diff_ms:.0} ms off dom0's"));
     }
     Ok(())
-}
-
-fn grant_pattern(seed: u8, i: usize) -> u8 {
-    seed.wrapping_add((i as u8).wrapping_mul(7)) ^ (i >> 8) as u8
-}
-
-fn grant_to_dom0(ctx: &mut Ctx) -> Result<(), String> {
-    let name = "grant-test";
-    let seed: u8 = (harness::nonce().bytes().map(u32::from).sum::<u32>() % 251) as u8 + 1;
-    let domid = start(ctx, name, &format!("selftest=grant seed={seed}"))?;
-    let limit = Duration::from_secs(60);
-    let gref: u32 =
-        xs::wait_for(&data_path(domid, "grant-ref"), limit, |v| v.parse::<u32>().is_ok())?.parse().unwrap_or(0);
-    let device = GrantDevice::open()?;
-    let mapping = device.map(domid, gref, false)?;
-    let bytes = mapping.bytes();
-    if let Some(i) = (0..bytes.len()).find(|&i| bytes[i] != grant_pattern(seed, i)) {
-        return Err(format!(
-            "granted page differs from the pattern at byte {i}: {} != {}",
-            bytes[i],
-            grant_pattern(seed, i)
-        ));
-    }
-    xs::write(&data_path(domid, "grant-state"), "mapped")?;
-    let busy = xs::wait_for(&data_path(domid, "grant-busy"), limit, |_| true)?;
-    if busy != "refused" {
-        return Err(format!("while dom0 had the page mapped, the image's end_access said {busy:?}"));
-    }
-    mapping.unmap()?;
-    xs::write(&data_path(domid, "grant-state"), "unmapped")?;
-    xs::wait_for(&data_path(domid, "grant-end"), limit, |v| v == "ok")?;
-    let log = finish(name)?;
-    expect_contains(&log, "grant: end_access refused while mapped, succeeded after unmap", "console log")?;
-    expect_contains(&log, "grant: copy of 1000 bytes verified", "console log")?;
-    expect_contains(&log, "grant: ok", "console log")
-}
-
-fn map_dom0_grant(ctx: &mut Ctx) -> Result<(), String> {
-    let name = "mapgrant-test";
-    let seed: u8 = (harness::nonce().bytes().map(u32::from).sum::<u32>() % 251) as u8 + 1;
-    let domid = start(ctx, name, &format!("selftest=mapgrant seed={seed}"))?;
-    let allocator = GrantAllocator::open()?;
-    let page = allocator.share(domid, true)?;
-    let pattern: Vec<u8> = (0..2048).map(|i| grant_pattern(seed, i)).collect();
-    page.write(0, &pattern)?;
-    xs::write(&data_path(domid, "dom0-grant-ref"), &page.grant_ref().to_string())?;
-    xs::wait_for(&data_path(domid, "mapgrant-done"), Duration::from_secs(60), |v| v == "1")?;
-    let answer = format!("image-was-here:{seed}");
-    let got = page.read(2048, answer.len())?;
-    page.release()?;
-    let log = finish(name)?;
-    if got != answer.as_bytes() {
-        return Err(format!("the image's answer in dom0's page is {:?}", String::from_utf8_lossy(&got)));
-    }
-    expect_contains(&log, "mapgrant: read dom0's pattern, wrote the answer, unmapped", "console log")
 }

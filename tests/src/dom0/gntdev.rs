@@ -139,6 +139,23 @@ impl GrantMapping<'_> {
         Ok(())
     }
 
+    /// Stores `value` at the 4-byte aligned `offset` in one 32-bit store, as a ring's
+    /// producer publishes its index; the page must be mapped writable.
+    pub fn store_u32(&self, offset: usize, value: u32) -> Result<(), String> {
+        if !self.writable {
+            return Err(format!("{} is mapped read-only", self.describe()));
+        }
+        let range = page_range(offset, 4).map_err(|e| format!("writing to {}: {e}", self.describe()))?;
+        if !range.start.is_multiple_of(4) {
+            return Err(format!("offset {offset} in {} is not 4-byte aligned", self.describe()));
+        }
+        // SAFETY: `address` starts a page-aligned PAGE_SIZE mapping that lives as long as `self`
+        // and is writable (checked above); `offset` is 4-byte aligned and the 4 bytes fit in the
+        // page (page_range), so this is one aligned u32 store. Volatile, as the guest shares it.
+        unsafe { self.address.add(range.start).cast::<u32>().write_volatile(value) };
+        Ok(())
+    }
+
     /// Unmaps the page and gives the grant back, reporting any failure.
     pub fn unmap(self) -> Result<(), String> {
         // Not dropped afterwards, so the page is released exactly once.
