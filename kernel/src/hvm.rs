@@ -44,7 +44,7 @@ fn mm_error(e: MmError) -> Error {
     match e {
         MmError::Xen(x) => Error::Xen(x.0),
         MmError::OutOfPages => Error::Exhausted,
-        MmError::BadPfn(_) | MmError::OwnDomain => Error::Invalid,
+        MmError::BadPfn(_) | MmError::OwnFrame { .. } | MmError::OwnDomidUnknown => Error::Invalid,
     }
 }
 
