@@ -36,6 +36,7 @@ struct Target {
 const TARGETS: &[Target] = &[
     Target { name: "qmp::fuzz::session_20s", dir: "qmp/fuzz", target: "session" },
     Target { name: "devices::fuzz::state_file_20s", dir: "devices/fuzz", target: "state_file" },
+    Target { name: "devices::fuzz::ioreq_20s", dir: "devices/fuzz", target: "ioreq" },
 ];
 
 /// Runs the fuzz targets FILTER selects, counting one result each.
