@@ -14,5 +14,6 @@
 extern crate alloc;
 
 pub mod dm_args;
+pub mod ide;
 pub mod service;
 pub mod state_file;
