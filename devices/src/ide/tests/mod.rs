@@ -1,1 +1,4 @@
-//! Host tests of the IDE controller.
+//! Host tests of the IDE controller: register by register, and as SeaBIOS and Linux drive it.
+
+mod harness;
+mod seabios;
