@@ -85,11 +85,34 @@ fn command_flags(command: u8) -> Option<CommandFlags> {
         DEVICE_RESET | PACKET | IDENTIFY_PACKET_DEVICE => CD,
         READ_SECTORS | FLUSH_CACHE | IDENTIFY_DEVICE | EXECUTE_DEVICE_DIAGNOSTIC => ALL,
         SET_FEATURES => ALL_DSC,
-        READ_SECTORS_NO_RETRY | READ_SECTORS_EXT | WRITE_SECTORS | WRITE_SECTORS_NO_RETRY | WRITE_SECTORS_EXT
-        | WRITE_VERIFY | STANDBY_IMMEDIATE_OLD | IDLE_IMMEDIATE_OLD | STANDBY_OLD | IDLE_OLD | SLEEP_OLD
-        | STANDBY_IMMEDIATE | IDLE_IMMEDIATE | STANDBY | IDLE | SLEEP | FLUSH_CACHE_EXT => DISK,
-        RECALIBRATE | READ_NATIVE_MAX_EXT | READ_NATIVE_MAX | VERIFY | VERIFY_NO_RETRY | VERIFY_EXT | SEEK
-        | INITIALIZE_DEVICE_PARAMETERS | CHECK_POWER_MODE_OLD | CHECK_POWER_MODE | SET_MULTIPLE_MODE => DISK_DSC,
+        READ_SECTORS_NO_RETRY
+        | READ_SECTORS_EXT
+        | WRITE_SECTORS
+        | WRITE_SECTORS_NO_RETRY
+        | WRITE_SECTORS_EXT
+        | WRITE_VERIFY
+        | STANDBY_IMMEDIATE_OLD
+        | IDLE_IMMEDIATE_OLD
+        | STANDBY_OLD
+        | IDLE_OLD
+        | SLEEP_OLD
+        | STANDBY_IMMEDIATE
+        | IDLE_IMMEDIATE
+        | STANDBY
+        | IDLE
+        | SLEEP
+        | FLUSH_CACHE_EXT => DISK,
+        RECALIBRATE
+        | READ_NATIVE_MAX_EXT
+        | READ_NATIVE_MAX
+        | VERIFY
+        | VERIFY_NO_RETRY
+        | VERIFY_EXT
+        | SEEK
+        | INITIALIZE_DEVICE_PARAMETERS
+        | CHECK_POWER_MODE_OLD
+        | CHECK_POWER_MODE
+        | SET_MULTIPLE_MODE => DISK_DSC,
         _ => return None,
     })
 }
@@ -202,7 +225,8 @@ impl Drive {
     fn cmd_identify(&mut self, bus: &mut Bus) -> bool {
         match &self.media {
             Media::Disk(disk) => {
-                let data = ata_identify(disk.nr_sectors, disk.geometry, &serial_number(self.position()), disk.write_cache);
+                let data =
+                    ata_identify(disk.nr_sectors, disk.geometry, &serial_number(self.position()), disk.write_cache);
                 self.io = data.to_vec();
                 self.tf.status = status::DRDY | status::DSC;
                 self.transfer_start(0, 512, true, PioEnd::Stop);
@@ -321,7 +345,11 @@ impl Drive {
             return;
         }
         let chunk = u64::from(read.remaining.min(MAX_REQUEST_SECTORS)).min(nr_sectors - read.next_lba) as u32;
-        self.submit(bus, Pending::AtaRead { nr_sectors: chunk }, BlockOp::Read { sector: read.next_lba, nr_sectors: chunk });
+        self.submit(
+            bus,
+            Pending::AtaRead { nr_sectors: chunk },
+            BlockOp::Read { sector: read.next_lba, nr_sectors: chunk },
+        );
     }
 
     pub fn ata_read_arrived(&mut self, bus: &mut Bus, data: Vec<u8>) {

@@ -272,7 +272,14 @@ impl CdRom {
     }
 
     /// Runs a CDB after the checks every command goes through.
-    fn execute(&mut self, cdb: &[u8; PACKET_LEN_BYTES], byte_count_limit: u16, drive: DriveId, position: u8, bus: &mut Bus) -> Result<Action, Precheck> {
+    fn execute(
+        &mut self,
+        cdb: &[u8; PACKET_LEN_BYTES],
+        byte_count_limit: u16,
+        drive: DriveId,
+        position: u8,
+        bus: &mut Bus,
+    ) -> Result<Action, Precheck> {
         let flags = packet_flags(cdb[0]);
         let allow_unit_attention = flags.is_some_and(|flags| flags.allow_unit_attention);
         if self.sense_key == SenseKey::UnitAttention && !allow_unit_attention {
@@ -300,7 +307,14 @@ impl CdRom {
         self.dispatch(cdb, byte_count_limit, drive, position, bus).map_err(Precheck::Check)
     }
 
-    fn dispatch(&mut self, cdb: &[u8; PACKET_LEN_BYTES], byte_count_limit: u16, drive: DriveId, position: u8, bus: &mut Bus) -> Result<Action, CheckCondition> {
+    fn dispatch(
+        &mut self,
+        cdb: &[u8; PACKET_LEN_BYTES],
+        byte_count_limit: u16,
+        drive: DriveId,
+        position: u8,
+        bus: &mut Bus,
+    ) -> Result<Action, CheckCondition> {
         match cdb[0] {
             op::TEST_UNIT_READY | op::SET_CD_SPEED => Ok(Action::Good),
             op::REQUEST_SENSE => Ok(self.request_sense(cdb)),
@@ -603,7 +617,9 @@ impl CdRom {
                 // the structures listed above, readable, not writable
                 let mut data = vec![0; 20];
                 put_be16(&mut data, 0, 16 + 2);
-                for (at, structure, len) in [(4, 0x00, 2048 + 4), (8, 0x01, 4 + 4), (12, 0x03, 188 + 4), (16, 0x04, 2048 + 4)] {
+                for (at, structure, len) in
+                    [(4, 0x00, 2048 + 4), (8, 0x01, 4 + 4), (12, 0x03, 188 + 4), (16, 0x04, 2048 + 4)]
+                {
                     data[at] = structure;
                     data[at + 1] = 0x40;
                     put_be16(&mut data, at + 2, len);
@@ -781,7 +797,8 @@ impl Drive {
             Ok(Action::Good) => self.atapi_good(bus),
             Ok(Action::Reply { mut data, max_len }) => {
                 data.truncate(max_len);
-                self.transfer = Transfer::Atapi(AtapiTransfer { bytes_left: data.len() as u64, data_start: 0, fetch: None });
+                self.transfer =
+                    Transfer::Atapi(AtapiTransfer { bytes_left: data.len() as u64, data_start: 0, fetch: None });
                 self.io = data;
                 self.tf.status = status::DRDY | status::DSC;
                 self.atapi_reply_next(bus);

@@ -124,12 +124,16 @@ pub(super) enum PioEnd {
 /// The request a drive waits for, with what its outcome must look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Pending {
-    AtaRead { nr_sectors: u32 },
+    AtaRead {
+        nr_sectors: u32,
+    },
     AtaWrite,
     /// the flush that follows a write while the write cache is off
     AtaWriteFlush,
     Flush,
-    CdRead { nr_blocks: u32 },
+    CdRead {
+        nr_blocks: u32,
+    },
 }
 
 /// A READ SECTORS (EXT) in progress.
@@ -204,12 +208,9 @@ impl Drive {
     pub fn new(id: DriveId, spec: Option<DriveSpec>) -> Self {
         let media = match spec {
             None => Media::Absent,
-            Some(DriveSpec::HardDisk { nr_sectors, read_only }) => Media::Disk(Disk {
-                nr_sectors,
-                read_only,
-                geometry: Geometry::for_size(nr_sectors),
-                write_cache: true,
-            }),
+            Some(DriveSpec::HardDisk { nr_sectors, read_only }) => {
+                Media::Disk(Disk { nr_sectors, read_only, geometry: Geometry::for_size(nr_sectors), write_cache: true })
+            }
             Some(DriveSpec::CdRom { medium_nr_sectors }) => Media::Cd(CdRom::new(medium_nr_sectors)),
         };
         let mut drive = Drive {

@@ -54,9 +54,15 @@ pub enum DriveSpec {
 /// `IdeController::complete`. Sectors are 512-byte sectors of the backing PV disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BlockOp {
-    Read { sector: u64, nr_sectors: u32 },
+    Read {
+        sector: u64,
+        nr_sectors: u32,
+    },
     /// data.len() is a multiple of 512
-    Write { sector: u64, data: Vec<u8> },
+    Write {
+        sector: u64,
+        data: Vec<u8>,
+    },
     Flush,
 }
 
@@ -99,9 +105,14 @@ const SECONDARY_CONTROL_PORT: u16 = 0x376;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Port {
     /// register `0..=7` of the channel's command block
-    Command { channel: usize, register: u8 },
+    Command {
+        channel: usize,
+        register: u8,
+    },
     /// alternate status (read) / device control (write)
-    Control { channel: usize },
+    Control {
+        channel: usize,
+    },
     Unclaimed,
 }
 

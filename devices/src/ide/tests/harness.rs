@@ -227,6 +227,23 @@ impl Bed {
         }
     }
 
+    /// QMP changes the medium of `drive` (None: removes it).
+    pub fn change_medium(&mut self, drive: DriveId, medium: Option<Vec<u8>>) {
+        let nr_sectors = medium.as_ref().map(|medium| medium.len() as u64 / 512);
+        match medium {
+            Some(medium) => self.media.insert(drive, medium),
+            None => self.media.remove(&drive),
+        };
+        self.ide.set_medium(drive, nr_sectors);
+        self.sample_irq();
+    }
+
+    /// QMP asks to eject a locked tray.
+    pub fn request_eject(&mut self, drive: DriveId) {
+        self.ide.request_eject(drive);
+        self.sample_irq();
+    }
+
     /// Consumes one interrupt edge of `channel`, if any.
     pub fn take_irq(&mut self, channel: u8) -> bool {
         let channel = usize::from(channel);

@@ -177,7 +177,13 @@ impl SeaBios<'_> {
         Ok(data)
     }
 
-    fn ata_pio_cmd_data(&mut self, slave: bool, cmd: &PioCommand, count: usize, write: Option<&[u8]>) -> Result<Vec<u8>, i32> {
+    fn ata_pio_cmd_data(
+        &mut self,
+        slave: bool,
+        cmd: &PioCommand,
+        count: usize,
+        write: Option<&[u8]>,
+    ) -> Result<Vec<u8>, i32> {
         self.bed.outb(self.ports.control, DC_HD15 | NIEN);
         let result = self
             .send_cmd(slave, cmd)
@@ -440,7 +446,8 @@ fn seabios_writes_reach_the_disk() {
     assert_eq!(bios.ata_readwrite(false, 500, 200, None).unwrap(), data);
     assert_eq!(&bed.media[&HDA][500 * 512..700 * 512], &data[..]);
     // gathered into a 128-sector write and a 72-sector one
-    let writes: Vec<Seen> = bed.seen.iter().filter(|(_, seen)| matches!(seen, Seen::Write { .. })).map(|&(_, s)| s).collect();
+    let writes: Vec<Seen> =
+        bed.seen.iter().filter(|(_, seen)| matches!(seen, Seen::Write { .. })).map(|&(_, s)| s).collect();
     assert_eq!(writes, vec![Seen::Write { sector: 500, nr_sectors: 128 }, Seen::Write { sector: 628, nr_sectors: 72 }]);
 }
 
