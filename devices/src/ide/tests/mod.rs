@@ -1,5 +1,7 @@
 //! Host tests of the IDE controller: register by register, and as SeaBIOS and Linux drive it.
 
+mod disk_data;
 mod harness;
 mod linux;
+mod registers;
 mod seabios;
