@@ -43,7 +43,6 @@ pub const PRIMARY: Ports = Ports { channel: 0, command: 0x1f0, control: 0x3f6 };
 pub const SECONDARY: Ports = Ports { channel: 1, command: 0x170, control: 0x376 };
 
 pub const HDA: DriveId = DriveId { channel: 0, unit: 0 };
-pub const HDB: DriveId = DriveId { channel: 0, unit: 1 };
 pub const HDC: DriveId = DriveId { channel: 1, unit: 0 };
 
 /// A request as the worker saw it.
@@ -308,12 +307,19 @@ pub fn cd_block(lba: u32) -> Vec<u8> {
     block
 }
 
-/// An ISO-like medium of `nr_blocks` 2048-byte blocks plus `tail_bytes` (a partial block
-/// that cannot be read), with an El Torito boot record at LBA 0x11, its catalog and a
-/// no-emulation boot image.
-pub fn test_iso(nr_blocks: u32, tail_bytes: usize) -> Vec<u8> {
+/// A CD medium of `nr_blocks` [`cd_block`]s plus `tail_bytes` (a partial block that
+/// cannot be read).
+pub fn plain_cd(nr_blocks: u32, tail_bytes: usize) -> Vec<u8> {
     let mut image: Vec<u8> = (0..nr_blocks).flat_map(cd_block).collect();
     image.extend(core::iter::repeat_n(0xee, tail_bytes));
+    image
+}
+
+/// An ISO-like medium (at least 62 blocks) with an El Torito boot record at LBA 0x11, its
+/// catalog and a 40-block no-emulation boot image.
+pub fn test_iso(nr_blocks: u32, tail_bytes: usize) -> Vec<u8> {
+    assert!(nr_blocks >= BOOT_IMAGE_LBA + 40);
+    let mut image = plain_cd(nr_blocks, tail_bytes);
     // boot record volume descriptor
     let brvd = &mut image[0x11 * 2048..0x12 * 2048];
     brvd.fill(0);
