@@ -311,6 +311,11 @@ impl Channel {
         self.drives.get(usize::from(unit)).is_some_and(Drive::is_tray_locked)
     }
 
+    #[cfg(test)]
+    pub fn buffered_bytes(&self) -> usize {
+        self.drives.iter().map(|drive| drive.io.capacity()).sum()
+    }
+
     /// Power-on state (QEMU's `ide_bus_reset`).
     pub fn reset(&mut self) {
         self.unit = 0;

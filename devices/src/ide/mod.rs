@@ -257,6 +257,13 @@ impl IdeController {
         events
     }
 
+    /// Bytes the drives hold in their data buffers (tests check that guests cannot make it
+    /// grow without bound).
+    #[cfg(test)]
+    fn buffered_bytes(&self) -> usize {
+        self.channels.iter().map(Channel::buffered_bytes).sum()
+    }
+
     pub fn is_tray_locked(&self, drive: DriveId) -> bool {
         self.channels.get(usize::from(drive.channel)).is_some_and(|channel| channel.is_tray_locked(drive.unit))
     }

@@ -5,4 +5,5 @@ mod disk_data;
 mod harness;
 mod linux;
 mod registers;
+mod robustness;
 mod seabios;
