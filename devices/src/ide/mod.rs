@@ -1,0 +1,282 @@
+//! The PIIX3 IDE controller in legacy mode: two channels of two drives, ATA disks and
+//! ATAPI CD/DVD-ROMs, by PIO only, as a synchronous state machine.
+//!
+//! It is what SeaBIOS (src/hw/ata.c) and Linux (ata_piix, libata-sff, sd, sr) talk to at
+//! 0x1f0-0x1f7/0x3f6 (IRQ 14) and 0x170-0x177/0x376 (IRQ 15), and it behaves as QEMU's
+//! hw/ide/core.c and atapi.c do, register by register, except where a difference is named
+//! in the item's docs. The controller does no I/O itself: a command that needs the disk
+//! leaves a [`BlockRequest`] (shown to the guest as BSY) that the caller takes with
+//! [`IdeController::take_request`], performs on the backing PV disk and answers with
+//! [`IdeController::complete`]. A request is at most 64 KiB (128 sectors): long transfers
+//! are cut into requests, the next one made when the guest has drained (reads) or filled
+//! (writes) the buffer.
+//!
+//! There is no bus-master DMA yet: IDENTIFY advertises none, DMA commands are aborted and
+//! ATAPI PACKET with the DMA bit is refused.
+//!
+//! - `channel`: the task-file registers as the bus presents them (device select, absent
+//!   drives, HOB, device control with nIEN and SRST, the interrupt line, the request slot).
+//! - `drive`: one drive's registers, PIO data window and request completion.
+//! - `ata`: the ATA command set (IDENTIFY, READ/WRITE SECTORS (EXT), FLUSH CACHE, ...).
+//! - `atapi`: PACKET and the MMC commands of a CD/DVD-ROM, sense data, trays and media changes.
+//! - `identify`: IDENTIFY (PACKET) DEVICE data and CHS geometry.
+
+mod ata;
+mod atapi;
+mod channel;
+mod drive;
+mod identify;
+#[cfg(test)]
+mod tests;
+
+use alloc::vec::Vec;
+
+use channel::Channel;
+
+/// Which drive: channel 0 = primary (0x1f0-0x1f7, 0x3f6, IRQ 14), 1 = secondary
+/// (0x170-0x177, 0x376, IRQ 15); unit 0 = master, 1 = slave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DriveId {
+    pub channel: u8,
+    pub unit: u8,
+}
+
+/// What sits at a drive position (from the device model's command line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriveSpec {
+    /// ATA disk; nr_sectors in 512-byte sectors of the backing PV disk
+    HardDisk { nr_sectors: u64, read_only: bool },
+    /// ATAPI CD-ROM; the medium's size in 512-byte sectors, None = no medium (tray closed, empty)
+    CdRom { medium_nr_sectors: Option<u64> },
+}
+
+/// Slow work the controller asks for; a worker does it on the PV disk and calls
+/// `IdeController::complete`. Sectors are 512-byte sectors of the backing PV disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockOp {
+    Read {
+        sector: u64,
+        nr_sectors: u32,
+    },
+    /// data.len() is a multiple of 512
+    Write {
+        sector: u64,
+        data: Vec<u8>,
+    },
+    Flush,
+}
+
+/// A [`BlockOp`] for one drive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockRequest {
+    pub drive: DriveId,
+    pub op: BlockOp,
+}
+
+/// How the worker's [`BlockRequest`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockOutcome {
+    /// the bytes read (len == nr_sectors * 512)
+    Read(Vec<u8>),
+    Written,
+    Flushed,
+    /// the PV disk failed (I/O error, backend gone, timed out): the command ends with an error status
+    Failed,
+}
+
+/// Things QMP must hear about (the guest moved or locked a CD tray).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdeEvent {
+    TrayLocked { drive: DriveId, locked: bool },
+    TrayMoved { drive: DriveId, open: bool },
+}
+
+/// Largest transfer one [`BlockRequest`] carries, in 512-byte sectors (64 KiB).
+pub const MAX_REQUEST_SECTORS: u32 = 128;
+
+/// Port offsets of the command block (0x1f0/0x170 + n).
+const COMMAND_BLOCK_LEN: u16 = 8;
+const PRIMARY_COMMAND_BASE: u16 = 0x1f0;
+const SECONDARY_COMMAND_BASE: u16 = 0x170;
+const PRIMARY_CONTROL_PORT: u16 = 0x3f6;
+const SECONDARY_CONTROL_PORT: u16 = 0x376;
+
+/// Where a port lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Port {
+    /// register `0..=7` of the channel's command block
+    Command {
+        channel: usize,
+        register: u8,
+    },
+    /// alternate status (read) / device control (write)
+    Control {
+        channel: usize,
+    },
+    Unclaimed,
+}
+
+fn decode_port(port: u16) -> Port {
+    for (channel, base, control) in
+        [(0, PRIMARY_COMMAND_BASE, PRIMARY_CONTROL_PORT), (1, SECONDARY_COMMAND_BASE, SECONDARY_CONTROL_PORT)]
+    {
+        if (base..base + COMMAND_BLOCK_LEN).contains(&port) {
+            return Port::Command { channel, register: (port - base) as u8 };
+        }
+        if port == control {
+            return Port::Control { channel };
+        }
+    }
+    Port::Unclaimed
+}
+
+/// All ones in the low `size` bytes: what an access nobody decodes returns.
+fn all_ones(size: u8) -> u32 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => u32::MAX,
+    }
+}
+
+/// The PIIX3 IDE function's two legacy channels and their drives.
+pub struct IdeController {
+    channels: [Channel; 2],
+}
+
+impl IdeController {
+    /// `drives[channel][unit]`
+    pub fn new(drives: [[Option<DriveSpec>; 2]; 2]) -> Self {
+        let [primary, secondary] = drives;
+        IdeController { channels: [Channel::new(0, primary), Channel::new(1, secondary)] }
+    }
+
+    /// Port I/O. `port` is absolute (0x1f0-0x1f7, 0x3f6, 0x170-0x177, 0x376); size 1, 2 or 4
+    /// (4 only meaningful on the data port: two 16-bit words, low first). Returns the value
+    /// in the low `size` bytes. Never panics on any (port, size, value).
+    ///
+    /// As QEMU's port I/O core does: the data port takes 16- and 32-bit accesses (a byte
+    /// read of it returns 0xff); a 16-bit access to another register is two byte accesses
+    /// (the second one past the block reads 0xff); other sizes read all ones.
+    pub fn read(&mut self, port: u16, size: u8) -> u32 {
+        match (decode_port(port), size) {
+            (Port::Command { channel, register: 0 }, 2 | 4) => self.channels[channel].read_data(usize::from(size)),
+            (Port::Command { channel, register }, 1) => u32::from(self.channels[channel].read_register(register)),
+            (Port::Command { channel, register }, 2) => {
+                let low = self.channels[channel].read_register(register);
+                let high = if register + 1 < COMMAND_BLOCK_LEN as u8 {
+                    self.channels[channel].read_register(register + 1)
+                } else {
+                    0xff
+                };
+                u32::from(u16::from_le_bytes([low, high]))
+            }
+            (Port::Control { channel }, 1) => u32::from(self.channels[channel].read_alt_status()),
+            (Port::Control { channel }, 2) => 0xff00 | u32::from(self.channels[channel].read_alt_status()),
+            _ => all_ones(size),
+        }
+    }
+
+    /// Port output; see [`read`](Self::read) for how sizes split.
+    pub fn write(&mut self, port: u16, size: u8, value: u32) {
+        match (decode_port(port), size) {
+            (Port::Command { channel, register: 0 }, 2 | 4) => {
+                self.channels[channel].write_data(usize::from(size), value)
+            }
+            (Port::Command { channel, register }, 1) => self.channels[channel].write_register(register, value as u8),
+            (Port::Command { channel, register }, 2) => {
+                self.channels[channel].write_register(register, value as u8);
+                if register + 1 < COMMAND_BLOCK_LEN as u8 {
+                    self.channels[channel].write_register(register + 1, (value >> 8) as u8);
+                }
+            }
+            (Port::Control { channel }, 1 | 2) => self.channels[channel].write_device_control(value as u8),
+            _ => log::trace!("ide: write of {size} bytes to port {port:#x} ignored"),
+        }
+    }
+
+    /// The level of the channel's interrupt line (ISA 14 for channel 0, 15 for channel 1):
+    /// INTRQ set and nIEN clear. The glue sends a change to Xen when it differs from the
+    /// last one sent (ISA IRQs 14/15 are edge-triggered at the PIC; QEMU lowers the line on
+    /// a status read, so a new interrupt is a new rising edge).
+    ///
+    /// As in QEMU, INTRQ is only latched when the drive interrupts while nIEN is clear: a
+    /// command completed under nIEN (SeaBIOS polls that way) leaves nothing pending.
+    pub fn irq_level(&self, channel: u8) -> bool {
+        self.channels.get(usize::from(channel)).is_some_and(Channel::irq_level)
+    }
+
+    /// The next block request, if any (at most one outstanding per channel). While a
+    /// request is outstanding the drive shows BSY.
+    pub fn take_request(&mut self) -> Option<BlockRequest> {
+        self.channels.iter_mut().find_map(Channel::take_request)
+    }
+
+    /// The outcome of the request taken for `drive`. An outcome for a drive with nothing
+    /// outstanding (e.g. after a reset) is ignored.
+    pub fn complete(&mut self, drive: DriveId, outcome: BlockOutcome) {
+        if let Some(channel) = self.channels.get_mut(usize::from(drive.channel)) {
+            channel.complete(drive.unit, outcome);
+        }
+    }
+
+    /// QMP changed a CD's medium: Some(nr_sectors) inserted, None removed (tray stays as the
+    /// host left it: see `set_tray_open`). Drives QEMU's cdrom_changed / UNIT ATTENTION / GESN
+    /// NEW_MEDIA sequence so that the guest notices.
+    pub fn set_medium(&mut self, drive: DriveId, medium_nr_sectors: Option<u64>) {
+        if let Some(channel) = self.channels.get_mut(usize::from(drive.channel)) {
+            channel.set_medium(drive.unit, medium_nr_sectors);
+        }
+    }
+
+    /// QMP opened or closed the tray. A tray that moves runs the same change sequence as
+    /// [`set_medium`](Self::set_medium) (QEMU's `ide_cd_change_cb`); no [`IdeEvent`] is
+    /// queued for it since QMP made the move.
+    pub fn set_tray_open(&mut self, drive: DriveId, open: bool) {
+        if let Some(channel) = self.channels.get_mut(usize::from(drive.channel)) {
+            channel.set_tray_open(drive.unit, open);
+        }
+    }
+
+    /// QMP asked to eject a tray the guest has locked: report EJECT_REQUESTED through GESN.
+    pub fn request_eject(&mut self, drive: DriveId) {
+        if let Some(channel) = self.channels.get_mut(usize::from(drive.channel)) {
+            channel.request_eject(drive.unit);
+        }
+    }
+
+    /// Events for QMP since the last call (guest PREVENT ALLOW MEDIUM REMOVAL, START STOP
+    /// UNIT eject/load). Only changes are reported, and at most
+    /// [`MAX_QUEUED_EVENTS`](channel::MAX_QUEUED_EVENTS) per channel are kept between calls
+    /// (the oldest are dropped first).
+    pub fn take_events(&mut self) -> Vec<IdeEvent> {
+        let mut events = Vec::new();
+        for channel in &mut self.channels {
+            events.append(&mut channel.bus.events);
+        }
+        events
+    }
+
+    /// Bytes the drives hold in their data buffers (tests check that guests cannot make it
+    /// grow without bound).
+    #[cfg(test)]
+    fn buffered_bytes(&self) -> usize {
+        self.channels.iter().map(Channel::buffered_bytes).sum()
+    }
+
+    pub fn is_tray_locked(&self, drive: DriveId) -> bool {
+        self.channels.get(usize::from(drive.channel)).is_some_and(|channel| channel.is_tray_locked(drive.unit))
+    }
+
+    /// A machine reset: both channels back to their power-on state (registers, signatures,
+    /// device control, no interrupt, no transfer; outstanding requests are forgotten and
+    /// their outcomes ignored). Drives keep their media and tray positions; trays are
+    /// unlocked (with a [`IdeEvent::TrayLocked`] for each that was locked), sense data is
+    /// cleared and the NOT READY / UNIT ATTENTION reports of a media change are dropped
+    /// (GESN still reports it), as QEMU's `ide_bus_reset` does.
+    pub fn reset(&mut self) {
+        for channel in &mut self.channels {
+            channel.reset();
+        }
+    }
+}
