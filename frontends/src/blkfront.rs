@@ -57,7 +57,6 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
-use core::fmt;
 use core::future::poll_fn;
 use core::pin::pin;
 use core::sync::atomic::{Ordering, fence};
@@ -185,94 +184,67 @@ pub struct Stats {
 }
 
 /// Why the backend's responses cannot be trusted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     /// A response id we never gave out.
+    #[error("response with unknown id {id}")]
     UnknownId { id: u64 },
     /// A response for a request not in flight (a duplicate, or a stale id).
+    #[error("response for request {id}, which is not in flight")]
     NotInFlight { id: u64 },
     /// A response whose operation is not the request's.
+    #[error("response {id} has operation {got}, the request was {expected}")]
     WrongOperation { id: u64, expected: u8, got: u8 },
     /// A response with an unknown operation or status code.
+    #[error("response {id}: {why}")]
     Malformed { id: u64, why: WireError },
     /// The response producer index runs past the requests we made.
+    #[error("rsp_prod {rsp_prod} claims {} responses, only {outstanding} requests are outstanding", rsp_prod.wrapping_sub(*rsp_cons))]
     TooManyResponses { rsp_prod: u32, rsp_cons: u32, outstanding: u32 },
 }
 
-impl fmt::Display for ProtocolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProtocolError::UnknownId { id } => write!(f, "response with unknown id {id}"),
-            ProtocolError::NotInFlight { id } => write!(f, "response for request {id}, which is not in flight"),
-            ProtocolError::WrongOperation { id, expected, got } => {
-                write!(f, "response {id} has operation {got}, the request was {expected}")
-            }
-            ProtocolError::Malformed { id, why } => write!(f, "response {id}: {why}"),
-            ProtocolError::TooManyResponses { rsp_prod, rsp_cons, outstanding } => write!(
-                f,
-                "rsp_prod {rsp_prod} claims {} responses, only {outstanding} requests are outstanding",
-                rsp_prod.wrapping_sub(*rsp_cons)
-            ),
-        }
-    }
-}
-
 /// Why a disk operation failed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Error {
     /// The xenbus handshake or a xenstore operation failed.
+    #[error("blkfront: {0}")]
     Xenbus(xenbus::Error),
     /// The backend published a value we cannot use.
+    #[error("blkfront: backend's {key}: {why}")]
     BadBackend { key: &'static str, why: &'static str },
     /// Xen refused a page, grant or event channel operation.
+    #[error("blkfront: {0}")]
     Xen(xen_seams::Error),
     /// A write or discard to a read-only disk.
+    #[error("blkfront: the disk is read-only")]
     ReadOnly,
     /// The backend does not offer (or refused) the operation.
+    #[error("blkfront: the backend does not support {0}")]
     NotSupported(Operation),
     /// The length or start is not a whole number of logical blocks.
+    #[error("blkfront: {len_bytes} bytes at sector {sector} are not whole {sector_size}-byte blocks")]
     Misaligned { sector: u64, len_bytes: usize, sector_size: u32 },
     /// The range leaves the disk.
+    #[error("blkfront: sectors {sector}+{nr_sectors} leave the disk ({capacity_sectors} sectors)")]
     OutOfRange { sector: u64, nr_sectors: u64, capacity_sectors: u64 },
     /// The backend answered BLKIF_RSP_ERROR (the request starting at `sector`).
+    #[error("blkfront: {operation} at sector {sector} failed")]
     Io { operation: Operation, sector: u64 },
     /// The backend went to Closing/Closed, or its node vanished.
+    #[error("blkfront: backend {}", xenbus::Departure(*state))]
     BackendGone { state: Option<State> },
     /// The backend broke the ring protocol; the disk is unusable.
+    #[error("blkfront: backend broke the protocol: {0}")]
     Protocol(ProtocolError),
     /// No response for this long.
+    #[error("blkfront: no response in {waited:?}")]
     Timeout { waited: Duration },
     /// The disk was closed.
+    #[error("blkfront: disk closed")]
     Closed,
     /// Pages the backend never unmapped: leaked (not freed) so it cannot see reuse.
+    #[error("blkfront: the backend still maps {count} pages; leaked rather than reused")]
     GrantsLeaked { count: usize },
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Xenbus(e) => write!(f, "blkfront: {e}"),
-            Error::BadBackend { key, why } => write!(f, "blkfront: backend's {key}: {why}"),
-            Error::Xen(e) => write!(f, "blkfront: {e}"),
-            Error::ReadOnly => f.write_str("blkfront: the disk is read-only"),
-            Error::NotSupported(op) => write!(f, "blkfront: the backend does not support {op}"),
-            Error::Misaligned { sector, len_bytes, sector_size } => {
-                write!(f, "blkfront: {len_bytes} bytes at sector {sector} are not whole {sector_size}-byte blocks")
-            }
-            Error::OutOfRange { sector, nr_sectors, capacity_sectors } => {
-                write!(f, "blkfront: sectors {sector}+{nr_sectors} leave the disk ({capacity_sectors} sectors)")
-            }
-            Error::Io { operation, sector } => write!(f, "blkfront: {operation} at sector {sector} failed"),
-            Error::BackendGone { state: Some(state) } => write!(f, "blkfront: backend went to {state:?}"),
-            Error::BackendGone { state: None } => f.write_str("blkfront: backend vanished"),
-            Error::Protocol(e) => write!(f, "blkfront: backend broke the protocol: {e}"),
-            Error::Timeout { waited } => write!(f, "blkfront: no response in {waited:?}"),
-            Error::Closed => f.write_str("blkfront: disk closed"),
-            Error::GrantsLeaked { count } => {
-                write!(f, "blkfront: the backend still maps {count} pages; leaked rather than reused")
-            }
-        }
-    }
 }
 
 impl From<xenbus::Error> for Error {

@@ -114,32 +114,23 @@ pub mod field {
 }
 
 /// Why bytes from the other side are not a valid blkif message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// The buffer is shorter than the layout.
+    #[error("message shorter than its layout")]
     Truncated,
     /// An operation code blkif.h does not define (or not valid here).
+    #[error("unknown operation {0}")]
     BadOperation(u8),
     /// A status code blkif.h does not define.
+    #[error("unknown status {0}")]
     BadStatus(i16),
     /// More segments than the request kind can hold.
+    #[error("{0} segments is too many")]
     TooManySegments(usize),
     /// A segment's sectors leave its page or run backwards.
+    #[error("segment sectors {first_sect}..={last_sect} leave the page")]
     BadSegment { first_sect: u8, last_sect: u8 },
-}
-
-impl fmt::Display for WireError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WireError::Truncated => f.write_str("message shorter than its layout"),
-            WireError::BadOperation(op) => write!(f, "unknown operation {op}"),
-            WireError::BadStatus(status) => write!(f, "unknown status {status}"),
-            WireError::TooManySegments(n) => write!(f, "{n} segments is too many"),
-            WireError::BadSegment { first_sect, last_sect } => {
-                write!(f, "segment sectors {first_sect}..={last_sect} leave the page")
-            }
-        }
-    }
 }
 
 /// A blkif operation.

@@ -7,7 +7,6 @@
 
 use crate::xenbus::{self, Device, State};
 use alloc::format;
-use core::fmt;
 use core::time::Duration;
 use xen_abi::console::{self as ring, IN_RING_SIZE, OUT_RING_SIZE};
 use xen_seams::{GrantRef, Port, SharedPage, Xen};
@@ -15,37 +14,18 @@ use xen_seams::{GrantRef, Port, SharedPage, Xen};
 /// How long a write waits for the backend to make room before giving up.
 pub const WRITE_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum ConsoleError {
-    Xenbus(xenbus::Error),
-    Xen(xen_seams::Error),
+    #[error("console handshake: {0}")]
+    Xenbus(#[from] xenbus::Error),
+    #[error("console: {0}")]
+    Xen(#[from] xen_seams::Error),
     /// The backend stopped consuming: nothing moved for `WRITE_WAIT`.
+    #[error("console backend stopped reading")]
     Stalled,
     /// The backend's indexes claim more than a ringful.
+    #[error("console backend corrupted the ring indexes")]
     CorruptRing,
-}
-
-impl fmt::Display for ConsoleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConsoleError::Xenbus(e) => write!(f, "console handshake: {e}"),
-            ConsoleError::Xen(e) => write!(f, "console: {e}"),
-            ConsoleError::Stalled => write!(f, "console backend stopped reading"),
-            ConsoleError::CorruptRing => write!(f, "console backend corrupted the ring indexes"),
-        }
-    }
-}
-
-impl From<xenbus::Error> for ConsoleError {
-    fn from(e: xenbus::Error) -> Self {
-        ConsoleError::Xenbus(e)
-    }
-}
-
-impl From<xen_seams::Error> for ConsoleError {
-    fn from(e: xen_seams::Error) -> Self {
-        ConsoleError::Xen(e)
-    }
 }
 
 /// A connected secondary console.

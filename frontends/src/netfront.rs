@@ -122,43 +122,35 @@ impl Stats {
 }
 
 /// Why the network frontend could not (or can no longer) do what was asked.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum NetError {
     /// The xenbus handshake or a xenstore operation failed.
+    #[error("netfront: {0}")]
     Xenbus(xenbus::Error),
     /// An event channel, grant or page operation failed.
-    Xen(xen_seams::Error),
+    #[error("netfront: {0}")]
+    Xen(#[from] xen_seams::Error),
     /// `device/vif/N/mac` is not a unicast MAC address.
+    #[error("netfront: {0:?} is not a unicast MAC address")]
     BadMac(String),
     /// The backend lacks a feature we require.
+    #[error("netfront: the backend lacks {0}")]
     MissingFeature(&'static str),
     /// A buffer count outside 1..=256.
+    #[error("netfront: buffer counts must be 1..=256")]
     BadConfig,
     /// A frame to send is empty or longer than [`MAX_FRAME_BYTES`].
+    #[error("netfront: a {len}-byte frame is not 1..={MAX_FRAME_BYTES} bytes")]
     FrameSize { len: usize },
     /// Every tx buffer (or tx ring slot) is in flight; wait and retry.
+    #[error("netfront: every tx buffer is in flight")]
     TxFull,
     /// The backend left Connected (its state then, None if its node vanished).
+    #[error("netfront: the backend {}", xenbus::Departure(*state))]
     BackendGone { state: Option<State> },
     /// The backend's ring indexes are impossible; the device is shut down.
+    #[error("netfront: corrupt ring: {0}")]
     CorruptRing(&'static str),
-}
-
-impl fmt::Display for NetError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NetError::Xenbus(e) => write!(f, "netfront: {e}"),
-            NetError::Xen(e) => write!(f, "netfront: {e}"),
-            NetError::BadMac(text) => write!(f, "netfront: {text:?} is not a unicast MAC address"),
-            NetError::MissingFeature(name) => write!(f, "netfront: the backend lacks {name}"),
-            NetError::BadConfig => write!(f, "netfront: buffer counts must be 1..=256"),
-            NetError::FrameSize { len } => write!(f, "netfront: a {len}-byte frame is not 1..={MAX_FRAME_BYTES} bytes"),
-            NetError::TxFull => write!(f, "netfront: every tx buffer is in flight"),
-            NetError::BackendGone { state: Some(s) } => write!(f, "netfront: the backend went to {s:?}"),
-            NetError::BackendGone { state: None } => write!(f, "netfront: the backend vanished"),
-            NetError::CorruptRing(why) => write!(f, "netfront: corrupt ring: {why}"),
-        }
-    }
 }
 
 impl From<xenbus::Error> for NetError {
@@ -173,12 +165,6 @@ impl From<xenbus::Error> for NetError {
 impl From<XenstoreError> for NetError {
     fn from(e: XenstoreError) -> Self {
         NetError::Xenbus(xenbus::Error::Xenstore(e))
-    }
-}
-
-impl From<xen_seams::Error> for NetError {
-    fn from(e: xen_seams::Error) -> Self {
-        NetError::Xen(e)
     }
 }
 

@@ -10,25 +10,17 @@
 //! bytes copied out of the shared page (only the length is checked: the values are the
 //! backend's and the driver validates them). All fields are little-endian (x86).
 
-use core::fmt;
 use core::ops::Range;
 
 /// Bytes in a page (and in a ring).
 pub const PAGE_SIZE: usize = 4096;
 
 /// Why a buffer could not be viewed as a netif structure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The buffer is shorter than the structure.
+    #[error("buffer shorter than the netif structure")]
     Truncated,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Truncated => write!(f, "buffer shorter than the netif structure"),
-        }
-    }
 }
 
 /// The shared ring header (`struct *_sring` without its entries) and the index rules

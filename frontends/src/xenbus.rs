@@ -62,38 +62,34 @@ impl State {
 }
 
 /// Why a frontend could not (or can no longer) talk to its backend.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Error {
     /// A xenstore operation failed.
-    Xenstore(XenstoreError),
+    #[error(transparent)]
+    Xenstore(#[from] XenstoreError),
     /// A node the protocol requires is missing or malformed.
+    #[error("{path}: {why}")]
     BadNode { path: String, why: &'static str },
     /// The backend went to Closing/Closed or its directory vanished.
+    #[error("backend {}", Departure(*state))]
     BackendGone { state: Option<State> },
     /// The backend did not reach the state in time.
+    #[error("backend did not reach {waiting_for:?} in time (last seen {last:?})")]
     Timeout { waiting_for: State, last: Option<State> },
     /// Publishing our entries kept conflicting.
+    #[error("publishing the frontend's entries kept conflicting")]
     TooManyConflicts,
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Xenstore(e) => write!(f, "{e}"),
-            Error::BadNode { path, why } => write!(f, "{path}: {why}"),
-            Error::BackendGone { state: Some(s) } => write!(f, "backend went to {s:?}"),
-            Error::BackendGone { state: None } => write!(f, "backend vanished"),
-            Error::Timeout { waiting_for, last } => {
-                write!(f, "backend did not reach {waiting_for:?} in time (last seen {last:?})")
-            }
-            Error::TooManyConflicts => write!(f, "publishing the frontend's entries kept conflicting"),
-        }
-    }
-}
+/// How a backend left, in words: "went to Closing", or "vanished" (no state node).
+pub(crate) struct Departure(pub Option<State>);
 
-impl From<XenstoreError> for Error {
-    fn from(e: XenstoreError) -> Self {
-        Error::Xenstore(e)
+impl fmt::Display for Departure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(state) => write!(f, "went to {state:?}"),
+            None => f.write_str("vanished"),
+        }
     }
 }
 
