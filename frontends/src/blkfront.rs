@@ -1516,9 +1516,8 @@ mod tests {
     use alloc::rc::Rc;
     use alloc::vec;
     use core::future::Future;
-    use xen_seams::sim::{Executor, MappedPage, SimXen, World};
-    use xen_seams::{Clock, EventChannels, Permission, Xenstore};
-    use xenstore::wire::Access;
+    use xen_seams::sim::{Executor, MappedPage, PvDevice, SimXen, World};
+    use xen_seams::{Clock, EventChannels, Xenstore};
 
     const FRONT: DomId = 5;
     const BACK: DomId = 0;
@@ -2025,23 +2024,7 @@ mod tests {
             let world = World::new();
             let back = world.domain(BACK);
             let front = world.domain(FRONT);
-            let front_owned =
-                [Permission { domid: FRONT, access: Access::None }, Permission { domid: BACK, access: Access::Read }];
-            let back_owned =
-                [Permission { domid: BACK, access: Access::None }, Permission { domid: FRONT, access: Access::Read }];
-            world.with_xenstore(|xs| {
-                for (key, value) in [("backend", BACK_NODE), ("backend-id", "0"), ("state", "1")] {
-                    xs.write(&format!("{FRONT_NODE}/{key}"), value.as_bytes()).unwrap();
-                }
-                xs.set_perms(FRONT_NODE, &front_owned).unwrap();
-                for key in ["backend", "backend-id", "state"] {
-                    xs.set_perms(&format!("{FRONT_NODE}/{key}"), &front_owned).unwrap();
-                }
-                xs.write(BACK_NODE, b"").unwrap();
-                xs.set_perms(BACK_NODE, &back_owned).unwrap();
-                xs.write(&format!("{BACK_NODE}/frontend"), FRONT_NODE.as_bytes()).unwrap();
-                xs.write(&format!("{BACK_NODE}/state"), b"1").unwrap();
-            });
+            world.toolstack(PvDevice { kind: "vbd", devid: DEVID, frontend: FRONT, backend: BACK }, &[]);
             let disk = (0..config.sectors as usize * 512).map(pattern).collect();
             let log = Rc::new(RefCell::new(Log { disk, ..Log::default() }));
             Sim { world, front, back, config, log }

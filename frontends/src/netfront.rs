@@ -1001,9 +1001,8 @@ mod tests {
     use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
     use smoltcp::socket::tcp;
     use smoltcp::wire::{IpAddress, IpCidr};
-    use xen_seams::sim::{Executor, MappedPage, SimXen, World};
-    use xen_seams::{Clock, EventChannels, Permission, Xenstore};
-    use xenstore::wire::Access;
+    use xen_seams::sim::{Executor, MappedPage, PvDevice, SimXen, World};
+    use xen_seams::{Clock, EventChannels, Xenstore};
 
     const FRONT: u16 = 5;
     const FRONT_NODE: &str = "/local/domain/5/device/vif/0";
@@ -1011,25 +1010,8 @@ mod tests {
     const MAC: &str = "00:16:3e:5a:00:01";
     const SMALL: Config = Config { rx_buffers: 16, tx_buffers: 8 };
 
-    /// What xl does before the frontend starts: both directories, states
-    /// Initialising, the MAC, and permissions.
-    fn toolstack(world: &World) {
-        let front_owned =
-            [Permission { domid: FRONT, access: Access::None }, Permission { domid: 0, access: Access::Read }];
-        let back_owned =
-            [Permission { domid: 0, access: Access::None }, Permission { domid: FRONT, access: Access::Read }];
-        world.with_xenstore(|xs| {
-            for (key, value) in [("backend", BACK_NODE), ("backend-id", "0"), ("state", "1"), ("mac", MAC)] {
-                let path = format!("{FRONT_NODE}/{key}");
-                xs.write(&path, value.as_bytes()).unwrap();
-                xs.set_perms(&path, &front_owned).unwrap();
-            }
-            xs.set_perms(FRONT_NODE, &front_owned).unwrap();
-            xs.write(&format!("{BACK_NODE}/state"), b"1").unwrap();
-            xs.set_perms(BACK_NODE, &back_owned).unwrap();
-            xs.set_perms(&format!("{BACK_NODE}/state"), &back_owned).unwrap();
-        });
-    }
+    /// The device under test, attached as libxl does ([`World::toolstack`]).
+    const DEVICE: PvDevice = PvDevice { kind: "vif", devid: 0, frontend: FRONT, backend: 0 };
 
     fn front_node(world: &World, key: &str) -> Option<String> {
         world.xenstore_read(&format!("{FRONT_NODE}/{key}")).map(|v| String::from_utf8(v).unwrap())
@@ -1337,7 +1319,7 @@ mod tests {
     #[test]
     fn connect_negotiates_copy_mode_one_queue_and_nothing_more() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[("mac", MAC)]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let wire = Rc::new(RefCell::new(Wire::default()));
         let mut executor = Executor::new(&world);
@@ -1373,7 +1355,7 @@ mod tests {
     #[test]
     fn a_backend_without_rx_copy_or_a_bad_mac_is_refused_cleanly() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[("mac", MAC)]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let wire = Rc::new(RefCell::new(Wire { no_rx_copy: true, ..Wire::default() }));
         let mut executor = Executor::new(&world);
@@ -1408,7 +1390,7 @@ mod tests {
     #[test]
     fn frames_of_every_edge_size_cross_both_ways() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[("mac", MAC)]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let sizes = [1, 2, 13, 14, 60, 64, 1000, 1499, 1513, 1514];
         let to_guest: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &len)| frame(i, len)).collect();
@@ -1453,7 +1435,7 @@ mod tests {
     #[test]
     fn thousands_of_frames_refill_the_rx_ring_with_a_fixed_set_of_grants() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[("mac", MAC)]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         const FRAMES: usize = 5000;
         let to_guest: Vec<Vec<u8>> = (0..FRAMES).map(|i| frame(i, 60 + i % 1455)).collect();
@@ -1509,7 +1491,7 @@ mod tests {
     #[test]
     fn bad_responses_are_dropped_and_counted_and_traffic_goes_on() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[("mac", MAC)]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let wire = Rc::new(RefCell::new(Wire::default()));
         let bad = |id, offset, flags, status| ToGuest::Response { id, offset, flags, status };
@@ -1565,7 +1547,7 @@ mod tests {
     #[test]
     fn backend_closing_mid_traffic_fails_sends_and_receives_and_ends_the_grants() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[("mac", MAC)]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let to_guest: Vec<Vec<u8>> = (0..3000).map(|i| frame(i, 64 + i % 1400)).collect();
         let wire = Rc::new(RefCell::new(Wire { close_after: Some(1000), ..Wire::default() }));
@@ -1613,7 +1595,7 @@ mod tests {
     #[test]
     fn a_vanished_backend_is_detected_and_its_mapped_rings_are_never_freed() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[("mac", MAC)]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let wire = Rc::new(RefCell::new(Wire::default()));
         let mut executor = Executor::new(&world);
@@ -1644,7 +1626,7 @@ mod tests {
     #[test]
     fn a_corrupt_response_index_shuts_the_device_down_with_an_error() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[("mac", MAC)]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let wire = Rc::new(RefCell::new(Wire::default()));
         wire.borrow_mut().to_guest.push_back(ToGuest::Frame(frame(0, 80)));
@@ -1774,7 +1756,7 @@ mod tests {
     #[test]
     fn smoltcp_over_netfront_exchanges_64_kib_over_tcp_with_a_peer_behind_the_backend() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[("mac", MAC)]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let wire = Rc::new(RefCell::new(Wire::default()));
         let mut executor = Executor::new(&world);
@@ -1831,7 +1813,7 @@ mod tests {
     #[test]
     fn a_backend_that_never_connects_times_out_and_leaves_nothing_behind() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[("mac", MAC)]);
         let front = world.domain(FRONT);
         world.xenstore_write(&format!("{BACK_NODE}/feature-rx-copy"), b"1").unwrap();
         world.xenstore_write(&format!("{BACK_NODE}/state"), b"2").unwrap();
