@@ -52,6 +52,11 @@
 //! says Closed, and ends every grant, retrying those still mapped for
 //! [`Options::release_timeout`]; a page the backend will not let go is leaked on
 //! purpose (never freed while granted) and reported.
+//!
+//! **Where things are.** `connect`: the handshake and the close; `io`: the calls and
+//! who leads; `requests`: the request slots on the [`FrontRing`](crate::ring::FrontRing)
+//! and the matching of responses; `buffers`: data pages and their grants; [`sim`]
+//! (feature `sim`): a blkback serving an in-memory disk, with faults, for host tests.
 
 mod buffers;
 mod connect;

@@ -39,6 +39,11 @@
 //! Connected (Closing, Closed, reset, or vanished), every call fails with
 //! [`NetError::BackendGone`] and the grants are ended; a grant the backend still maps
 //! is retried at [`Netfront::close`] or drop, and its page is leaked rather than freed.
+//!
+//! Where things are: `connect` (the handshake, the close), `buffers` (the shared pages),
+//! `tx` and `rx` (the two queues over their [`FrontRing`](crate::ring::FrontRing)s),
+//! `phy` (the smoltcp device), and [`sim`] (feature `sim`): a netback with a scriptable
+//! wire, for host tests.
 
 mod buffers;
 mod connect;

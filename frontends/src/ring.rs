@@ -490,10 +490,9 @@ mod tests {
         let (pages, mapped) = shared_pages(&world, 1);
         let geometry = Geometry::new(1, 8);
         let (mut front, mut back) = (FrontRing::new(geometry), BackRing::new(geometry));
-        for tag in 0..3 {
+        for tag in 0..4 {
             front.write_request(&pages, &entry(tag, 8));
         }
-        front.write_request(&pages, &entry(3, 8));
         front.push_requests(&pages);
         front.write_request(&pages, &entry(4, 8)); // written, not pushed: cannot be answered
         back.write_response(&mapped, &[0; 8]);
