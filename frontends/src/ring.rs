@@ -52,7 +52,7 @@ pub const fn size(ring_bytes: usize, entry_bytes: usize) -> u32 {
 /// Whether the peer must be notified after a producer index moved from `old` to
 /// `new` while the peer asked to be told at `event`: true if `event` lies in
 /// `(old, new]`, counting across the wrap.
-pub const fn needs_notify(old: u32, new: u32, event: u32) -> bool {
+const fn needs_notify(old: u32, new: u32, event: u32) -> bool {
     new.wrapping_sub(event) < new.wrapping_sub(old)
 }
 
@@ -150,10 +150,6 @@ impl FrontRing {
     /// `FRONT_RING_INIT`: nothing written, published or consumed yet.
     pub const fn new(geometry: Geometry) -> FrontRing {
         FrontRing { geometry, req_prod_pvt: 0, req_prod_pushed: 0, rsp_cons: 0 }
-    }
-
-    pub const fn geometry(&self) -> Geometry {
-        self.geometry
     }
 
     /// Entries in the ring.
@@ -256,15 +252,6 @@ impl BackRing {
     /// `BACK_RING_INIT`: nothing consumed or answered yet.
     pub const fn new(geometry: Geometry) -> BackRing {
         BackRing { geometry, rsp_prod_pvt: 0, req_cons: 0 }
-    }
-
-    pub const fn geometry(&self) -> Geometry {
-        self.geometry
-    }
-
-    /// The index of the next request to consume.
-    pub const fn req_cons(&self) -> u32 {
-        self.req_cons
     }
 
     /// The index of the next response to write.
