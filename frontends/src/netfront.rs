@@ -358,13 +358,12 @@ impl<'x, X: Xen> Netfront<'x, X> {
             }
             // Ask to be woken at the next response, then look once more.
             let rx_ring = self.pages.ring(buffers::RX_RING_PAGE);
-            let mut more = self.rx.ring.final_check_for_responses(rx_ring).map_err(corrupt_ring);
+            let mut more = self.rx.ring.final_check_for_responses(rx_ring);
             if self.tx.blocked {
                 let tx_ring = self.pages.ring(buffers::TX_RING_PAGE);
-                more =
-                    more.and_then(|rx| Ok(rx | self.tx.ring.final_check_for_responses(tx_ring).map_err(corrupt_ring)?));
+                more = more.and_then(|rx| Ok(rx | self.tx.ring.final_check_for_responses(tx_ring)?));
             }
-            if self.guard(more)? {
+            if self.guard(more.map_err(corrupt_ring))? {
                 continue;
             }
             let now = self.xen.now_ns();
