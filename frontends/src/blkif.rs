@@ -1,5 +1,5 @@
-//! The blkif wire format (Xen's io/blkif.h and io/ring.h): request and response
-//! layouts, ring geometry, operation and status codes.
+//! The blkif wire format (Xen's io/blkif.h): request and response layouts, the ring's
+//! entry size, operation and status codes. The ring itself is [`crate::ring`].
 //!
 //! Each layout is a view over a byte buffer in the smoltcp style: `new_unchecked`
 //! to emit into a buffer we own, `new_checked` for bytes from the other side (it
@@ -14,8 +14,9 @@
 
 use core::fmt;
 
-/// The size of a grant-table page.
-pub const PAGE_SIZE: usize = 4096;
+use crate::ring::{self, Geometry};
+
+pub use crate::ring::PAGE_SIZE;
 /// The sector unit of every sector quantity on the wire.
 pub const SECTOR_SIZE: usize = 512;
 /// 512-byte sectors in a page: a segment's `last_sect` is at most this minus one.
@@ -67,13 +68,6 @@ pub const INDIRECT_REQUEST_LEN: usize = 64;
 pub const RESPONSE_LEN: usize = 16;
 /// `sizeof(union blkif_sring_entry)`: the largest of the request layouts.
 pub const RING_ENTRY_LEN: usize = REQUEST_LEN;
-/// `offsetof(struct blkif_sring, ring)`: the indexes and padding before the entries.
-pub const RING_HEADER_LEN: usize = 64;
-/// Offsets of the shared ring's indexes in its first page.
-pub const RING_REQ_PROD: usize = 0;
-pub const RING_REQ_EVENT: usize = 4;
-pub const RING_RSP_PROD: usize = 8;
-pub const RING_RSP_EVENT: usize = 12;
 /// The largest ring Linux's blkback and QEMU accept (`XENBUS_MAX_RING_GRANT_ORDER`).
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
 
@@ -114,32 +108,23 @@ pub mod field {
 }
 
 /// Why bytes from the other side are not a valid blkif message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// The buffer is shorter than the layout.
+    #[error("message shorter than its layout")]
     Truncated,
     /// An operation code blkif.h does not define (or not valid here).
+    #[error("unknown operation {0}")]
     BadOperation(u8),
     /// A status code blkif.h does not define.
+    #[error("unknown status {0}")]
     BadStatus(i16),
     /// More segments than the request kind can hold.
+    #[error("{0} segments is too many")]
     TooManySegments(usize),
     /// A segment's sectors leave its page or run backwards.
+    #[error("segment sectors {first_sect}..={last_sect} leave the page")]
     BadSegment { first_sect: u8, last_sect: u8 },
-}
-
-impl fmt::Display for WireError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WireError::Truncated => f.write_str("message shorter than its layout"),
-            WireError::BadOperation(op) => write!(f, "unknown operation {op}"),
-            WireError::BadStatus(status) => write!(f, "unknown status {status}"),
-            WireError::TooManySegments(n) => write!(f, "{n} segments is too many"),
-            WireError::BadSegment { first_sect, last_sect } => {
-                write!(f, "segment sectors {first_sect}..={last_sect} leave the page")
-            }
-        }
-    }
 }
 
 /// A blkif operation.
@@ -222,18 +207,15 @@ impl Status {
     }
 }
 
+/// The shared ring of `nr_pages` pages (1 to 2^[`MAX_RING_PAGE_ORDER`]).
+pub const fn ring_geometry(nr_pages: usize) -> Geometry {
+    Geometry::new(nr_pages, RING_ENTRY_LEN)
+}
+
 /// The number of requests a shared ring of `nr_pages` pages holds
 /// (`__CONST_RING_SIZE(blkif, nr_pages * PAGE_SIZE)`): a power of two.
 pub const fn ring_size(nr_pages: usize) -> u32 {
-    let entries = (nr_pages * PAGE_SIZE - RING_HEADER_LEN) / RING_ENTRY_LEN;
-    if entries == 0 { 0 } else { 1 << (usize::BITS - 1 - entries.leading_zeros()) }
-}
-
-/// The byte offset, from the start of the ring's first page, of the entry a free
-/// running index `index` names in a ring of `size` entries (a power of two).
-/// Entries are contiguous across the ring's pages, so one may straddle two pages.
-pub fn entry_offset(index: u32, size: u32) -> usize {
-    RING_HEADER_LEN + (index & (size - 1)) as usize * RING_ENTRY_LEN
+    ring::size(nr_pages * PAGE_SIZE, RING_ENTRY_LEN)
 }
 
 /// Indirect pages needed for `nr_segments` segments.
@@ -724,11 +706,9 @@ mod tests {
     }
 
     #[test]
-    fn ring_geometry_follows_ring_h() {
+    fn ring_sizes_and_indirect_pages() {
         assert_eq!([1, 2, 4, 8, 16].map(ring_size), [32, 64, 128, 256, 512]);
-        assert_eq!(entry_offset(0, 32), 64);
-        assert_eq!(entry_offset(33, 32), 64 + 112, "indexes run free and wrap");
-        assert_eq!(entry_offset(72, 128), 8128, "entry 72 of a 4-page ring straddles pages 1 and 2");
+        assert_eq!(ring_geometry(4).size(), 128);
         assert_eq!((indirect_pages(0), indirect_pages(12), indirect_pages(512), indirect_pages(513)), (0, 1, 1, 2));
         assert_eq!(MAX_INDIRECT_SEGMENTS, 4096);
     }

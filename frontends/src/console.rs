@@ -7,7 +7,6 @@
 
 use crate::xenbus::{self, Device, State};
 use alloc::format;
-use core::fmt;
 use core::time::Duration;
 use xen_abi::console::{self as ring, IN_RING_SIZE, OUT_RING_SIZE};
 use xen_seams::{GrantRef, Port, SharedPage, Xen};
@@ -15,37 +14,18 @@ use xen_seams::{GrantRef, Port, SharedPage, Xen};
 /// How long a write waits for the backend to make room before giving up.
 pub const WRITE_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum ConsoleError {
-    Xenbus(xenbus::Error),
-    Xen(xen_seams::Error),
+    #[error("console handshake: {0}")]
+    Xenbus(#[from] xenbus::Error),
+    #[error("console: {0}")]
+    Xen(#[from] xen_seams::Error),
     /// The backend stopped consuming: nothing moved for `WRITE_WAIT`.
+    #[error("console backend stopped reading")]
     Stalled,
     /// The backend's indexes claim more than a ringful.
+    #[error("console backend corrupted the ring indexes")]
     CorruptRing,
-}
-
-impl fmt::Display for ConsoleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConsoleError::Xenbus(e) => write!(f, "console handshake: {e}"),
-            ConsoleError::Xen(e) => write!(f, "console: {e}"),
-            ConsoleError::Stalled => write!(f, "console backend stopped reading"),
-            ConsoleError::CorruptRing => write!(f, "console backend corrupted the ring indexes"),
-        }
-    }
-}
-
-impl From<xenbus::Error> for ConsoleError {
-    fn from(e: xenbus::Error) -> Self {
-        ConsoleError::Xenbus(e)
-    }
-}
-
-impl From<xen_seams::Error> for ConsoleError {
-    fn from(e: xen_seams::Error) -> Self {
-        ConsoleError::Xen(e)
-    }
 }
 
 /// A connected secondary console.
@@ -196,31 +176,15 @@ mod tests {
     use alloc::string::String;
     use alloc::vec::Vec;
     use core::cell::RefCell;
-    use xen_seams::sim::{Executor, SimXen, World};
-    use xen_seams::{EventChannels, GrantRef, Permission, Tx, Xenstore};
-    use xenstore::wire::Access;
+    use xen_seams::sim::{Executor, PvDevice, SimXen, World};
+    use xen_seams::{EventChannels, GrantRef, Tx, Xenstore};
 
     const FRONT: u16 = 5;
     const FRONT_NODE: &str = "/local/domain/5/device/console/3";
     const BACK_NODE: &str = "/local/domain/0/backend/console/5/3";
 
-    fn toolstack(world: &World) {
-        let front_owned =
-            [Permission { domid: FRONT, access: Access::None }, Permission { domid: 0, access: Access::Read }];
-        let back_owned =
-            [Permission { domid: 0, access: Access::None }, Permission { domid: FRONT, access: Access::Read }];
-        world.with_xenstore(|xs| {
-            for (key, value) in [("backend", BACK_NODE), ("backend-id", "0"), ("state", "1")] {
-                let path = format!("{FRONT_NODE}/{key}");
-                xs.write(&path, value.as_bytes()).unwrap();
-                xs.set_perms(&path, &front_owned).unwrap();
-            }
-            xs.set_perms(FRONT_NODE, &front_owned).unwrap();
-            xs.write(&format!("{BACK_NODE}/state"), b"1").unwrap();
-            xs.set_perms(BACK_NODE, &back_owned).unwrap();
-            xs.set_perms(&format!("{BACK_NODE}/state"), &back_owned).unwrap();
-        });
-    }
+    /// The device under test, attached as libxl does ([`World::toolstack`]).
+    const DEVICE: PvDevice = PvDevice { kind: "console", devid: 3, frontend: FRONT, backend: 0 };
 
     async fn number(xen: &SimXen, path: &str) -> u32 {
         xen.read_string(Tx::NONE, path).await.unwrap().parse().unwrap()
@@ -284,7 +248,7 @@ mod tests {
     #[test]
     fn bytes_flow_both_ways_across_ring_wraps() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let to_guest = pattern(50_000, 7);
         let to_dom0 = pattern(100_000, 99);
@@ -324,7 +288,7 @@ mod tests {
     #[test]
     fn a_backend_that_stops_reading_stalls_the_writer_with_an_error() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let got = Rc::new(RefCell::new(Vec::new()));
         let mut executor = Executor::new(&world);
@@ -343,7 +307,7 @@ mod tests {
     #[test]
     fn corrupt_indexes_are_an_error() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[]);
         let (front, back) = (world.domain(FRONT), world.domain(0));
         let mut executor = Executor::new(&world);
         let result = executor.spawn("console", async move {

@@ -12,5 +12,6 @@ pub mod blkif;
 pub mod console;
 pub mod netfront;
 pub mod netif;
+pub mod ring;
 pub mod vchan;
 pub mod xenbus;

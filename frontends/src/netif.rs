@@ -1,8 +1,7 @@
-//! The netif wire format (io/netif.h) and the shared-ring geometry (io/ring.h).
+//! The netif wire format (io/netif.h).
 //!
-//! Each ring is one page: a 64-byte header (`req_prod`, `req_event`, `rsp_prod`,
-//! `rsp_event`, padding) and then a power-of-two number of slots, each the size of the
-//! larger of the request and response. A tx slot is 12 bytes, an rx slot 8, so both
+//! Each ring ([`crate::ring`]) is one page whose entries ("slots") are the size of the
+//! larger of the request and response: a tx slot is 12 bytes, an rx slot 8, so both
 //! rings have 256 slots in a 4 KiB page.
 //!
 //! Requests, responses and extra-info slots are views over byte buffers, in smoltcp's
@@ -10,69 +9,31 @@
 //! bytes copied out of the shared page (only the length is checked: the values are the
 //! backend's and the driver validates them). All fields are little-endian (x86).
 
-use core::fmt;
 use core::ops::Range;
 
-/// Bytes in a page (and in a ring).
-pub const PAGE_SIZE: usize = 4096;
+use crate::ring::Geometry;
+pub use crate::ring::PAGE_SIZE;
 
 /// Why a buffer could not be viewed as a netif structure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The buffer is shorter than the structure.
+    #[error("buffer shorter than the netif structure")]
     Truncated,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Truncated => write!(f, "buffer shorter than the netif structure"),
-        }
-    }
-}
-
-/// The shared ring header (`struct *_sring` without its entries) and the index rules
-/// of io/ring.h.
-pub mod ring {
-    /// Byte offset of `req_prod` in the ring page.
-    pub const REQ_PROD: usize = 0;
-    /// Byte offset of `req_event`.
-    pub const REQ_EVENT: usize = 4;
-    /// Byte offset of `rsp_prod`.
-    pub const RSP_PROD: usize = 8;
-    /// Byte offset of `rsp_event`.
-    pub const RSP_EVENT: usize = 12;
-    /// Byte offset of the first slot (`ring[0]`), after `pvt` and `__pad`.
-    pub const ENTRIES: usize = 64;
-
-    /// Slots in a ring of `ring_bytes` whose slots are `slot_bytes` each: as many as
-    /// fit, rounded down to a power of two (`__CONST_RING_SIZE`).
-    pub const fn size(ring_bytes: usize, slot_bytes: usize) -> u32 {
-        let fit = (ring_bytes - ENTRIES) / slot_bytes;
-        if fit == 0 { 0 } else { 1 << (usize::BITS - 1 - fit.leading_zeros()) }
-    }
-
-    /// Byte offset of the slot that ring index `index` names.
-    pub const fn slot_offset(index: u32, size: u32, slot_bytes: usize) -> usize {
-        ENTRIES + (index & (size - 1)) as usize * slot_bytes
-    }
-
-    /// Whether the peer must be notified after moving a producer index from `old` to
-    /// `new` while the peer asked to be told at `event`
-    /// (`RING_PUSH_*_AND_CHECK_NOTIFY`): true if `event` lies in `(old, new]`.
-    pub const fn needs_notify(old: u32, new: u32, event: u32) -> bool {
-        new.wrapping_sub(event) < new.wrapping_sub(old)
-    }
 }
 
 /// Bytes in a tx ring slot (`union netif_tx_sring_entry`).
 pub const TX_SLOT_BYTES: usize = 12;
 /// Bytes in an rx ring slot (`union netif_rx_sring_entry`).
 pub const RX_SLOT_BYTES: usize = 8;
+/// The tx ring: one page of tx slots.
+pub const TX_RING: Geometry = Geometry::new(1, TX_SLOT_BYTES);
+/// The rx ring: one page of rx slots.
+pub const RX_RING: Geometry = Geometry::new(1, RX_SLOT_BYTES);
 /// Slots in the tx ring (`NET_TX_RING_SIZE` for 4 KiB pages).
-pub const TX_RING_SIZE: u32 = ring::size(PAGE_SIZE, TX_SLOT_BYTES);
+pub const TX_RING_SIZE: u32 = TX_RING.size();
 /// Slots in the rx ring (`NET_RX_RING_SIZE` for 4 KiB pages).
-pub const RX_RING_SIZE: u32 = ring::size(PAGE_SIZE, RX_SLOT_BYTES);
+pub const RX_RING_SIZE: u32 = RX_RING.size();
 
 /// The largest packet a tx request can describe (`XEN_NETIF_MAX_TX_SIZE`).
 pub const MAX_TX_SIZE: usize = 0xFFFF;
@@ -276,25 +237,8 @@ mod tests {
     static TX_RESPONSE: [u8; 4] = [0x03, 0x00, 0xfe, 0xff];
 
     #[test]
-    fn ring_geometry_matches_ring_h() {
-        assert_eq!(TX_RING_SIZE, 256);
-        assert_eq!(RX_RING_SIZE, 256);
-        assert_eq!(ring::size(PAGE_SIZE, 64), 32);
-        assert_eq!(ring::size(PAGE_SIZE, 4096), 0);
-        assert_eq!(ring::slot_offset(0, 256, TX_SLOT_BYTES), 64);
-        assert_eq!(ring::slot_offset(257, 256, TX_SLOT_BYTES), 64 + 12);
-        assert_eq!(ring::slot_offset(255, 256, TX_SLOT_BYTES) + TX_SLOT_BYTES, 64 + 256 * 12);
-        assert!(ring::slot_offset(255, 256, RX_SLOT_BYTES) + RX_SLOT_BYTES <= PAGE_SIZE);
-    }
-
-    #[test]
-    fn notify_is_needed_only_when_the_event_index_was_crossed() {
-        assert!(ring::needs_notify(0, 1, 1), "fresh ring: req_event 1");
-        assert!(ring::needs_notify(0, 5, 3));
-        assert!(!ring::needs_notify(5, 9, 3), "the peer is still busy before 3");
-        assert!(!ring::needs_notify(5, 9, 10), "the peer wants to hear at 10");
-        assert!(ring::needs_notify(u32::MAX - 1, 2, 0), "across the wrap");
-        assert!(!ring::needs_notify(7, 7, 7), "nothing new");
+    fn both_rings_have_256_slots_in_a_page() {
+        assert_eq!((TX_RING_SIZE, RX_RING_SIZE), (256, 256));
     }
 
     #[test]

@@ -83,7 +83,6 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::fmt;
 use core::ops::Range;
 use core::sync::atomic::{Ordering, fence};
 use core::time::Duration;
@@ -214,64 +213,41 @@ pub enum RingSide {
 }
 
 /// Why the vchan could not be set up, or a transfer failed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum VchanError {
     /// Ring orders no libxenvchan client can map.
+    #[error("vchan ring orders {}/{} cannot be laid out (10..=20, one per in-page slot)", .0.read, .0.write)]
     BadOrders(Orders),
     /// A page, grant or event channel operation failed.
-    Xen(xen_seams::Error),
+    #[error("vchan: {0}")]
+    Xen(#[from] xen_seams::Error),
     /// A xenstore operation failed.
-    Xenstore(XenstoreError),
+    #[error("vchan: {0}")]
+    Xenstore(#[from] XenstoreError),
     /// Publishing the nodes kept conflicting.
+    #[error("vchan: publishing ring-ref/event-channel kept conflicting")]
     TooManyConflicts,
     /// No client connected in time.
+    #[error("no vchan client connected in time")]
     NoClient,
     /// The client did not move its index in time.
+    #[error("the vchan client did not move its index in time")]
     Timeout,
     /// No client is connected: call `accept` first.
+    #[error("no vchan client is connected")]
     NotConnected,
     /// The connection is over: the client closed (and all it wrote was read), or we hung up.
+    #[error("the vchan connection is closed")]
     Closed,
     /// The client's index claims `used` bytes in a ring of `size`: we hung up.
+    #[error("vchan client corrupted the {side:?} ring: {used} bytes in use of {size}")]
     CorruptRing { side: RingSide, used: u32, size: u32 },
     /// Earlier clients still map `pages` retired pages: no new page until they unmap.
+    #[error("vchan clients still map {pages} retired pages")]
     StalePages { pages: usize },
     /// Shutdown left `pages` pages still mapped by the client; they are leaked, not freed.
+    #[error("vchan client still maps {pages} pages; leaked")]
     StillMapped { pages: usize },
-}
-
-impl fmt::Display for VchanError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            VchanError::BadOrders(o) => {
-                write!(f, "vchan ring orders {}/{} cannot be laid out (10..=20, one per in-page slot)", o.read, o.write)
-            }
-            VchanError::Xen(e) => write!(f, "vchan: {e}"),
-            VchanError::Xenstore(e) => write!(f, "vchan: {e}"),
-            VchanError::TooManyConflicts => write!(f, "vchan: publishing ring-ref/event-channel kept conflicting"),
-            VchanError::NoClient => write!(f, "no vchan client connected in time"),
-            VchanError::Timeout => write!(f, "the vchan client did not move its index in time"),
-            VchanError::NotConnected => write!(f, "no vchan client is connected"),
-            VchanError::Closed => write!(f, "the vchan connection is closed"),
-            VchanError::CorruptRing { side, used, size } => {
-                write!(f, "vchan client corrupted the {side:?} ring: {used} bytes in use of {size}")
-            }
-            VchanError::StalePages { pages } => write!(f, "vchan clients still map {pages} retired pages"),
-            VchanError::StillMapped { pages } => write!(f, "vchan client still maps {pages} pages; leaked"),
-        }
-    }
-}
-
-impl From<xen_seams::Error> for VchanError {
-    fn from(e: xen_seams::Error) -> Self {
-        VchanError::Xen(e)
-    }
-}
-
-impl From<XenstoreError> for VchanError {
-    fn from(e: XenstoreError) -> Self {
-        VchanError::Xenstore(e)
-    }
 }
 
 /// A page of ours and its grant to the client.

@@ -62,38 +62,34 @@ impl State {
 }
 
 /// Why a frontend could not (or can no longer) talk to its backend.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Error {
     /// A xenstore operation failed.
-    Xenstore(XenstoreError),
+    #[error(transparent)]
+    Xenstore(#[from] XenstoreError),
     /// A node the protocol requires is missing or malformed.
+    #[error("{path}: {why}")]
     BadNode { path: String, why: &'static str },
     /// The backend went to Closing/Closed or its directory vanished.
+    #[error("backend {}", Departure(*state))]
     BackendGone { state: Option<State> },
     /// The backend did not reach the state in time.
+    #[error("backend did not reach {waiting_for:?} in time (last seen {last:?})")]
     Timeout { waiting_for: State, last: Option<State> },
     /// Publishing our entries kept conflicting.
+    #[error("publishing the frontend's entries kept conflicting")]
     TooManyConflicts,
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Xenstore(e) => write!(f, "{e}"),
-            Error::BadNode { path, why } => write!(f, "{path}: {why}"),
-            Error::BackendGone { state: Some(s) } => write!(f, "backend went to {s:?}"),
-            Error::BackendGone { state: None } => write!(f, "backend vanished"),
-            Error::Timeout { waiting_for, last } => {
-                write!(f, "backend did not reach {waiting_for:?} in time (last seen {last:?})")
-            }
-            Error::TooManyConflicts => write!(f, "publishing the frontend's entries kept conflicting"),
-        }
-    }
-}
+/// How a backend left, in words: "went to Closing", or "vanished" (no state node).
+pub(crate) struct Departure(pub Option<State>);
 
-impl From<XenstoreError> for Error {
-    fn from(e: XenstoreError) -> Self {
-        Error::Xenstore(e)
+impl fmt::Display for Departure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(state) => write!(f, "went to {state:?}"),
+            None => f.write_str("vanished"),
+        }
     }
 }
 
@@ -314,36 +310,15 @@ async fn read_node<X: Xen>(xen: &X, path: &str) -> Result<String, Error> {
 mod tests {
     use super::*;
     use alloc::vec;
-    use xen_seams::sim::{Executor, SimXen, World};
-    use xen_seams::{Clock, Permission};
-    use xenstore::wire::Access;
+    use xen_seams::Clock;
+    use xen_seams::sim::{Executor, PvDevice, SimXen, World};
 
     const FRONT: u16 = 5;
     const FRONT_NODE: &str = "/local/domain/5/device/vbd/768";
     const BACK_NODE: &str = "/local/domain/0/backend/vbd/5/768";
 
-    /// What xl does before the frontend starts: both directories, states Initialising,
-    /// the frontend's node writable by it, the backend's readable by it.
-    fn toolstack(world: &World) {
-        let front_owned =
-            [Permission { domid: FRONT, access: Access::None }, Permission { domid: 0, access: Access::Read }];
-        let back_owned =
-            [Permission { domid: 0, access: Access::None }, Permission { domid: FRONT, access: Access::Read }];
-        world.with_xenstore(|xs| {
-            for (key, value) in [("backend", BACK_NODE), ("backend-id", "0"), ("state", "1")] {
-                xs.write(&format!("{FRONT_NODE}/{key}"), value.as_bytes()).unwrap();
-            }
-            xs.set_perms(FRONT_NODE, &front_owned).unwrap();
-            for key in ["backend", "backend-id", "state"] {
-                xs.set_perms(&format!("{FRONT_NODE}/{key}"), &front_owned).unwrap();
-            }
-            xs.write(&format!("{BACK_NODE}/frontend"), FRONT_NODE.as_bytes()).unwrap();
-            xs.write(&format!("{BACK_NODE}/state"), b"1").unwrap();
-            xs.set_perms(BACK_NODE, &back_owned).unwrap();
-            xs.set_perms(&format!("{BACK_NODE}/frontend"), &back_owned).unwrap();
-            xs.set_perms(&format!("{BACK_NODE}/state"), &back_owned).unwrap();
-        });
-    }
+    /// The device under test, attached as libxl does ([`World::toolstack`]).
+    const DEVICE: PvDevice = PvDevice { kind: "vbd", devid: 768, frontend: FRONT, backend: 0 };
 
     fn backend_state(world: &World, state: State) {
         world.xenstore_write(&format!("{BACK_NODE}/state"), state.text().as_bytes()).unwrap();
@@ -370,7 +345,7 @@ mod tests {
     #[test]
     fn handshake_reads_as_one_story() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[]);
         let front = world.domain(FRONT);
         let mut executor = Executor::new(&world);
         let result = executor.spawn("frontend", async { connect(&front).await });
@@ -395,7 +370,7 @@ mod tests {
     #[test]
     fn backend_closing_during_the_handshake_is_an_error_not_a_hang() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[]);
         let front = world.domain(FRONT);
         let mut executor = Executor::new(&world);
         let result = executor.spawn("frontend", async { connect(&front).await });
@@ -414,7 +389,7 @@ mod tests {
     #[test]
     fn vanished_backend_is_detected() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[]);
         let front = world.domain(FRONT);
         world.xenstore_rm(BACK_NODE).unwrap();
         let result = world.block_on(async { connect(&front).await }).unwrap();
@@ -424,7 +399,7 @@ mod tests {
     #[test]
     fn silent_backend_times_out() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[]);
         let front = world.domain(FRONT);
         let started = world.now_ns();
         let result = world.block_on(async { connect(&front).await }).unwrap();
@@ -435,7 +410,7 @@ mod tests {
     #[test]
     fn missing_or_malformed_nodes_are_clear_errors() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[]);
         let front = world.domain(FRONT);
         let no_device = world.block_on(async { Device::open(&front, "vif", 0).await.err() }).unwrap();
         assert_eq!(no_device, Some(Error::BadNode { path: "device/vif/0/backend".into(), why: "missing" }));
@@ -452,7 +427,7 @@ mod tests {
     #[test]
     fn close_walks_closing_then_closed() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[]);
         let front = world.domain(FRONT);
         let mut executor = Executor::new(&world);
         let seen = alloc::rc::Rc::new(core::cell::RefCell::new(vec![]));
@@ -479,7 +454,7 @@ mod tests {
     #[test]
     fn publish_is_atomic_and_survives_conflicts() {
         let world = World::new();
-        toolstack(&world);
+        world.toolstack(DEVICE, &[]);
         let front = world.domain(FRONT);
         world.with_xenstore(|xs| xs.fail_next_commits_with_eagain(2));
         let result = world
@@ -522,7 +497,7 @@ mod tests {
         let back = world.domain(0);
         executor.spawn("toolstack", async move {
             back.sleep(Duration::from_millis(10)).await;
-            toolstack(&toolstack_world); // attaches vbd 768
+            toolstack_world.toolstack(DEVICE, &[]); // attaches vbd 768
             back.sleep(Duration::from_millis(10)).await;
             // A node without its backend entry yet is not a device yet.
             toolstack_world.xenstore_write("/local/domain/5/device/vbd/832/state", b"1").unwrap();

@@ -1,8 +1,9 @@
-//! Checks `frontends::blkif` against Xen's own headers, /usr/include/xen/io/blkif.h
+//! Checks `frontends::blkif` (and `frontends::ring`'s header) against Xen's own headers, /usr/include/xen/io/blkif.h
 //! and io/ring.h (Debian's libxen-dev): sizes, field offsets, constants, and the
 //! ring sizes `__CONST_RING_SIZE` gives for rings of 1 to 16 pages.
 
 use frontends::blkif::{self, field};
+use frontends::ring;
 
 /// (C expression, Rust value) pairs.
 fn pairs() -> Vec<(&'static str, usize)> {
@@ -37,11 +38,11 @@ fn pairs() -> Vec<(&'static str, usize)> {
         (off("blkif_response", "operation"), field::RESPONSE_OPERATION),
         (off("blkif_response", "status"), field::RESPONSE_STATUS.start),
         ("sizeof(union blkif_sring_entry)", blkif::RING_ENTRY_LEN),
-        (off("blkif_sring", "req_prod"), blkif::RING_REQ_PROD),
-        (off("blkif_sring", "req_event"), blkif::RING_REQ_EVENT),
-        (off("blkif_sring", "rsp_prod"), blkif::RING_RSP_PROD),
-        (off("blkif_sring", "rsp_event"), blkif::RING_RSP_EVENT),
-        (off("blkif_sring", "ring"), blkif::RING_HEADER_LEN),
+        (off("blkif_sring", "req_prod"), ring::REQ_PROD),
+        (off("blkif_sring", "req_event"), ring::REQ_EVENT),
+        (off("blkif_sring", "rsp_prod"), ring::RSP_PROD),
+        (off("blkif_sring", "rsp_event"), ring::RSP_EVENT),
+        (off("blkif_sring", "ring"), ring::ENTRIES),
         ("BLKIF_OP_READ", blkif::OP_READ.into()),
         ("BLKIF_OP_WRITE", blkif::OP_WRITE.into()),
         ("BLKIF_OP_WRITE_BARRIER", blkif::OP_WRITE_BARRIER.into()),

@@ -5,7 +5,8 @@
 //! Field offsets on the Rust side are found by writing all-ones through a view's
 //! setter into a zeroed buffer and seeing where the bytes land.
 
-use frontends::netif::{self, ExtraInfo, RxRequest, RxResponse, TxRequest, TxResponse, ring};
+use frontends::netif::{self, ExtraInfo, RxRequest, RxResponse, TxRequest, TxResponse};
+use frontends::ring;
 
 /// Where a setter writes: the first byte it changes in a zeroed buffer.
 fn offset(set: impl FnOnce(&mut [u8])) -> i64 {

@@ -20,7 +20,6 @@ pub mod sim;
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::fmt;
 use core::future::Future;
 use core::time::Duration;
 
@@ -40,27 +39,20 @@ pub struct Port(pub u32);
 pub struct GrantRef(pub u32);
 
 /// Why an event channel, grant or memory operation failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// Xen refused the operation with this (negative) errno.
+    #[error("Xen refused the operation (errno {0})")]
     Xen(i64),
     /// No free page, grant reference or port.
+    #[error("no free page, grant reference or port")]
     Exhausted,
     /// The peer still has the grant mapped: it cannot be revoked yet.
+    #[error("the peer still has the grant mapped")]
     InUse,
     /// The grant reference or port is not ours, or not in use.
+    #[error("not a grant or port of ours")]
     Invalid,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Xen(errno) => write!(f, "Xen refused the operation (errno {errno})"),
-            Error::Exhausted => write!(f, "no free page, grant reference or port"),
-            Error::InUse => write!(f, "the peer still has the grant mapped"),
-            Error::Invalid => write!(f, "not a grant or port of ours"),
-        }
-    }
 }
 
 /// Monotonic time and sleeping.
@@ -91,14 +83,9 @@ pub trait Clock {
 }
 
 /// A bounded wait ([`Clock::timeout`]) ran out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("timed out")]
 pub struct TimedOut;
-
-impl fmt::Display for TimedOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "timed out")
-    }
-}
 
 /// Event channels to other domains.
 pub trait EventChannels {
@@ -157,38 +144,25 @@ impl Tx {
 }
 
 /// Why a xenstore operation failed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum XenstoreError {
     /// xenstored answered with an error (ENOENT, EACCES, EAGAIN, ...) or a bad reply.
-    Xs(XsError),
+    #[error("xenstore: {0}")]
+    Xs(#[from] XsError),
     /// Refused before sending (path too long, bad characters, value too large).
+    #[error("xenstore request refused: {0}")]
     Encode(EncodeError),
     /// No reply within the time limit.
+    #[error("xenstore: no reply in time")]
     Timeout,
     /// The connection is unusable (corrupt ring, malformed message).
+    #[error("xenstore connection broken: {0}")]
     Broken(&'static str),
-}
-
-impl fmt::Display for XenstoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            XenstoreError::Xs(e) => write!(f, "xenstore: {e}"),
-            XenstoreError::Encode(e) => write!(f, "xenstore request refused: {e}"),
-            XenstoreError::Timeout => write!(f, "xenstore: no reply in time"),
-            XenstoreError::Broken(why) => write!(f, "xenstore connection broken: {why}"),
-        }
-    }
 }
 
 impl Conflict for XenstoreError {
     fn is_conflict(&self) -> bool {
         matches!(self, XenstoreError::Xs(e) if e.is_conflict())
-    }
-}
-
-impl From<XsError> for XenstoreError {
-    fn from(e: XsError) -> Self {
-        XenstoreError::Xs(e)
     }
 }
 

@@ -12,7 +12,8 @@
 //!
 //! What a backend needs beyond the traits is here too: [`SimXen::map_grant`] maps
 //! another domain's grant ([`MappedPage`]), and the World reads and writes xenstore as
-//! dom0 and exposes the xenstore sim for its fault injection.
+//! dom0 and exposes the xenstore sim for its fault injection; [`World::toolstack`] writes
+//! a PV device's nodes as libxl does before a frontend starts.
 //!
 //! Semantics follow Xen where a driver can tell: grant refs start at 8 (0-7 are the
 //! toolstack's) and are reused once ended; a grant cannot end while mapped; ports start
@@ -38,6 +39,7 @@ mod memory;
 mod store;
 #[cfg(test)]
 mod tests;
+mod toolstack;
 
 use alloc::collections::BTreeMap;
 use alloc::rc::Rc;
@@ -58,6 +60,7 @@ pub use executor::{DEFAULT_POLL_LIMIT, Executor, Output, Stuck, StuckReason, Tas
 pub use hvm::{EEXIST, ENOENT, IrqChange, SimGuest, SimGuestMemory, SimHvmControl, SimIoreqServer, pci_address};
 pub use memory::{GrantInfo, MappedPage, PAGE_SIZE, SimPage};
 pub use store::{DEFAULT_XENSTORE_TIMEOUT, SimWatch};
+pub use toolstack::PvDevice;
 pub use xenstore::reply::Errno;
 pub use xenstore::sim::{ConnectionId, Sim as XenstoreSim};
 

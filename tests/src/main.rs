@@ -10,6 +10,7 @@
 //! `@@bench <name>| <value> <unit>`; `xen-suite demo` is `cargo xtask run`'s job.
 
 mod cases;
+#[allow(unsafe_code)] // the ioctl wrappers over /dev/xen: the only unsafe code outside kernel/
 mod dom0;
 mod harness;
 mod proc;

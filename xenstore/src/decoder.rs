@@ -6,30 +6,18 @@
 //! good: after a framing error there is no way to know where the next message starts.
 
 use alloc::vec::Vec;
-use core::fmt;
 
 use crate::wire::{HEADER_LEN, Header, Message, PAYLOAD_MAX};
 
 /// Why the stream cannot be decoded any further.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// a header has a message type Xen does not define
+    #[error("a header has message type {0}, which Xen does not define")]
     UnknownType(u32),
     /// a header announces a payload longer than XENSTORE_PAYLOAD_MAX (4096 bytes)
+    #[error("a header announces a {0}-byte payload, more than the {PAYLOAD_MAX} allowed")]
     PayloadTooLong(u32),
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DecodeError::UnknownType(number) => {
-                write!(f, "a header has message type {number}, which Xen does not define")
-            }
-            DecodeError::PayloadTooLong(len) => {
-                write!(f, "a header announces a {len}-byte payload, more than the {PAYLOAD_MAX} allowed")
-            }
-        }
-    }
 }
 
 #[derive(Debug)]

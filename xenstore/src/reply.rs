@@ -92,41 +92,32 @@ impl fmt::Display for Errno {
 }
 
 /// Why a request did not give its result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum XsError {
     /// xenstored refused the request with an error name
+    #[error("xenstored refused the request: {0}")]
     Errno(Errno),
     /// the reply's type is neither the request's nor XS_ERROR
+    #[error("a {expected:?} request was answered with {got:?}")]
     WrongReplyType { expected: MsgType, got: MsgType },
     /// a string in the reply is not NUL-terminated
+    #[error("a string in the reply is not NUL-terminated")]
     MissingNul,
     /// the reply has the wrong number of strings
+    #[error("the reply has the wrong number of strings")]
     WrongFieldCount,
     /// text in the reply is not UTF-8
+    #[error("text in the reply is not UTF-8")]
     NotUtf8,
     /// a number in the reply is not plain decimal in range
+    #[error("a number in the reply is not plain decimal in range")]
     BadNumber,
     /// a permission in the reply is not a letter n/r/w/b then a domid
+    #[error("a permission in the reply is not a letter n/r/w/b then a domid")]
     BadPermission,
     /// the reply should be "OK" and is not
+    #[error("the reply should be \"OK\" and is not")]
     NotOk,
-}
-
-impl fmt::Display for XsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            XsError::Errno(errno) => write!(f, "xenstored refused the request: {errno}"),
-            XsError::WrongReplyType { expected, got } => {
-                write!(f, "a {expected:?} request was answered with {got:?}")
-            }
-            XsError::MissingNul => f.write_str("a string in the reply is not NUL-terminated"),
-            XsError::WrongFieldCount => f.write_str("the reply has the wrong number of strings"),
-            XsError::NotUtf8 => f.write_str("text in the reply is not UTF-8"),
-            XsError::BadNumber => f.write_str("a number in the reply is not plain decimal in range"),
-            XsError::BadPermission => f.write_str("a permission in the reply is not a letter n/r/w/b then a domid"),
-            XsError::NotOk => f.write_str("the reply should be \"OK\" and is not"),
-        }
-    }
 }
 
 /// An XS_WATCH_EVENT: `path` changed (or is the watched path, on registration), and

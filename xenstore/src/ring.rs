@@ -8,7 +8,6 @@
 //! is a corrupt ring, reported as an error. The kernel does the volatile copies; this
 //! module says how many bytes and where.
 
-use core::fmt;
 use core::ops::Range;
 
 /// `XENSTORE_RING_SIZE`: bytes in each direction's queue.
@@ -55,16 +54,11 @@ pub const ERROR_RINGIDX: u32 = 2;
 pub const ERROR_PROTO: u32 = 3;
 
 /// The indexes claim more than a ringful of unread bytes: the peer corrupted them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the indexes claim more than a ringful of unread bytes (cons {cons}, prod {prod})")]
 pub struct CorruptRing {
     pub cons: u32,
     pub prod: u32,
-}
-
-impl fmt::Display for CorruptRing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the indexes claim more than a ringful of unread bytes (cons {}, prod {})", self.cons, self.prod)
-    }
 }
 
 /// The slot of a free-running index in a queue.

@@ -8,7 +8,6 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use core::fmt;
 
 use crate::reply::{self, WatchEvent, XsError};
 use crate::wire::{EncodeError, Message, MsgType, Request};
@@ -28,25 +27,14 @@ pub enum Incoming {
 }
 
 /// A message the session cannot account for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     /// a reply to a request id that is not outstanding
+    #[error("a {msg_type:?} reply to request {req_id}, which is not outstanding")]
     UnknownRequestId { req_id: u32, msg_type: MsgType },
     /// a watch event that does not parse
+    #[error("a watch event that does not parse: {0}")]
     BadWatchEvent(XsError),
-}
-
-impl fmt::Display for ProtocolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProtocolError::UnknownRequestId { req_id, msg_type } => {
-                write!(f, "a {msg_type:?} reply to request {req_id}, which is not outstanding")
-            }
-            ProtocolError::BadWatchEvent(error) => {
-                write!(f, "a watch event that does not parse: {error}")
-            }
-        }
-    }
 }
 
 /// Request ids and the requests awaiting replies.

@@ -6,8 +6,6 @@
 //! spins forever under a steady writer (a question raised in a Xen code review about
 //! such a loop); here the number of attempts is part of the call, so the loop ends.
 
-use core::fmt;
-
 use crate::reply::{Errno, XsError};
 
 /// How many times to run a transaction before giving up on conflicts.
@@ -36,23 +34,14 @@ impl Conflict for XsError {
 }
 
 /// Why a transaction did not complete.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransactionError<E = XsError> {
     /// every attempt ended in EAGAIN (a conflicting write)
+    #[error("all {attempts} attempts ended in EAGAIN (a conflicting write)")]
     TooManyConflicts { attempts: u32 },
     /// an attempt failed with an error other than EAGAIN
+    #[error("the transaction failed: {0}")]
     Failed(E),
-}
-
-impl<E: fmt::Display> fmt::Display for TransactionError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TransactionError::TooManyConflicts { attempts } => {
-                write!(f, "all {attempts} attempts ended in EAGAIN (a conflicting write)")
-            }
-            TransactionError::Failed(error) => write!(f, "the transaction failed: {error}"),
-        }
-    }
 }
 
 /// Runs `attempt(1)`, `attempt(2)`, ... until one succeeds, one fails with an error

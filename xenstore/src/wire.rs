@@ -137,58 +137,41 @@ pub struct Message {
 }
 
 /// Why a request was not encoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     /// the path is empty
+    #[error("the path is empty")]
     EmptyPath,
     /// the path is longer than xenstored accepts
+    #[error("the path is {len} bytes, more than the {max} xenstored accepts")]
     PathTooLong { len: usize, max: usize },
     /// the path has a character other than ASCII letters, digits and -/_@
+    #[error("the path has {0:?}; xenstored accepts only ASCII letters, digits and -/_@")]
     PathCharacter(char),
     /// the path contains "//"
+    #[error("the path contains \"//\"")]
     DoubleSlash,
     /// the path ends with '/'
+    #[error("the path ends with '/'")]
     TrailingSlash,
     /// the path starts with '@', which only watches may do
+    #[error("the path starts with '@', which only watches may do")]
     SpecialPath,
     /// the watch token contains a NUL byte
+    #[error("the watch token contains a NUL byte")]
     NulInToken,
     /// set_perms needs at least one permission (the owner's)
+    #[error("set_perms needs at least one permission (the owner's)")]
     NoPermissions,
     /// transaction_start was given a transaction id; transactions do not nest
+    #[error("transaction_start was given a transaction id; transactions do not nest")]
     NestedTransaction,
     /// transaction_end was given transaction id 0, which is no transaction
+    #[error("transaction_end was given transaction id 0, which is no transaction")]
     NoTransaction,
     /// the payload is longer than XENSTORE_PAYLOAD_MAX (4096 bytes)
+    #[error("the payload is {0} bytes, more than the {PAYLOAD_MAX} allowed")]
     PayloadTooLong(usize),
-}
-
-impl fmt::Display for EncodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EncodeError::EmptyPath => f.write_str("the path is empty"),
-            EncodeError::PathTooLong { len, max } => {
-                write!(f, "the path is {len} bytes, more than the {max} xenstored accepts")
-            }
-            EncodeError::PathCharacter(c) => {
-                write!(f, "the path has {c:?}; xenstored accepts only ASCII letters, digits and -/_@")
-            }
-            EncodeError::DoubleSlash => f.write_str("the path contains \"//\""),
-            EncodeError::TrailingSlash => f.write_str("the path ends with '/'"),
-            EncodeError::SpecialPath => f.write_str("the path starts with '@', which only watches may do"),
-            EncodeError::NulInToken => f.write_str("the watch token contains a NUL byte"),
-            EncodeError::NoPermissions => f.write_str("set_perms needs at least one permission (the owner's)"),
-            EncodeError::NestedTransaction => {
-                f.write_str("transaction_start was given a transaction id; transactions do not nest")
-            }
-            EncodeError::NoTransaction => {
-                f.write_str("transaction_end was given transaction id 0, which is no transaction")
-            }
-            EncodeError::PayloadTooLong(len) => {
-                write!(f, "the payload is {len} bytes, more than the {PAYLOAD_MAX} allowed")
-            }
-        }
-    }
 }
 
 /// Checks a node path as xenstored would: absolute ("/a/b", at most [`ABS_PATH_MAX`]

@@ -1,5 +1,7 @@
-//! Host-side cargo invocations: unit tests, the dom0 suite binary, the workspace root.
+//! Host-side cargo invocations: the format and lint checks, unit tests, the dom0 suite
+//! binary, the workspace root.
 
+use crate::image;
 use crate::results::Tally;
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader};
@@ -28,6 +30,42 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The format and lint standard, each check one result line: `host::fmt` (rustfmt.toml's
+/// format, `cargo fmt --all --check`), `host::clippy` (every host crate with all its
+/// targets and features, and the image crate's host tests) and `host::clippy_image` (the
+/// image as it is built, for x86_64-target.json), clippy's warnings and the compiler's
+/// denied. Checks whose name does not contain `filter` are skipped.
+pub fn standards(filter: &str, tally: &mut Tally) -> Result<()> {
+    let fmt = || {
+        let mut cmd = cargo();
+        cmd.args(["fmt", "--all", "--check"]);
+        vec![cmd]
+    };
+    let clippy = || {
+        let (mut crates, mut kernel_tests) = (cargo(), cargo());
+        crates.args(["clippy", "--quiet", "--all-targets", "--all-features", "--", "-D", "warnings"]);
+        kernel_tests.args(["clippy", "--quiet", "-p", "rust-stubdom", "--tests", "--", "-D", "warnings"]);
+        vec![crates, kernel_tests]
+    };
+    let checks: [(&str, &dyn Fn() -> Vec<Command>); 3] =
+        [("host::fmt", &fmt), ("host::clippy", &clippy), ("host::clippy_image", &|| vec![image::clippy()])];
+    for (name, commands) in checks {
+        if !name.contains(filter) {
+            continue;
+        }
+        let mut failure = None;
+        for mut cmd in commands() {
+            let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+            if !status.success() {
+                failure = Some(format!("{cmd:?}: {status}"));
+                break;
+            }
+        }
+        tally.record(name, failure.as_deref());
+    }
+    Ok(())
+}
+
 /// `cargo test --workspace [FILTER]`, echoing its output and counting its result lines.
 pub fn unit_tests(filter: &str, tally: &mut Tally) -> Result<()> {
     let mut cmd = cargo();
@@ -35,6 +73,7 @@ pub fn unit_tests(filter: &str, tally: &mut Tally) -> Result<()> {
     if !filter.is_empty() {
         cmd.args(["--", filter]);
     }
+    let failed_before = tally.failed;
     let mut child = cmd.stdout(Stdio::piped()).spawn().context("starting cargo test")?;
     let stdout = child.stdout.take().expect("piped");
     for line in BufReader::new(stdout).lines() {
@@ -43,10 +82,9 @@ pub fn unit_tests(filter: &str, tally: &mut Tally) -> Result<()> {
         tally.count_cargo_line(&line);
     }
     let status = child.wait()?;
-    if !status.success() && tally.failed == 0 {
+    if !status.success() && tally.failed == failed_before {
         // A build error or a crashed test binary: no per-test line says so.
-        tally.failed += 1;
-        println!("test host::cargo_test ... FAILED ({status})");
+        tally.record("host::cargo_test", Some(&status.to_string()));
     }
     Ok(())
 }

@@ -1,8 +1,10 @@
-//! Builds the PV image for x86_64-target.json with -Zbuild-std and strips it.
+//! Builds the PV image for x86_64-target.json with -Zbuild-std and strips it; lints
+//! it the same way.
 
 use crate::host::{cargo, run};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
+use std::process::Command;
 
 /// Where the stripped image goes: the file to name as `stubdomain_kernel`.
 pub const IMAGE: &str = "target/image/rust-stubdom";
@@ -28,14 +30,30 @@ pub fn build_both() -> Result<Images> {
     Ok(Images { image, selftest })
 }
 
-fn build_one(target_dir: &str, extra: &[&str], out: &str) -> Result<PathBuf> {
-    run(cargo()
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["build", "--release", "--quiet", "-p", "rust-stubdom", "--target", "x86_64-target.json"])
+/// `cargo SUBCOMMAND` on the image crate as it is built: release, for
+/// x86_64-target.json, with `core` and `alloc` built from Debian's rust-web-src
+/// (no red zone, no SSE) in `target_dir`.
+fn image_cargo(subcommand: &str, target_dir: &str, extra: &[&str]) -> Command {
+    let mut cmd = cargo();
+    cmd.env("RUSTC_BOOTSTRAP", "1")
+        .args([subcommand, "--release", "--quiet", "-p", "rust-stubdom", "--target", "x86_64-target.json"])
         .args(["--target-dir", target_dir])
         .args(extra)
         .args(["-Zjson-target-spec", "-Zbuild-std=core,alloc,compiler_builtins"])
-        .arg("-Zbuild-std-features=compiler-builtins-mem"))?;
+        .arg("-Zbuild-std-features=compiler-builtins-mem");
+    cmd
+}
+
+/// Clippy on the image with the self-tests (a superset of the shipped image's code),
+/// every warning an error.
+pub fn clippy() -> Command {
+    let mut cmd = image_cargo("clippy", "target/clippy-image", &["--features", "selftests"]);
+    cmd.args(["--", "-D", "warnings"]);
+    cmd
+}
+
+fn build_one(target_dir: &str, extra: &[&str], out: &str) -> Result<PathBuf> {
+    run(&mut image_cargo("build", target_dir, extra))?;
     let unstripped = format!("{target_dir}/x86_64-target/release/rust-stubdom");
     std::fs::create_dir_all("target/image")?;
     run(std::process::Command::new("objcopy").args(["--strip-all", &unstripped, out]))?;

@@ -28,7 +28,8 @@ enum Cmd {
     Build,
     /// Build everything, boot the test bed and run the image as a domain, showing its console.
     Run,
-    /// Host unit tests, then the real-Xen suite; FILTER selects tests by name.
+    /// Format and lint checks, host unit tests, then the real-Xen suite; FILTER selects
+    /// tests by name (host::fmt, host::clippy, host::clippy_image, xen::...).
     Test { filter: Option<String> },
     /// Throughput benchmarks against the peers the issues name (one test-bed boot).
     Bench { filter: Option<String> },
@@ -87,6 +88,9 @@ fn run() -> Result<()> {
 fn test(filter: &str) -> Result<()> {
     testbed::ensure_packages()?;
     let mut tally = results::Tally::default();
+
+    println!("== format and lints");
+    host::standards(filter, &mut tally)?;
 
     println!("== host tests");
     host::unit_tests(filter, &mut tally)?;

@@ -34,6 +34,22 @@ pub fn parse_result(line: &str) -> Option<(&str, Verdict)> {
 }
 
 impl Tally {
+    /// Counts and prints one check run here: passed if `failure` is None, else failed
+    /// with that reason.
+    pub fn record(&mut self, name: &str, failure: Option<&str>) {
+        match failure {
+            None => {
+                self.passed += 1;
+                println!("test {name} ... ok");
+            }
+            Some(why) => {
+                self.failed += 1;
+                println!("    {why}");
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+
     /// Counts one line of `cargo test` output.
     pub fn count_cargo_line(&mut self, line: &str) {
         if !line.starts_with("test ") {
@@ -113,6 +129,15 @@ mod tests {
             t.count_cargo_line(l);
         }
         assert_eq!((t.passed, t.failed), (1, 1));
+    }
+
+    #[test]
+    fn recorded_checks_count_and_print_a_result_line() {
+        let mut t = Tally::default();
+        t.record("host::fmt", None);
+        t.record("host::clippy", Some("exit status: 101"));
+        t.record("host::clippy_image", None);
+        assert_eq!((t.passed, t.failed), (2, 1));
     }
 
     #[test]

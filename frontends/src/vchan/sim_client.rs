@@ -36,22 +36,20 @@ const PAGE_SHIFT: u32 = 12;
 const PAGE: usize = 4096;
 
 /// Why the client could not connect, or its peer went away.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum ClientError {
     /// `ring-ref` or `event-channel` is missing or 0 (init.c gives up too).
+    #[error("ring-ref or event-channel is missing or 0")]
     NoNodes,
     /// Binding the port or mapping a grant failed.
-    Xen(Error),
+    #[error("vchan client: {0}")]
+    Xen(#[from] Error),
     /// The orders in the page are out of range or collide.
+    #[error("ring orders {0}/{1} are out of range or collide")]
     BadOrders(u32, u32),
     /// `srv_live` is 0 and nothing is left to read.
+    #[error("the server closed and nothing is left to read")]
     Closed,
-}
-
-impl From<Error> for ClientError {
-    fn from(e: Error) -> Self {
-        ClientError::Xen(e)
-    }
 }
 
 /// Where one ring's bytes are.

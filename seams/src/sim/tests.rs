@@ -553,6 +553,39 @@ fn relative_paths_live_in_the_domains_home_and_permissions_hold() {
 }
 
 #[test]
+fn the_toolstack_fixture_gives_each_end_its_own_nodes_and_read_access_to_the_other() {
+    let world = World::new();
+    let (front, back, stranger) = (world.domain(FRONT), world.domain(7), world.domain(9));
+    let device = PvDevice { kind: "vif", devid: 1, frontend: FRONT, backend: 7 };
+    world.toolstack(device, &[("mac", "00:16:3e:00:00:01")]);
+    let (front_path, back_path) = (device.front_path(), device.back_path());
+    assert_eq!(
+        (front_path.as_str(), back_path.as_str()),
+        ("/local/domain/5/device/vif/1", "/local/domain/7/backend/vif/5/1")
+    );
+    let read = |path: String| world.xenstore_read(&path).map(|value| String::from_utf8(value).unwrap());
+    assert_eq!(read(format!("{front_path}/backend")), Some(back_path.clone()));
+    assert_eq!(read(format!("{front_path}/backend-id")).as_deref(), Some("7"));
+    assert_eq!(read(format!("{back_path}/frontend")), Some(front_path.clone()));
+    world
+        .block_on(async {
+            for key in ["backend", "backend-id", "state", "mac"] {
+                assert!(front.read(Tx::NONE, &format!("{front_path}/{key}")).await.is_ok(), "{key}");
+                assert!(back.read(Tx::NONE, &format!("{front_path}/{key}")).await.is_ok(), "{key}");
+            }
+            front.write(Tx::NONE, &format!("{front_path}/state"), b"3").await.unwrap();
+            back.write(Tx::NONE, &format!("{back_path}/state"), b"2").await.unwrap();
+            assert_eq!(front.read_string(Tx::NONE, &format!("{back_path}/state")).await.as_deref(), Ok("2"));
+            let denied = Err(XenstoreError::Xs(XsError::Errno(Errno::EACCES)));
+            assert_eq!(back.write(Tx::NONE, &format!("{front_path}/state"), b"6").await, denied);
+            assert_eq!(front.write(Tx::NONE, &format!("{back_path}/state"), b"6").await, denied);
+            assert_eq!(stranger.read(Tx::NONE, &format!("{front_path}/mac")).await.map(|_| ()), denied);
+            assert_eq!(stranger.read(Tx::NONE, &format!("{back_path}/state")).await.map(|_| ()), denied);
+        })
+        .unwrap();
+}
+
+#[test]
 fn a_lost_xenstore_reply_times_out_on_the_virtual_clock() {
     let world = World::new();
     let xen = world.domain(FRONT);
