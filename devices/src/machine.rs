@@ -393,11 +393,9 @@ impl Machine {
         match port {
             0xcf8..=0xcfb => match (port, size) {
                 (0xcf8, 4) => self.config_address = value,
-                (0xcf9, 1) => {
-                    if self.reset_control.write(value as u8) {
-                        log::info!("machine: reset through PIIX3 reset control (0xcf9 = {value:#x})");
-                        self.effects.push_back(Effect::Shutdown(ShutdownReason::Reboot));
-                    }
+                (0xcf9, 1) if self.reset_control.write(value as u8) => {
+                    log::info!("machine: reset through PIIX3 reset control (0xcf9 = {value:#x})");
+                    self.effects.push_back(Effect::Shutdown(ShutdownReason::Reboot));
                 }
                 // Linux's type-1 probe writes a byte to 0xcfb: ignored, as on PIIX.
                 _ => {}
@@ -498,7 +496,8 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
                 _ => req.addr,
             };
             req.count = if req.data_is_ptr() { u32::from(bytes[6]) } else { 1 };
-            req.data = if req.data_is_ptr() { u64::from(u16::from_le_bytes([bytes[8], bytes[9]])) << 4 } else { req.data };
+            req.data =
+                if req.data_is_ptr() { u64::from(u16::from_le_bytes([bytes[8], bytes[9]])) << 4 } else { req.data };
         }
         machine.handle_ioreq(&req, &ram);
         answered += 1;

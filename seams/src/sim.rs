@@ -83,6 +83,9 @@ pub struct SimXen {
     domid: DomId,
 }
 
+/// A task started with `Spawn::spawn`, waiting for the executor.
+type SpawnedTask = core::pin::Pin<alloc::boxed::Box<dyn Future<Output = ()>>>;
+
 #[derive(Default)]
 struct State {
     now_ns: u64,
@@ -99,7 +102,7 @@ struct State {
     /// HVM guests (device-model tests).
     guests: hvm::Guests,
     /// Tasks started with `Spawn::spawn`, for the executor to adopt.
-    spawned: Vec<(String, core::pin::Pin<alloc::boxed::Box<dyn Future<Output = ()>>>)>,
+    spawned: Vec<(String, SpawnedTask)>,
 }
 
 struct Domain {
@@ -300,7 +303,7 @@ impl World {
     }
 
     /// Tasks spawned since the last call, for the executor.
-    fn take_spawned(&self) -> Vec<(String, core::pin::Pin<alloc::boxed::Box<dyn Future<Output = ()>>>)> {
+    fn take_spawned(&self) -> Vec<(String, SpawnedTask)> {
         self.with(|state| core::mem::take(&mut state.spawned))
     }
 
