@@ -51,9 +51,11 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         Some(b"blkhotplug") => peers::blk_hotplug(cmdline.number("devid").unwrap_or(51744) as u32).await,
         #[cfg(feature = "selftests")]
         Some(b"blkbench") => {
-            let mut options = frontends::blkfront::Options::default();
-            options.max_ring_page_order = cmdline.number("ring_order").unwrap_or(2) as u32;
-            options.max_data_pages = cmdline.number("data_pages").unwrap_or(512) as usize;
+            let options = frontends::blkfront::Options {
+                max_ring_page_order: cmdline.number("ring_order").unwrap_or(2) as u32,
+                max_data_pages: cmdline.number("data_pages").unwrap_or(512) as usize,
+                ..Default::default()
+            };
             peers::blk_bench(cmdline.number("devid").unwrap_or(51712) as u32, options).await
         }
         #[cfg(feature = "selftests")]
@@ -154,7 +156,7 @@ fn alloc_stress(rounds: u64) -> Result<(), alloc::string::String> {
             _ if !pages.is_empty() => {
                 let (page, seed) = pages.swap_remove(rng.below(pages.len() as u64) as usize);
                 if !intact(page.as_slice(), seed) {
-                    return Err(alloc::format!("page {} corrupted (round {round})", page.pfn()));
+                    return Err(alloc::format!("a private page corrupted (round {round})"));
                 }
             }
             _ => {}
@@ -227,10 +229,16 @@ fn alloc_stress(rounds: u64) -> Result<(), alloc::string::String> {
 }
 
 #[cfg(feature = "selftests")]
-/// `count` tasks sleep for pseudo-random times; they must wake in deadline order.
+/// First echoes dom0's pings on an event channel (so that dom0 can measure the event
+/// round trip it bounds the lateness by), then `count` tasks sleep for pseudo-random
+/// times; they must wake in deadline order. Publishes in `data/timers-result` how
+/// many fired, how many fired before an earlier deadline, and the lateness (time from
+/// deadline to the task running) for dom0 to judge.
 async fn timers_in_order(count: usize) -> Result<(), alloc::string::String> {
+    use alloc::format;
     use alloc::rc::Rc;
     use core::cell::RefCell;
+    peers::echo_pings("timers", 20).await?;
     let order: Rc<RefCell<Vec<(u64, usize, u64)>>> = Rc::new(RefCell::new(Vec::new()));
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     // Deadlines start well after every task has had its first poll (which registers
@@ -254,19 +262,24 @@ async fn timers_in_order(count: usize) -> Result<(), alloc::string::String> {
     while order.borrow().len() < count && !limit.passed() {
         time::sleep(Duration::from_millis(20)).await;
     }
-    let order = order.borrow();
-    if order.len() < count {
-        return Err(alloc::format!("only {} of {count} timers fired within 10 s", order.len()));
-    }
-    if let Some(w) = order.windows(2).find(|w| w[0].0 > w[1].0) {
-        return Err(alloc::format!("timer with deadline {} fired after one with deadline {}", w[0].0, w[1].0));
-    }
+    // Every task has fired (or the wait gave up): take the record out of the cell.
+    let order = core::mem::take(&mut *order.borrow_mut());
+    let fired = order.len();
+    let inversions = order.windows(2).filter(|w| w[0].0 > w[1].0).count();
     let max_late = order.iter().map(|o| o.2).max().unwrap_or(0);
-    let mean_late = order.iter().map(|o| o.2).sum::<u64>() / count as u64;
-    println!(
-        "timers: {count} fired in deadline order, lateness mean {} us max {} us",
+    let mean_late = order.iter().map(|o| o.2).sum::<u64>() / fired.max(1) as u64;
+    let mut lateness: Vec<u64> = order.iter().map(|o| o.2).collect();
+    lateness.sort_unstable();
+    let p99_late = lateness.get(fired * 99 / 100).copied().unwrap_or(0);
+    let result = format!(
+        "count={count} fired={fired} inversions={inversions} mean_late_us={} p99_late_us={} max_late_us={}",
         mean_late / 1000,
+        p99_late / 1000,
         max_late / 1000
     );
+    crate::xs::write(crate::xs::NO_TX, "data/timers-result", result.as_bytes())
+        .await
+        .map_err(|e| format!("writing data/timers-result: {e}"))?;
+    println!("timers: {result}");
     Ok(())
 }

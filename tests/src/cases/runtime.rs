@@ -93,7 +93,9 @@ fn xenstore(ctx: &mut Ctx) -> Result<(), String> {
     expect_contains(&log, "xenstore: ok", "console log")
 }
 
-fn bind(name: &str, domid: u32) -> Result<(EventChannels, u32), String> {
+/// Binds to the port the image offers at data/<name>-port; returns the channels and
+/// our local port.
+pub fn bind(name: &str, domid: u32) -> Result<(EventChannels, u32), String> {
     let remote: u32 = xs::wait_for(&data_path(domid, &format!("{name}-port")), Duration::from_secs(60), |v| {
         v.parse::<u32>().is_ok()
     })?
@@ -111,7 +113,7 @@ fn bind(name: &str, domid: u32) -> Result<(EventChannels, u32), String> {
 }
 
 /// One notify/answer exchange; returns how long it took.
-fn round_trip(channels: &EventChannels, local: u32, limit: Duration) -> Result<Duration, String> {
+pub fn round_trip(channels: &EventChannels, local: u32, limit: Duration) -> Result<Duration, String> {
     let t = Instant::now();
     channels.notify(local)?;
     match channels.wait(limit)? {
@@ -178,9 +180,13 @@ fn sleep_matches_dom0(ctx: &mut Ctx) -> Result<(), String> {
         slept.as_secs_f64() * 1000.0,
         rtt.as_secs_f64() * 1000.0
     );
-    if error_ms > 10.0 {
+    // dom0 times the sleep through one exchange, whose delivery varies by about a
+    // round trip on a loaded test bed: the tolerance is 10 ms plus the median round
+    // trip.
+    let tolerance_ms = 10.0 + rtt.as_secs_f64() * 1000.0;
+    if error_ms > tolerance_ms {
         return Err(format!(
-            "the 200 ms sleep took {:.2} ms by dom0's clock (more than 10 ms off)",
+            "the 200 ms sleep took {:.2} ms by dom0's clock (more than {tolerance_ms:.1} ms off)",
             sleep.as_secs_f64() * 1000.0
         ));
     }
