@@ -404,7 +404,7 @@ mod tests {
         assert_eq!(&op.arg_bytes()[..6], &[0, 0, 0, 3, 1, 1]);
         let range = IoreqServerRange { id: 2, pad: 0, kind: dmop::IO_RANGE_PORT, start: 0x1f0, end: 0x1f7 };
         let op = DmOp::new(dmop::MAP_IO_RANGE_TO_IOREQ_SERVER, &range_bytes(&range));
-        assert_eq!(op.args, [2 | (0u64 << 32), 0x1f0, 0x1f7]);
+        assert_eq!(op.args, [2, 0x1f0, 0x1f7]);
         assert_eq!(pci_sbdf(0, 1, 1), 0x09);
     }
 }

@@ -32,7 +32,7 @@ fn write_backtrace(c: &mut Console, mut rbp: u64) {
     let stack = boot::boot_stack_range();
     let _ = write!(c, "backtrace:");
     for _ in 0..MAX_FRAMES {
-        if rbp % 8 != 0 || !stack.contains(&rbp) || !stack.contains(&(rbp + 15)) {
+        if !rbp.is_multiple_of(8) || !stack.contains(&rbp) || !stack.contains(&(rbp + 15)) {
             break;
         }
         // SAFETY: rbp and rbp+8 lie inside the boot stack (checked above), which is

@@ -650,7 +650,7 @@ impl MappingSlot {
     /// Writes an aligned u64 of the mapped page with one store.
     pub fn write_u64(&self, offset: usize, value: u64) {
         page_range_check(offset, 8);
-        assert!(offset % 8 == 0, "unaligned u64 at {offset}");
+        assert!(offset.is_multiple_of(8), "unaligned u64 at {offset}");
         // SAFETY: an aligned u64 inside the slot's page (checked above), mapped writable.
         unsafe { ((self.va as usize + offset) as *mut u64).write_volatile(value) };
     }
