@@ -12,6 +12,7 @@
 mod cases;
 mod dom0;
 mod harness;
+mod hvm_guest;
 mod proc;
 mod xl;
 mod xs;

@@ -9,6 +9,7 @@ pub mod net;
 pub mod qmp;
 pub mod runtime;
 pub mod stubdom;
+pub mod testbed_guest;
 pub mod vchan;
 
 use crate::harness::Test;
@@ -25,5 +26,6 @@ pub fn all() -> Vec<Test> {
     v.extend(qmp::tests());
     v.extend(linux::tests());
     v.extend(hvm::tests());
+    v.extend(testbed_guest::tests());
     v
 }
