@@ -13,6 +13,7 @@ mod cases;
 #[allow(unsafe_code)] // the ioctl wrappers over /dev/xen: the only unsafe code outside kernel/
 mod dom0;
 mod harness;
+mod hvm_guest;
 mod proc;
 mod xl;
 mod xs;

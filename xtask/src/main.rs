@@ -5,6 +5,7 @@
 
 mod bench;
 mod fuzz;
+mod guest;
 mod host;
 mod image;
 mod qmp_client;
@@ -46,6 +47,9 @@ enum TestbedCmd {
     Build,
     /// Boot the test bed with a dom0 shell on this terminal (Ctrl-a x quits).
     Shell,
+    /// Build the Linux HVM test guest's CD and boot it in plain QEMU, without Xen,
+    /// with its serial port on this terminal (Ctrl-a x quits).
+    Guest,
 }
 
 fn main() -> Result<()> {
@@ -61,6 +65,13 @@ fn main() -> Result<()> {
         Cmd::Testbed { action: TestbedCmd::Build } => {
             testbed::ensure_packages()?;
             testbed::base_initramfs()?;
+        }
+        Cmd::Testbed { action: TestbedCmd::Guest } => {
+            testbed::ensure_packages()?;
+            let (work, kver) = testbed::scratch_and_kernel()?;
+            let cd = guest::build(&work, &kver, &work.join("guest-out"))?;
+            println!("xtask: {} ({} bytes)", cd.iso.display(), std::fs::metadata(&cd.iso)?.len());
+            guest::run_in_qemu(&cd, &work)?;
         }
         Cmd::Testbed { action: TestbedCmd::Shell } => {
             testbed::ensure_packages()?;

@@ -2,8 +2,9 @@
 //! qemu-system-x86_64 (TCG), built from installed Debian packages.
 //!
 //! dom0's initramfs is two gzip'd cpio archives back to back (Linux unpacks both):
-//! a large base (busybox, Xen's toolstack, dom0's QEMU, firmware, kernel modules),
-//! rebuilt only when the packages it is made from change, and a small overlay with
+//! a large base (busybox, Xen's toolstack, dom0's QEMU, firmware, kernel modules,
+//! the Linux PV domU and the Linux HVM guest's CD), rebuilt only when the packages
+//! or files it is made from change, and a small overlay with
 //! the project's files (/init, /suite/xen-suite, /suite/rust-stubdom and
 //! /suite/rust-stubdom-selftest) made every run.
 //! Every boot is bounded by a host-side limit and a watchdog inside dom0; the serial
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 const DIR: &str = "target/testbed";
 /// Bump when the way the base initramfs is assembled changes.
-const BASE_LAYOUT: u32 = 4;
+const BASE_LAYOUT: u32 = 5;
 const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -38,6 +39,10 @@ const PACKAGES: &[&str] = &[
     "binutils",
     "gcc",
     "libxen-dev",
+    // The Linux HVM test guest's CD (guest.rs).
+    "isolinux",
+    "syslinux-common",
+    "xorriso",
 ];
 /// The C source of the Linux domU's vchan echo server.
 const VCHAN_ECHO_SOURCE: &str = "tests/dom0/vchan-echo.c";
@@ -99,10 +104,16 @@ fn kernel_version() -> Result<String> {
     versions.pop().context("no /boot/vmlinuz-*: is linux-image-amd64 installed?")
 }
 
+/// The test bed's scratch directory and the kernel version dom0 (and the HVM guest) run.
+pub fn scratch_and_kernel() -> Result<(PathBuf, String)> {
+    fs::create_dir_all(DIR)?;
+    Ok((PathBuf::from(DIR), kernel_version()?))
+}
+
 /// What the base initramfs is made from; a change means a rebuild.
 fn base_inputs(kver: &str) -> String {
     let mut s = format!("layout {BASE_LAYOUT}\nkernel {kver}\n");
-    for file in ["tests/dom0/domU-init", VCHAN_ECHO_SOURCE] {
+    for file in ["tests/dom0/domU-init", VCHAN_ECHO_SOURCE].iter().chain(crate::guest::INPUT_FILES) {
         let text = fs::read_to_string(file).unwrap_or_default();
         s.push_str(&format!("{file} {}\n{text}", text.len()));
     }
@@ -152,7 +163,7 @@ fn copy_into(root: &Path, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn copy_modules(root: &Path, kver: &str, modules: &[&str]) -> Result<()> {
+pub(crate) fn copy_modules(root: &Path, kver: &str, modules: &[&str]) -> Result<()> {
     let mut files = BTreeSet::new();
     for m in modules {
         let out = Command::new("modprobe").args(["-S", kver, "--show-depends", m]).output()?;
@@ -175,7 +186,7 @@ fn copy_modules(root: &Path, kver: &str, modules: &[&str]) -> Result<()> {
 }
 
 /// Packs `dir` as a gzip'd newc cpio archive at `out`.
-fn pack(dir: &Path, out: &Path) -> Result<()> {
+pub(crate) fn pack(dir: &Path, out: &Path) -> Result<()> {
     let out_file = fs::File::create(out)?;
     let status = Command::new("sh")
         .arg("-c")
@@ -294,6 +305,9 @@ pub fn base_initramfs() -> Result<PathBuf> {
     fs::create_dir_all(root.join("guest"))?;
     fs::copy(format!("/boot/vmlinuz-{kver}"), root.join("guest/linux-domU"))?;
     build_domu_initramfs(dir, &kver, &root.join("guest/linux-domU-initrd.gz"))?;
+    // The Linux HVM test guest's CD, booted by the HVM tests.
+    let cd = crate::guest::build(dir, &kver, &root.join("guest"))?;
+    println!("xtask: guest CD {} bytes (initramfs {} bytes)", fs::metadata(&cd.iso)?.len(), cd.initrd_len_bytes);
 
     let tmp = dir.join("base-initrd.gz.tmp");
     pack(&root, &tmp)?;

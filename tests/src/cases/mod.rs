@@ -11,6 +11,7 @@ pub mod qmp;
 pub mod runtime;
 pub mod stubdom;
 pub mod testbed;
+pub mod testbed_guest;
 pub mod vchan;
 
 use crate::harness::Test;
@@ -27,5 +28,6 @@ pub fn all() -> Vec<Test> {
     v.extend(vchan::tests());
     v.extend(qmp::tests());
     v.extend(testbed::tests());
+    v.extend(testbed_guest::tests());
     v
 }

@@ -8,9 +8,10 @@ use crate::cases::kernel::{IMAGE, SELFTEST_IMAGE};
 use crate::cases::linux::patterned_disk;
 use crate::cases::qmp::Client;
 use crate::harness::{Ctx, Test, expect_contains};
+use crate::hvm_guest::pty_reader;
 use crate::{harness, proc, xl, xs};
 use serde_json::{Value, json};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -103,26 +104,6 @@ impl Drop for Creation {
         xl::destroy(&format!("{}-dm", self.guest));
         xl::destroy(&self.guest);
     }
-}
-
-/// Reads a pty in a thread; lines arrive through a channel.
-fn pty_reader(path: &str) -> Result<(std::fs::File, mpsc::Receiver<Vec<u8>>), String> {
-    let out = proc::run(Command::new("stty").args(["-F", path, "raw", "-echo"]), Duration::from_secs(10))?;
-    if !out.success {
-        return Err(format!("stty {path}: {}", out.stderr));
-    }
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut reader = file.try_clone().map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    Ok((file, rx))
 }
 
 fn read_until(rx: &mpsc::Receiver<Vec<u8>>, seen: &mut String, needle: &str, limit: Duration) -> Result<(), String> {
