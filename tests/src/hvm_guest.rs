@@ -28,19 +28,18 @@ pub const STUB_RAMDISK: &str = "/tmp/stub-ramdisk.img";
 pub enum DeviceModel {
     /// dom0's qemu-xen (device_model_version = "qemu-xen", no stub domain).
     Dom0Qemu,
-    /// A stub domain running `kernel` with `memory_mib` and `cmdline` (for the
-    /// stub-domain tests; no test here uses it yet).
-    #[allow(dead_code)]
+    /// A stub domain running `kernel` with `memory_mib` and `cmdline`.
     StubDomain { kernel: String, memory_mib: u32, cmdline: String },
 }
 
 /// What xl does when the guest powers off, reboots or crashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    #[allow(dead_code)]
     Destroy,
     /// Keep the domain (shut down) so a test can read why it stopped.
     Preserve,
+    /// Build the guest (and its stub domain) again.
+    Restart,
 }
 
 impl Action {
@@ -48,6 +47,7 @@ impl Action {
         match self {
             Action::Destroy => "destroy",
             Action::Preserve => "preserve",
+            Action::Restart => "restart",
         }
     }
 }
@@ -159,8 +159,7 @@ pub fn shutdown_reason(row: &xl::DomainRow) -> Option<ShutdownReason> {
 pub struct HvmGuest {
     pub name: String,
     pub domid: u32,
-    /// The stub domain's domid, with [`DeviceModel::StubDomain`] (for the stub-domain tests).
-    #[allow(dead_code)]
+    /// The stub domain's domid, with [`DeviceModel::StubDomain`].
     pub stub_domid: Option<u32>,
     pub shell: GuestShell,
     xl_create: Child,

@@ -1,5 +1,32 @@
-//! HVM guests in the test bed (the device model will serve these): reading their
-//! firmware's progress from the hypervisor log.
+//! HVM guests served by our stub domain: stock `xl create` with the shipped image as
+//! `stubdomain_kernel` (16 MiB), the Linux test guest booting from its CD through our
+//! device model, and firmware progress read from the hypervisor log.
+
+use crate::cases::kernel::IMAGE;
+use crate::cases::linux::patterned_disk;
+use crate::harness::{self, Ctx, Test, expect_contains};
+use crate::hvm_guest::{
+    Action, DeviceModel, GuestShell, HvmGuest, HvmGuestConfig, disk_pattern, file_holds, nonce_cd, pty_reader,
+    sha256_hex, write_pattern_command,
+};
+use crate::{proc, xl, xs};
+use std::time::{Duration, Instant};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "xen::hvm::hvmloader_sees_our_pci_devices",
+            limit: Duration::from_secs(300),
+            run: hvmloader_sees_our_pci_devices,
+        },
+        Test {
+            name: "xen::hvm::linux_boots_from_cd_through_stub_domain",
+            limit: Duration::from_secs(900),
+            run: linux_boots_from_cd_through_stub_domain,
+        },
+        Test { name: "xen::hvm::guest_reboot_is_honoured", limit: Duration::from_secs(900), run: guest_reboot_is_honoured },
+    ]
+}
 
 /// Whether the hypervisor log shows domain `domid`'s hvmloader starting and, later,
 /// SeaBIOS's banner. Guest lines look like `(d4) [   15.93] SeaBIOS (version 1.16.2)`.
@@ -7,6 +34,229 @@ pub fn seabios_after_hvmloader(dmesg: &str, domid: u32) -> bool {
     let tag = format!("(d{domid}) ");
     let mut guest = dmesg.lines().filter(|l| l.contains(&tag));
     guest.any(|l| l.contains("HVM Loader")) && guest.any(|l| l.contains("SeaBIOS (version"))
+}
+
+/// The lines domain `domid`'s firmware wrote to the hypervisor log (debug port 0xe9),
+/// without the prefix and time stamp.
+pub fn firmware_lines(dmesg: &str, domid: u32) -> Vec<String> {
+    let tag = format!("(d{domid}) ");
+    dmesg
+        .lines()
+        .filter_map(|l| l.split_once(&tag).map(|(_, rest)| rest))
+        .map(|rest| match rest.trim_start().strip_prefix('[') {
+            Some(stamped) => stamped.split_once(']').map_or(rest, |(_, text)| text).trim().to_string(),
+            None => rest.trim().to_string(),
+        })
+        .collect()
+}
+
+/// The test guest's config with our image as its device model.
+fn stubdom_guest(name: &str, hda: Option<&str>, cd: Option<&str>) -> HvmGuestConfig {
+    let device_model =
+        DeviceModel::StubDomain { kernel: IMAGE.to_string(), memory_mib: 16, cmdline: "loglevel=info".to_string() };
+    let mut config = HvmGuestConfig::new(name, device_model);
+    config.hda = hda.map(str::to_string);
+    config.cdrom = cd.map(str::to_string);
+    config
+}
+
+/// The stub domain's console 0 (libxl sends it to qemu-dm-<guest>.log), for reports.
+fn device_model_log(guest: &str) -> String {
+    std::fs::read_to_string(format!("/var/log/xen/qemu-dm-{guest}.log")).unwrap_or_default()
+}
+
+fn with_device_model_log(guest: &str, error: String) -> String {
+    let log = device_model_log(guest);
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    format!("{error}\nthe device model's log (last lines):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+}
+
+/// hvmloader and SeaBIOS, as the hypervisor log shows them, find the machine our
+/// device model emulates: the PIIX3 (hvmloader routes its PCI interrupt links), the
+/// three PCI functions, both IDE channels with the disk and the DVD-ROM behind them,
+/// and COM1.
+fn hvmloader_sees_our_pci_devices(ctx: &mut Ctx) -> Result<(), String> {
+    let name = "hvm-firmware";
+    let cd = nonce_cd("/tmp/hvm-firmware-cd.iso")?;
+    patterned_disk("/tmp/hvm-firmware-hda.img", 16)?;
+    let config = stubdom_guest(name, Some("/tmp/hvm-firmware-hda.img"), Some(&cd.path));
+    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    guest.wait_created(Duration::from_secs(120)).map_err(|e| with_device_model_log(name, e))?;
+    let domid = guest.domid;
+    // SeaBIOS lists the boot menu once every device is probed.
+    let lines = proc::poll(Duration::from_secs(120), Duration::from_secs(1), || {
+        let lines = firmware_lines(&xl::dmesg().ok()?, domid);
+        lines.iter().any(|l| l.contains("Press ESC for boot menu") || l.starts_with("Booting from")).then_some(lines)
+    })
+    .ok_or_else(|| {
+        let lines = firmware_lines(&xl::dmesg().unwrap_or_default(), domid);
+        with_device_model_log(name, format!("SeaBIOS never finished probing; its lines:\n{}", lines.join("\n")))
+    })?;
+    let text = lines.join("\n");
+    let report = |e: String| with_device_model_log(name, format!("{e}\nfirmware lines:\n{text}"));
+    for link in 0..4 {
+        expect_contains(&text, &format!("PCI-ISA link {link} routed to IRQ"), "hvmloader's lines").map_err(report)?;
+    }
+    for needle in [
+        // The three functions our PCI bus answers for (00:00.0, 00:01.0, 00:01.1).
+        "Found 3 PCI devices",
+        // PIIX3 IDE in legacy mode, found through its class code at 00:01.1 (dev 9).
+        "ATA controller 1 at 1f0/3f4/0 (irq 14 dev 9)",
+        "ATA controller 2 at 170/374/0 (irq 15 dev 9)",
+        // IDENTIFY and IDENTIFY PACKET as SeaBIOS reads them.
+        "ata0-0: QEMU HARDDISK ATA-7 Hard-Disk (16 MiBytes)",
+        "ata1-0: QEMU DVD-ROM ATAPI-4 DVD/CD",
+        // COM1 passed detect_serial.
+        "Found 1 serial ports",
+    ] {
+        expect_contains(&text, needle, "SeaBIOS's lines").map_err(report)?;
+    }
+    // hvmloader assigned no BAR: this machine's functions have none (the IDE function
+    // is PIO-only, without BAR4); a BAR line would mean a device we did not emulate.
+    if let Some(bar) = lines.iter().find(|l| l.contains(" bar ")) {
+        return Err(report(format!("hvmloader assigned a BAR nothing of ours has: {bar}")));
+    }
+    println!(
+        "@@metric xen::hvm::hvmloader_sees_our_pci_devices| domain {domid}: {} firmware lines, 3 PCI functions, \
+         disk and DVD-ROM on both IDE channels, COM1",
+        lines.len()
+    );
+    guest.destroy()
+}
+
+const BOOT_NAME: &str = "linux-stubdom";
+const BOOT_CD: &str = "/tmp/linux-stubdom-cd.iso";
+const BOOT_HDA: &str = "/tmp/linux-stubdom-hda.img";
+const PATTERN_SECTOR: u64 = 2048;
+const PATTERN_LEN_BYTES: usize = 64 << 10;
+const READ_SECTOR: u64 = 100;
+
+/// Times from `xl create`, for the report.
+struct BootTimes {
+    first_byte: Duration,
+    banner: Duration,
+    linux: Duration,
+    init: Duration,
+}
+
+/// Waits for the guest's boot on `shell`: ISOLINUX, the kernel, /init.
+fn wait_boot(shell: &mut GuestShell, limit: Duration) -> Result<BootTimes, String> {
+    let banner = shell.wait_for("ISOLINUX ", limit)?;
+    let linux = shell.wait_for("Linux version ", limit)?;
+    let init = shell.wait_init(limit)?.at;
+    let first_byte = shell.transcript().first_byte_at().unwrap_or_default();
+    Ok(BootTimes { first_byte, banner, linux, init })
+}
+
+/// The Linux test guest boots from its CD through our stub domain, under stock
+/// `xl create`: dom0 reads its serial through the stub domain's console 3 and sees
+/// ISOLINUX and the kernel, ata_piix finding the disk and the CD, the sha256 of a file
+/// dom0 put on the CD with a per-run nonce, a sector read from hda; the guest writes a
+/// nonce pattern to hda and powers off through ACPI; xl then removes the guest and the
+/// stub domain (on_poweroff = destroy) and records the reason; dom0 finds the pattern
+/// in the disk file.
+fn linux_boots_from_cd_through_stub_domain(ctx: &mut Ctx) -> Result<(), String> {
+    let cd = nonce_cd(BOOT_CD)?;
+    patterned_disk(BOOT_HDA, 16)?;
+    let mut config = stubdom_guest(BOOT_NAME, Some(BOOT_HDA), Some(&cd.path));
+    config.on_poweroff = Action::Destroy;
+    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    let result = boot_and_power_off(&mut guest, &cd.sha256_hex);
+    for line in guest.shell.transcript().render().lines() {
+        println!("@@console {BOOT_NAME}-serial| {line}");
+    }
+    result.map_err(|e| with_device_model_log(BOOT_NAME, e))
+}
+
+fn boot_and_power_off(guest: &mut HvmGuest, nonce_sha256: &str) -> Result<(), String> {
+    guest.wait_created(Duration::from_secs(120))?;
+    let stub = guest.stub_domid.ok_or("no stub domain")?;
+    let times = wait_boot(&mut guest.shell, Duration::from_secs(600))?;
+
+    let short = Duration::from_secs(60);
+    let dmesg = guest.shell.run_ok(
+        "waitdev /dev/sda 30 && waitdev /dev/sr0 30 && dmesg | grep -E 'scsi host|ata[0-9.]+: [AP]|CD-ROM|\\[sda\\] [0-9]+ 512'",
+        short,
+    )?;
+    for needle in [
+        "scsi host0: ata_piix",
+        "ATA-7: QEMU HARDDISK",
+        "ATAPI: QEMU DVD-ROM",
+        "CD-ROM",
+        "[sda] 32768 512-byte logical blocks",
+    ] {
+        expect_contains(&dmesg, needle, "the guest's dmesg")?;
+    }
+    let sums = guest.shell.run_ok("mount -t iso9660 -r /dev/sr0 /cdrom && sha256sum /cdrom/nonce.bin", short)?;
+    expect_contains(&sums, &format!("{nonce_sha256}  /cdrom/nonce.bin"), "sha256sum of the CD's nonce file")?;
+    let sector: Vec<u8> = (0..64).flat_map(|_| READ_SECTOR.to_le_bytes()).collect();
+    let read = guest.shell.run_ok(
+        &format!("dd if=/dev/sda bs=512 skip={READ_SECTOR} count=1 iflag=direct status=none | sha256sum"),
+        short,
+    )?;
+    expect_contains(&read, &sha256_hex(&sector)?, "sha256sum of a sector the guest read from hda")?;
+    let tag = format!("rust-stubdom hda {}", harness::nonce());
+    guest.shell.run_ok(&write_pattern_command("/dev/sda", &tag, PATTERN_SECTOR, PATTERN_LEN_BYTES)?, short)?;
+
+    guest.shell.send_line("poweroff -f")?;
+    // xl destroys both domains on a poweroff; its log says why the guest stopped.
+    let stub_name = format!("{BOOT_NAME}-dm");
+    proc::poll(Duration::from_secs(120), Duration::from_millis(500), || {
+        (matches!(xl::find(BOOT_NAME), Ok(None)) && matches!(xl::find(&stub_name), Ok(None))).then_some(())
+    })
+    .ok_or_else(|| format!("{BOOT_NAME} or {stub_name} still listed 120 s after poweroff"))?;
+    let xl_log = std::fs::read_to_string(format!("/var/log/xen/xl-{BOOT_NAME}.log")).unwrap_or_default();
+    let shutdown = format!("Domain {} has shut down, reason code 0 ", guest.domid);
+    expect_contains(&xl_log, &shutdown, "xl's log (reason code 0 is poweroff)")?;
+    file_holds(BOOT_HDA, PATTERN_SECTOR * 512, &disk_pattern(&tag, PATTERN_LEN_BYTES))?;
+
+    println!(
+        "@@metric xen::hvm::linux_boots_from_cd_through_stub_domain| from xl create: first serial byte {:.1} s, \
+         ISOLINUX banner {:.1} s, Linux version {:.1} s, @@guest: init {:.1} s (guest {}, stub domain {stub}, 16 MiB)",
+        times.first_byte.as_secs_f64(),
+        times.banner.as_secs_f64(),
+        times.linux.as_secs_f64(),
+        times.init.as_secs_f64(),
+        guest.domid,
+    );
+    Ok(())
+}
+
+/// A guest `reboot` through our device model (ACPI's reset register, PIIX3's 0xcf9)
+/// restarts it: xl (on_reboot = restart) builds a new guest and a new stub domain,
+/// whose serial shows ISOLINUX again.
+fn guest_reboot_is_honoured(ctx: &mut Ctx) -> Result<(), String> {
+    let name = "hvm-reboot";
+    let cd = nonce_cd("/tmp/hvm-reboot-cd.iso")?;
+    let mut config = stubdom_guest(name, None, Some(&cd.path));
+    config.on_reboot = Action::Restart;
+    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    guest.wait_created(Duration::from_secs(120)).map_err(|e| with_device_model_log(name, e))?;
+    let (first_guest, first_stub) = (guest.domid, guest.stub_domid.ok_or("no stub domain")?);
+    wait_boot(&mut guest.shell, Duration::from_secs(600)).map_err(|e| with_device_model_log(name, e))?;
+    let rebooted_at = Instant::now();
+    guest.shell.send_line("reboot -f")?;
+
+    // A new guest and a new stub domain, whose console 3 carries ISOLINUX's banner.
+    let stub_name = format!("{name}-dm");
+    let (second_guest, second_stub) = proc::poll(Duration::from_secs(180), Duration::from_millis(500), || {
+        let (g, s) = (xl::domid(name).ok()?, xl::domid(&stub_name).ok()?);
+        (g != first_guest && s != first_stub).then_some((g, s))
+    })
+    .ok_or_else(|| with_device_model_log(name, format!("{name} was not rebuilt within 180 s of `reboot -f`")))?;
+    let xl_log = std::fs::read_to_string(format!("/var/log/xen/xl-{name}.log")).unwrap_or_default();
+    expect_contains(&xl_log, &format!("Domain {first_guest} has shut down, reason code 1 "), "xl's log (1 is reboot)")?;
+    let tty_node = format!("/local/domain/{second_stub}/device/console/3/tty");
+    let tty = xs::wait_for(&tty_node, Duration::from_secs(60), |v| v.starts_with("/dev/pts/"))?;
+    let (pty, rx) = pty_reader(&tty)?;
+    let mut shell = GuestShell::new(Box::new(pty), rx, rebooted_at);
+    let banner = shell.wait_for("ISOLINUX ", Duration::from_secs(300)).map_err(|e| with_device_model_log(name, e))?;
+    println!(
+        "@@metric xen::hvm::guest_reboot_is_honoured| guest {first_guest} (stub {first_stub}) rebooted as guest \
+         {second_guest} (stub {second_stub}); ISOLINUX again {:.1} s after reboot",
+        banner.as_secs_f64()
+    );
+    guest.destroy()
 }
 
 #[cfg(test)]
@@ -20,5 +270,13 @@ mod tests {
         assert!(!seabios_after_hvmloader(log, 3));
         assert!(!seabios_after_hvmloader("(d4) [ 15.9] SeaBIOS (version 1.16.2)\n(d4) [ 16.0] HVM Loader\n", 4));
         assert!(!seabios_after_hvmloader("(d14) [ 1.0] HVM Loader\n(d14) [ 2.0] SeaBIOS (version 1)\n", 4));
+    }
+
+    #[test]
+    fn firmware_lines_lose_prefix_and_stamp() {
+        let log = "(XEN) [  97.28] (d1) [   96.954519] PCI-ISA link 0 routed to IRQ5\n\
+                   (XEN) (d2) Found 3 PCI devices (max PCI bus is 00)\n(XEN) (d1) [ 98.9] Found 1 serial ports\n";
+        assert_eq!(firmware_lines(log, 1), ["PCI-ISA link 0 routed to IRQ5", "Found 1 serial ports"]);
+        assert_eq!(firmware_lines(log, 2), ["Found 3 PCI devices (max PCI bus is 00)"]);
     }
 }

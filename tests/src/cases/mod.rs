@@ -28,6 +28,7 @@ pub fn all() -> Vec<Test> {
     v.extend(vchan::tests());
     v.extend(qmp::tests());
     v.extend(testbed::tests());
+    v.extend(hvm::tests());
     v.extend(testbed_guest::tests());
     v
 }
