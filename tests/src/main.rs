@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             let filter = args.get(1).map(String::as_str).unwrap_or("");
             if cases::bench::run(filter) == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
-        Some("demo") => match cases::kernel::demo() {
+        Some("demo") => match cases::hvm::demo() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 println!("@@demo failed: {e}");

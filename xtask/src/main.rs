@@ -88,7 +88,7 @@ fn run() -> Result<()> {
     let suite = host::build_suite()?;
     let overlay = testbed::prepare_overlay(&images, &suite)?;
     println!("xtask: booting Xen + dom0 under QEMU (TCG); the image's console follows");
-    let outcome = testbed::boot(&overlay, "demo", "", Duration::from_secs(600), true)?;
+    let outcome = testbed::boot(&overlay, "demo", "", Duration::from_secs(900), true)?;
     if !outcome.saw("@@demo: rust-stubdom ended") {
         bail!("the demo did not finish; serial log: {}", outcome.serial_log.display());
     }

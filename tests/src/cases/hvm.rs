@@ -24,7 +24,11 @@ pub fn tests() -> Vec<Test> {
             limit: Duration::from_secs(900),
             run: linux_boots_from_cd_through_stub_domain,
         },
-        Test { name: "xen::hvm::guest_reboot_is_honoured", limit: Duration::from_secs(900), run: guest_reboot_is_honoured },
+        Test {
+            name: "xen::hvm::guest_reboot_is_honoured",
+            limit: Duration::from_secs(900),
+            run: guest_reboot_is_honoured,
+        },
     ]
 }
 
@@ -257,6 +261,73 @@ fn guest_reboot_is_honoured(ctx: &mut Ctx) -> Result<(), String> {
         banner.as_secs_f64()
     );
     guest.destroy()
+}
+
+/// `cargo xtask run`: the Linux test guest with our stub domain as its device model,
+/// its serial console streamed to the terminal as it comes (`[guest] ...` lines), a
+/// few commands run in it, then its ACPI poweroff; ends with `@@demo: rust-stubdom ended`.
+pub fn demo() -> Result<(), String> {
+    use std::io::Write;
+    let name = "demo-guest";
+    let mut ctx = Ctx::default();
+    let cd = nonce_cd("/tmp/demo-cd.iso")?;
+    patterned_disk("/tmp/demo-hda.img", 16)?;
+    let mut config = stubdom_guest(name, Some("/tmp/demo-hda.img"), Some(&cd.path));
+    config.on_poweroff = Action::Destroy;
+    println!("@@demo: xl create of an HVM guest whose device model is our stub domain ({IMAGE}, 16 MiB)");
+    let mut guest = HvmGuest::create(&mut ctx, &config, Duration::from_secs(120))?;
+    println!("@@demo: guest {} with stub domain {:?}; its serial console follows", guest.domid, guest.stub_domid);
+    let shown = std::cell::Cell::new(0);
+    let show = |shell: &GuestShell| {
+        let bytes = shell.transcript().bytes();
+        // Whole lines only, as they complete.
+        if let Some(end) = bytes[shown.get()..].iter().rposition(|b| *b == b'\n') {
+            for line in String::from_utf8_lossy(&bytes[shown.get()..shown.get() + end]).lines() {
+                println!("[guest] {}", line.trim_end_matches('\r'));
+            }
+            shown.set(shown.get() + end + 1);
+            let _ = std::io::stdout().flush();
+        }
+    };
+    let outcome = (|| {
+        guest.wait_created(Duration::from_secs(120))?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while guest.shell.wait_init(Duration::from_secs(1)).is_err() {
+            show(&guest.shell);
+            if Instant::now() > deadline {
+                return Err("the guest's /init did not report within 600 s".to_string());
+            }
+        }
+        show(&guest.shell);
+        for command in [
+            "uname -a",
+            "cat /proc/cmdline",
+            "dmesg | grep -E 'ata[0-9.]+: [AP]|scsi .*QEMU|ttyS0 at'",
+            "mount -t iso9660 -r /dev/sr0 /cdrom && ls -l /cdrom",
+            "dd if=/dev/sda bs=64k count=64 iflag=direct 2>&1 | tail -1",
+        ] {
+            println!("[guest] # {command}");
+            let output = guest.shell.run(command, Duration::from_secs(60))?;
+            for line in output.text.lines() {
+                println!("[guest] {line}");
+            }
+        }
+        shown.set(guest.shell.transcript().bytes().len());
+        println!("[guest] # poweroff -f");
+        guest.shell.send_line("poweroff -f")?;
+        proc::poll(Duration::from_secs(120), Duration::from_millis(500), || {
+            show(&guest.shell);
+            matches!(xl::find(name), Ok(None)).then_some(())
+        })
+        .ok_or_else(|| format!("{name} still runs 120 s after poweroff"))
+    })();
+    if let Err(e) = &outcome {
+        println!("@@demo: {}", with_device_model_log(name, e.clone()));
+    }
+    outcome?;
+    println!("@@demo: the guest powered off; xl removed it and its stub domain");
+    println!("@@demo: rust-stubdom ended");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -217,25 +217,6 @@ fn timers_in_order(ctx: &mut Ctx) -> Result<(), String> {
     judge_timers(&result, rtt)
 }
 
-/// `cargo xtask run`: start the image and show its console as it runs.
-pub fn demo() -> Result<(), String> {
-    let name = "rust-stubdom";
-    let mut ctx = Ctx::default();
-    let cfg = ctx.prepare_domain(name, &pv_config(name, 16, "selftest=none"))?;
-    println!("@@demo: xl create {cfg}");
-    xl::create(&cfg)?;
-    let row = xl::wait_shutdown(name, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(500));
-    println!("@@demo: console of {name} (from xenconsoled's log):");
-    for line in console_log(name).lines() {
-        println!("[{name}] {line}");
-    }
-    xl::destroy(name);
-    let row = row?;
-    println!("@@demo: {name} ended with state {} ({})", row.state, if row.is_crashed() { "crash" } else { "shutdown" });
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
