@@ -268,12 +268,14 @@ impl IdeController {
         self.channels.get(usize::from(drive.channel)).is_some_and(|channel| channel.is_tray_locked(drive.unit))
     }
 
-    /// A machine reset: both channels back to their power-on state (registers, signatures,
-    /// device control, no interrupt, no transfer; outstanding requests are forgotten and
-    /// their outcomes ignored). Drives keep their media and tray positions; trays are
-    /// unlocked (with a [`IdeEvent::TrayLocked`] for each that was locked), sense data is
-    /// cleared and the NOT READY / UNIT ATTENTION reports of a media change are dropped
-    /// (GESN still reports it), as QEMU's `ide_bus_reset` does.
+    /// A machine reset (QEMU's `ide_bus_reset`): both channels back to their power-on
+    /// state (registers, signatures, device control, no interrupt, no transfer; outstanding
+    /// requests are forgotten and their outcomes ignored). Drives keep their media; trays
+    /// are unlocked (with an [`IdeEvent::TrayLocked`] for each that was locked); sense data
+    /// and the NOT READY / UNIT ATTENTION reports of a pending media change are dropped
+    /// (GESN still reports the change). Unlike QEMU, an open tray stays open (QEMU marks it
+    /// closed while its block layer still has it open) and disks' write caches are on again
+    /// (QEMU keeps what SET FEATURES last chose).
     pub fn reset(&mut self) {
         for channel in &mut self.channels {
             channel.reset();
