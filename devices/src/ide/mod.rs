@@ -201,7 +201,10 @@ impl IdeController {
     /// a status read, so a new interrupt is a new rising edge).
     ///
     /// As in QEMU, INTRQ is only latched when the drive interrupts while nIEN is clear: a
-    /// command completed under nIEN (SeaBIOS polls that way) leaves nothing pending.
+    /// command completed under nIEN (SeaBIOS polls that way) leaves nothing pending. Setting
+    /// nIEN while INTRQ is latched lowers the line and clearing it raises it again (QEMU
+    /// leaves its line high throughout); libata reads status right after setting nIEN, so
+    /// it never sees the difference.
     pub fn irq_level(&self, channel: u8) -> bool {
         self.channels.get(usize::from(channel)).is_some_and(Channel::irq_level)
     }
