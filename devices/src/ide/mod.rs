@@ -205,12 +205,20 @@ impl IdeController {
     /// nIEN while INTRQ is latched lowers the line and clearing it raises it again (QEMU
     /// leaves its line high throughout); libata reads status right after setting nIEN, so
     /// it never sees the difference.
+    ///
+    /// Port accesses, `complete`, `set_medium`, `set_tray_open`, `request_eject` and `reset`
+    /// can change the level.
     pub fn irq_level(&self, channel: u8) -> bool {
         self.channels.get(usize::from(channel)).is_some_and(Channel::irq_level)
     }
 
     /// The next block request, if any (at most one outstanding per channel). While a
     /// request is outstanding the drive shows BSY.
+    ///
+    /// A port write, a port read of the data port and [`complete`](Self::complete) can each
+    /// leave a new request: ask again after them. A request taken before a reset (SRST,
+    /// DEVICE RESET, [`reset`](Self::reset)) still gets its outcome through `complete`, which
+    /// is then ignored; until it has, that channel hands out no new request.
     pub fn take_request(&mut self) -> Option<BlockRequest> {
         self.channels.iter_mut().find_map(Channel::take_request)
     }
