@@ -94,6 +94,9 @@ pub enum IdeEvent {
 /// Largest transfer one [`BlockRequest`] carries, in 512-byte sectors (64 KiB).
 pub const MAX_REQUEST_SECTORS: u32 = 128;
 
+/// Events kept per channel between two [`IdeController::take_events`] calls.
+pub const MAX_QUEUED_EVENTS: usize = 32;
+
 /// Port offsets of the command block (0x1f0/0x170 + n).
 const COMMAND_BLOCK_LEN: u16 = 8;
 const PRIMARY_COMMAND_BASE: u16 = 0x1f0;
@@ -258,7 +261,7 @@ impl IdeController {
 
     /// Events for QMP since the last call (guest PREVENT ALLOW MEDIUM REMOVAL, START STOP
     /// UNIT eject/load). Only changes are reported, and at most
-    /// [`MAX_QUEUED_EVENTS`](channel::MAX_QUEUED_EVENTS) per channel are kept between calls
+    /// [`MAX_QUEUED_EVENTS`] per channel are kept between calls
     /// (the oldest are dropped first).
     pub fn take_events(&mut self) -> Vec<IdeEvent> {
         let mut events = Vec::new();
