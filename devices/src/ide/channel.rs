@@ -16,7 +16,7 @@
 use alloc::vec::Vec;
 
 use super::drive::{Drive, status};
-use super::{BlockOp, BlockOutcome, BlockRequest, DriveId, DriveSpec, IdeEvent};
+use super::{BlockOp, BlockOutcome, BlockRequest, DriveId, DriveSpec, IdeEvent, MAX_QUEUED_EVENTS};
 
 /// Device control bits (0x3f6/0x376 write).
 pub(super) mod control {
@@ -27,9 +27,6 @@ pub(super) mod control {
     /// high-order byte: registers 1-5 read their previous (HOB) value
     pub const HOB: u8 = 0x80;
 }
-
-/// Events kept per channel between two `take_events` calls.
-pub const MAX_QUEUED_EVENTS: usize = 32;
 
 /// State the drives of a channel share, handed to a drive while it runs.
 pub(super) struct Bus {

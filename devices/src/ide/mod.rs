@@ -94,6 +94,9 @@ pub enum IdeEvent {
 /// Largest transfer one [`BlockRequest`] carries, in 512-byte sectors (64 KiB).
 pub const MAX_REQUEST_SECTORS: u32 = 128;
 
+/// Events kept per channel between two [`IdeController::take_events`] calls.
+pub const MAX_QUEUED_EVENTS: usize = 32;
+
 /// Port offsets of the command block (0x1f0/0x170 + n).
 const COMMAND_BLOCK_LEN: u16 = 8;
 const PRIMARY_COMMAND_BASE: u16 = 0x1f0;
@@ -201,13 +204,24 @@ impl IdeController {
     /// a status read, so a new interrupt is a new rising edge).
     ///
     /// As in QEMU, INTRQ is only latched when the drive interrupts while nIEN is clear: a
-    /// command completed under nIEN (SeaBIOS polls that way) leaves nothing pending.
+    /// command completed under nIEN (SeaBIOS polls that way) leaves nothing pending. Setting
+    /// nIEN while INTRQ is latched lowers the line and clearing it raises it again (QEMU
+    /// leaves its line high throughout); libata reads status right after setting nIEN, so
+    /// it never sees the difference.
+    ///
+    /// Port accesses, `complete`, `set_medium`, `set_tray_open`, `request_eject` and `reset`
+    /// can change the level.
     pub fn irq_level(&self, channel: u8) -> bool {
         self.channels.get(usize::from(channel)).is_some_and(Channel::irq_level)
     }
 
     /// The next block request, if any (at most one outstanding per channel). While a
     /// request is outstanding the drive shows BSY.
+    ///
+    /// A port write, a port read of the data port and [`complete`](Self::complete) can each
+    /// leave a new request: ask again after them. A request taken before a reset (SRST,
+    /// DEVICE RESET, [`reset`](Self::reset)) still gets its outcome through `complete`, which
+    /// is then ignored; until it has, that channel hands out no new request.
     pub fn take_request(&mut self) -> Option<BlockRequest> {
         self.channels.iter_mut().find_map(Channel::take_request)
     }
@@ -247,7 +261,7 @@ impl IdeController {
 
     /// Events for QMP since the last call (guest PREVENT ALLOW MEDIUM REMOVAL, START STOP
     /// UNIT eject/load). Only changes are reported, and at most
-    /// [`MAX_QUEUED_EVENTS`](channel::MAX_QUEUED_EVENTS) per channel are kept between calls
+    /// [`MAX_QUEUED_EVENTS`] per channel are kept between calls
     /// (the oldest are dropped first).
     pub fn take_events(&mut self) -> Vec<IdeEvent> {
         let mut events = Vec::new();
@@ -268,12 +282,14 @@ impl IdeController {
         self.channels.get(usize::from(drive.channel)).is_some_and(|channel| channel.is_tray_locked(drive.unit))
     }
 
-    /// A machine reset: both channels back to their power-on state (registers, signatures,
-    /// device control, no interrupt, no transfer; outstanding requests are forgotten and
-    /// their outcomes ignored). Drives keep their media and tray positions; trays are
-    /// unlocked (with a [`IdeEvent::TrayLocked`] for each that was locked), sense data is
-    /// cleared and the NOT READY / UNIT ATTENTION reports of a media change are dropped
-    /// (GESN still reports it), as QEMU's `ide_bus_reset` does.
+    /// A machine reset (QEMU's `ide_bus_reset`): both channels back to their power-on
+    /// state (registers, signatures, device control, no interrupt, no transfer; outstanding
+    /// requests are forgotten and their outcomes ignored). Drives keep their media; trays
+    /// are unlocked (with an [`IdeEvent::TrayLocked`] for each that was locked); sense data
+    /// and the NOT READY / UNIT ATTENTION reports of a pending media change are dropped
+    /// (GESN still reports the change). Unlike QEMU, an open tray stays open (QEMU marks it
+    /// closed while its block layer still has it open) and disks' write caches are on again
+    /// (QEMU keeps what SET FEATURES last chose).
     pub fn reset(&mut self) {
         for channel in &mut self.channels {
             channel.reset();

@@ -35,7 +35,7 @@ fn packet_raw(bed: &mut Bed, cdb: &[u8], limit: u16, feature: u8) -> Result<Vec<
     padded[..cdb.len()].copy_from_slice(cdb);
     bed.outsw(cmd + DATA, &padded);
     let mut data = Vec::new();
-    loop {
+    for _ in 0..100_000 {
         let status = bed.poll_not_busy(SECONDARY);
         if status & DRQ == 0 {
             assert_eq!(bed.inb(cmd + NSECT) & 3, 3, "IO|CoD at the end");
@@ -49,6 +49,7 @@ fn packet_raw(bed: &mut Bed, cdb: &[u8], limit: u16, feature: u8) -> Result<Vec<
         assert!(len > 0 && len <= usize::from(limit.max(2)), "block of {len} bytes with a limit of {limit}");
         data.extend(bed.insw(cmd + DATA, len.div_ceil(2)).into_iter().take(len));
     }
+    panic!("the data phase never ends");
 }
 
 /// A command and, when it fails, REQUEST SENSE.

@@ -193,7 +193,7 @@ impl Bed {
         };
         self.seen.push((drive, seen));
         if let Seen::Read { nr_sectors, .. } | Seen::Write { nr_sectors, .. } = seen {
-            assert!(nr_sectors >= 1 && nr_sectors <= MAX_REQUEST_SECTORS, "request of {nr_sectors} sectors");
+            assert!((1..=MAX_REQUEST_SECTORS).contains(&nr_sectors), "request of {nr_sectors} sectors");
         }
         if self.fail_next == Some(drive) {
             self.fail_next = None;

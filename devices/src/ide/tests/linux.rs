@@ -389,7 +389,7 @@ impl<'a> Libata<'a> {
         self.data_out(&padded);
         self.altstatus();
         let mut data = Vec::new();
-        loop {
+        for _ in 0..100_000 {
             self.bed.wait_irq(channel);
             let status = self.irq_status();
             if status & DRQ == 0 {
@@ -412,6 +412,7 @@ impl<'a> Libata<'a> {
             data.extend(self.data_in(bytes));
             self.altstatus();
         }
+        panic!("the data phase never ends");
     }
 
     /// A SCSI command through libata: on a device error, EH's REQUEST SENSE.

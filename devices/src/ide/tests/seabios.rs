@@ -57,7 +57,7 @@ impl SeaBios<'_> {
     /// `await_ide`: poll status; time passes (the worker runs) between polls.
     fn await_ide(&mut self, mask: u8, flags: u8) -> Result<u8, i32> {
         let mut idle_polls = 0;
-        loop {
+        for _ in 0..100_000 {
             let status = self.bed.inb(self.reg(STATUS));
             if status & mask == flags {
                 return Ok(status);
@@ -65,10 +65,11 @@ impl SeaBios<'_> {
             if !self.bed.service_one() {
                 idle_polls += 1;
                 if idle_polls > 100 {
-                    return Err(-1); // "timeout"
+                    break;
                 }
             }
         }
+        Err(-1) // "timeout"
     }
 
     fn await_not_bsy(&mut self) -> Result<u8, i32> {
@@ -91,7 +92,7 @@ impl SeaBios<'_> {
         self.bed.outb(control, DC_HD15 | NIEN);
         if self.await_not_bsy().is_ok() {
             if slave {
-                loop {
+                for _ in 0..100 {
                     self.bed.outb(self.reg(DEVICE), DH_DEV1);
                     if self.await_not_bsy().is_err() {
                         break;
