@@ -24,6 +24,11 @@ pub fn tests() -> Vec<Test> {
             limit: Duration::from_secs(500),
             run: device_model,
         },
+        Test {
+            name: "xen::stubdom::qmp_client_that_stops_reading_is_dropped",
+            limit: Duration::from_secs(300),
+            run: qmp_client_that_stops_reading,
+        },
     ]
 }
 
@@ -292,6 +297,55 @@ fn device_model(ctx: &mut Ctx) -> Result<(), String> {
         "@@metric xen::stubdom::libxl_starts_saves_and_restores_the_image| xl create {create_secs:.1} s, \
          xl save {save_secs:.1} s ({} bytes), xl restore {restore_secs:.1} s, SeaBIOS banner seen: {seabios}",
         saved.len()
+    );
+    Ok(())
+}
+
+/// A QMP client on libxl's own socket that sends and never reads cannot take the
+/// device model down: once the replies have filled the socket, vchan-socket-proxy's
+/// buffer and our vchan ring, our write gives up after its limit and that client is
+/// dropped; the next client gets `running`, and the stub domain lives on.
+fn qmp_client_that_stops_reading(ctx: &mut Ctx) -> Result<(), String> {
+    let mut creation = Creation::start_with(ctx, "qmpflood", IMAGE, "loglevel=info", "")?;
+    creation.created(Duration::from_secs(120))?;
+    let (guest, stub) = creation.domids()?;
+    let socket = format!("/var/run/xen/qmp-libxl-{guest}");
+    let stream = proc::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        std::os::unix::net::UnixStream::connect(&socket).ok()
+    })
+    .ok_or_else(|| format!("cannot connect to {socket}"))?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    writer.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    // Negotiate, then ask for much more than any buffer on the way holds, reading nothing.
+    let mut sent = 0usize;
+    writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\r\n").map_err(|e| e.to_string())?;
+    for _ in 0..4000 {
+        // A write may block once the proxy stops reading us: that is the point.
+        if writer.write_all(b"{\"execute\":\"query-commands\"}\r\n").is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    std::thread::sleep(Duration::from_secs(15));
+    drop(writer);
+    drop(stream);
+
+    let (mut qmp, _greeting) = Client::connect(&socket)?;
+    qmp.execute("qmp_capabilities", Value::Null)?;
+    let status = qmp.execute("query-status", Value::Null)?;
+    if status["status"] != json!("running") {
+        return Err(format!("query-status after the flood: {status}"));
+    }
+    drop(qmp);
+    let row = xl::find("qmpflood-dm")?.ok_or("the stub domain is gone")?;
+    if row.domid != stub || row.is_shutdown() || row.is_crashed() {
+        return Err(format!("the stub domain is {row:?}"));
+    }
+    let log = creation.console0();
+    expect_contains(&log, "QMP: client dropped", "console 0 (qemu-dm log)")?;
+    println!(
+        "@@metric xen::stubdom::qmp_client_that_stops_reading_is_dropped| {sent} query-commands sent unread; \
+         the next client got running; stub domain {stub} alive"
     );
     Ok(())
 }
