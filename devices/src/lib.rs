@@ -1,13 +1,16 @@
 //! The device model that runs in the stub domain, as safe code over `xen-seams`.
 //!
-//! - [`dm_args`]: the QEMU-style argv libxl writes for the stub domain, read back into
-//!   the drives to emulate and whether this start is a restore.
+//! - [`machine`]: the guest's machine as a qemu-xen `xenfv` guest finds it (i440FX,
+//!   PIIX3 with its IDE function, CMOS, ACPI PM, COM1) behind one bus, answering the
+//!   ioreqs Xen forwards; its devices are synchronous state machines:
+//!   [`pci`] (config spaces, i440FX, PIIX3), [`ide`] (ATA disk and ATAPI CD-ROM, PIO),
+//!   [`uart`] (16550A), [`cmos`] (NVRAM above Xen's RTC), [`pm`] (PM1a control, GPE0).
+//! - [`service`]: the stub domain's device model as libxl runs it: the ioreq server,
+//!   block workers on the PV disks, the serial console, QMP over libvchan, hot-plug,
+//!   readiness, save and restore, as separate tasks.
+//! - [`dm_args`]: the QEMU-style argv libxl writes for the stub domain.
 //! - [`state_file`]: how the device state crosses the save and restore consoles.
-//! - [`service`]: the control plane libxl talks to: QMP over libvchan with the PV disks
-//!   as the drives' media, readiness in xenstore, save and restore.
-//!
-//! The emulated devices themselves (ioreq server, PCI, IDE, 16550, NIC) are to come;
-//! what stands in for them is named in [`service`].
+//! - [`task`], [`ratelimit`]: small helpers for the tasks and for bounded logging.
 #![no_std]
 #![forbid(unsafe_code)]
 
