@@ -292,3 +292,95 @@ fn each_vcpu_is_served_on_its_own() {
         assert_eq!(read_on(0).await, 0x8000_0800);
     });
 }
+
+/// The guest's disk (hda) served from a simulated blkback.
+const HDA: xen_seams::sim::PvDevice = xen_seams::sim::PvDevice { kind: "vbd", devid: 768, frontend: STUB, backend: 0 };
+
+/// Polls the primary channel's status until BSY clears (as SeaBIOS's ndelay loop
+/// does), sleeping on `clock` between polls.
+async fn wait_not_busy(guest: &SimGuest, clock: &SimXen) -> u8 {
+    for _ in 0..10_000 {
+        let status = guest.inb(0x1f7).await;
+        if status & 0x80 == 0 {
+            return status;
+        }
+        xen_seams::Clock::sleep(clock, Duration::from_micros(100)).await;
+    }
+    panic!("the disk stayed busy");
+}
+
+/// A SeaBIOS-style LBA28 PIO command on the primary master, interrupts on.
+async fn ata_command(guest: &SimGuest, command: u8, lba: u32, count: u8) {
+    guest.outb(0x3f6, 0x00).await; // nIEN clear: interrupts on
+    guest.outb(0x1f6, 0xe0 | ((lba >> 24) as u8 & 0x0f)).await;
+    guest.outb(0x1f2, count).await;
+    guest.outb(0x1f3, lba as u8).await;
+    guest.outb(0x1f4, (lba >> 8) as u8).await;
+    guest.outb(0x1f5, (lba >> 16) as u8).await;
+    guest.outb(0x1f7, command).await;
+}
+
+#[test]
+fn the_guest_reads_and_writes_its_disk_through_ioreqs_block_workers_and_blkback() {
+    let world = World::new();
+    // The stub domain exists (with its home) before libxl attaches its disk.
+    let stub: &'static SimXen = Box::leak(Box::new(world.domain(STUB)));
+    world.toolstack(HDA, &[]);
+    let disk: Vec<u8> = (0..1 << 20).map(|i: usize| (i / 512) as u8 ^ (i % 251) as u8).collect();
+    let backend = frontends::blkfront::sim::Backend::new(
+        world.domain(0),
+        HDA,
+        frontends::blkfront::sim::Config::default(),
+        disk.clone(),
+    );
+    let log = backend.log();
+    let guest = world.hvm_guest(GUEST, 1, 16 << 20);
+    let mut config = guest_config();
+    config.drives = vec![qmp::block::DriveConfig {
+        devid: 768,
+        kind: qmp::block::DriveKind::HardDisk,
+        read_only: false,
+        medium: Some(qmp::block::MediumSource { filename: "/dev/xvda".into(), format: Some("host_device".into()) }),
+    }];
+    let mut executor = Executor::new(&world);
+    executor.spawn_background("blkback", backend.run());
+    executor.spawn_background("service", async move {
+        if let Err(e) = serve(stub, &config, now).await {
+            panic!("the service failed: {e}");
+        }
+    });
+    let watcher = world.clone();
+    let clock = world.domain(0);
+    let g = guest.clone();
+    let done = executor.spawn("guest", async move {
+        while watcher.xenstore_read(&format!("/local/domain/{STUB}/device-model/{GUEST}/state")).is_none() {
+            xen_seams::Clock::sleep(&clock, Duration::from_millis(10)).await;
+        }
+        // READ SECTORS of two sectors at LBA 9: BSY while the worker reads the PV disk,
+        // then DRQ and an interrupt per sector; `rep insw` moves each into guest RAM.
+        ata_command(&g, 0x20, 9, 2).await;
+        for sector in 0..2u64 {
+            let status = wait_not_busy(&g, &clock).await;
+            assert_eq!(status & 0x08, 0x08, "DRQ for sector {sector}: status {status:#x}");
+            g.ins(0x1f0, 2, 256, 0x10000 + sector * 512).await;
+        }
+        // WRITE SECTORS of one sector at LBA 100 from guest RAM (`rep outsw`).
+        g.write_ram(0x20000, &[0xee; 512]);
+        ata_command(&g, 0x30, 100, 1).await;
+        assert_eq!(wait_not_busy(&g, &clock).await & 0x08, 0x08);
+        g.outs(0x1f0, 2, 256, 0x20000).await;
+        let status = wait_not_busy(&g, &clock).await;
+        assert_eq!(status & 0x89, 0x00, "the write completed without error: {status:#x}");
+        // FLUSH CACHE.
+        ata_command(&g, 0xe7, 0, 0).await;
+        assert_eq!(wait_not_busy(&g, &clock).await & 0x01, 0);
+    });
+    executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
+    assert!(done.is_ready());
+    let mut read = vec![0u8; 1024];
+    guest.read_ram(0x10000, &mut read);
+    assert_eq!(read, &disk[9 * 512..11 * 512]);
+    assert!(log.borrow().disk[100 * 512..101 * 512].iter().all(|&b| b == 0xee), "the write reached blkback");
+    // One interrupt per sector read, one for the written sector, one for the flush.
+    assert!(guest.isa_rising_edges(14) >= 4, "{:?}", guest.irq_log());
+}

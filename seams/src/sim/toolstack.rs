@@ -36,7 +36,8 @@ impl World {
     /// directory with `backend`, `backend-id`, `state` = 1 (Initialising) and
     /// `front_nodes` (netfront's `mac`, say), owned by the frontend and readable by the
     /// backend; the backend's directory with `frontend` and `state` = 1, owned by the
-    /// backend and readable by the frontend. Watches fire as for any dom0 write.
+    /// backend and readable by the frontend; the frontend's `device/<kind>` directory
+    /// the frontend's own. Watches fire as for any dom0 write.
     pub fn toolstack(&self, device: PvDevice<'_>, front_nodes: &[(&str, &str)]) {
         let (front, back) = (device.front_path(), device.back_path());
         let owned_by = |owner: DomId, reader: DomId| {
@@ -53,6 +54,13 @@ impl World {
                 xs.set_perms(&path, &front_owned).expect("the toolstack sets the frontend's permissions");
             }
             xs.set_perms(&front, &front_owned).expect("the toolstack owns the frontend's directory");
+            // libxl makes the domain's `device` directory (and each kind's, on first
+            // use) the domain's own, so that it can list and watch its devices.
+            let domain_owned = [Permission { domid: device.frontend, access: Access::None }];
+            let device_dir = format!("/local/domain/{}/device", device.frontend);
+            for dir in [device_dir.clone(), format!("{device_dir}/{}", device.kind)] {
+                xs.set_perms(&dir, &domain_owned).expect("the toolstack gives the domain its device directory");
+            }
             for (key, value) in [("frontend", front.as_str()), ("state", "1")] {
                 let path = format!("{back}/{key}");
                 xs.write(&path, value.as_bytes()).expect("the toolstack writes the backend's nodes");
