@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: boots the test bed once with dom0 running `xen-suite bench`,
 //! collects `@@bench <name>| <value> <unit>` lines, and prints each result and the
-//! ratio of every `<x>/image` to its `<x>/linux` peer. Results also go to
+//! ratio of every `<x>/image` to each of its peers `<x>/<peer>` (`linux`, `qemu-dom0`). Results also go to
 //! target/bench/results.txt.
 
 use crate::testbed::BootOutcome;
@@ -36,14 +36,18 @@ pub fn report(results: &[Measurement], failures: &[String]) -> String {
     }
     let by_name: BTreeMap<&str, f64> = results.iter().map(|(n, v, _)| (n.as_str(), *v)).collect();
     for (name, value) in &by_name {
-        if let Some(base) = name.strip_suffix("/image") {
-            match by_name.get(format!("{base}/linux").as_str()) {
-                Some(linux) if *linux > 0.0 => {
-                    let _ = writeln!(out, "ratio {base}: image/linux = {:.2}", value / linux);
-                }
-                _ => {
-                    let _ = writeln!(out, "ratio {base}: no Linux peer measured");
-                }
+        let Some(base) = name.strip_suffix("/image") else { continue };
+        let peers: Vec<(&str, f64)> = by_name
+            .iter()
+            .filter_map(|(other, v)| Some((other.strip_prefix(base)?.strip_prefix('/')?, *v)))
+            .filter(|(peer, _)| *peer != "image")
+            .collect();
+        if peers.is_empty() {
+            let _ = writeln!(out, "ratio {base}: no peer measured");
+        }
+        for (peer, peer_value) in peers {
+            if peer_value > 0.0 {
+                let _ = writeln!(out, "ratio {base}: image/{peer} = {:.2}", value / peer_value);
             }
         }
     }
@@ -64,6 +68,8 @@ mod tests {
                 "[ 1.0] @@bench blk-seq-read/linux| 100.000 MB/s".into(),
                 "@@bench blk-seq-read/image| 95.000 MB/s".into(),
                 "@@bench vchan/image| 3.5 MB/s".into(),
+                "@@bench guest-boot-init/image| 100.0 s".into(),
+                "@@bench guest-boot-init/qemu-dom0| 125.0 s".into(),
                 "@@bench-failed net| backend gone".into(),
                 "@@bench garbage".into(),
             ],
@@ -72,10 +78,11 @@ mod tests {
             log_dir: ".".into(),
         };
         let (results, failures) = collect(&outcome);
-        assert_eq!(results.len(), 3);
+        assert_eq!(results.len(), 5);
         let text = report(&results, &failures);
         assert!(text.contains("ratio blk-seq-read: image/linux = 0.95"), "{text}");
-        assert!(text.contains("ratio vchan: no Linux peer measured"), "{text}");
+        assert!(text.contains("ratio vchan: no peer measured"), "{text}");
+        assert!(text.contains("ratio guest-boot-init: image/qemu-dom0 = 0.80"), "{text}");
         assert!(text.contains("FAILED net| backend gone"), "{text}");
     }
 }

@@ -136,7 +136,7 @@ fn bench(filter: &str) -> Result<()> {
     let suite = host::build_suite()?;
     let overlay = testbed::prepare_overlay(&images, &suite)?;
     println!("== benchmarks (Xen 4.17 + dom0 under QEMU TCG; figures are for comparison within one boot)");
-    let outcome = testbed::boot(&overlay, "bench", filter, Duration::from_secs(1800), false)?;
+    let outcome = testbed::boot(&overlay, "bench", filter, Duration::from_secs(3 * 3600), false)?;
     let (results, failures) = bench::collect(&outcome);
     let text = bench::report(&results, &failures);
     print!("{text}");

@@ -16,11 +16,67 @@ pub type Figure = (String, f64, &'static str);
 
 pub struct Bench {
     pub name: &'static str,
+    pub limit: Duration,
     pub run: fn(&mut Ctx) -> Result<Vec<Figure>, String>,
 }
 
 pub fn all() -> Vec<Bench> {
-    vec![Bench { name: "blk", run: blk }, Bench { name: "net", run: net }, Bench { name: "vchan", run: vchan }]
+    let minutes = |m: u64| Duration::from_secs(60 * m);
+    vec![
+        Bench { name: "blk", limit: minutes(15), run: blk },
+        Bench { name: "net", limit: minutes(15), run: net },
+        Bench { name: "vchan", limit: minutes(15), run: vchan },
+        Bench { name: "guest-boot", limit: minutes(40), run: guest_boot },
+        Bench { name: "stubdom-memory", limit: minutes(60), run: stubdom_memory },
+    ]
+}
+
+/// The Linux test guest from `xl create` to its first serial byte (ISOLINUX) and to
+/// its /init's first line, with our stub domain (16 MiB) and with dom0's qemu-xen as
+/// device model, alternating, two rounds each; medians.
+fn guest_boot(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
+    use crate::cases::hvm::{STUBDOM_MEMORY_MIB, measure_boot, our_stub_domain};
+    use crate::hvm_guest::DeviceModel;
+    let (mut ours_first, mut ours_init, mut qemu_first, mut qemu_init) = (vec![], vec![], vec![], vec![]);
+    for round in 0..2 {
+        let ours = measure_boot(ctx, &format!("bench-boot-stubdom-{round}"), our_stub_domain(STUBDOM_MEMORY_MIB))?;
+        ours_first.push(ours.first_byte.as_secs_f64());
+        ours_init.push(ours.init.as_secs_f64());
+        let qemu = measure_boot(ctx, &format!("bench-boot-qemu-{round}"), DeviceModel::Dom0Qemu)?;
+        qemu_first.push(qemu.first_byte.as_secs_f64());
+        qemu_init.push(qemu.init.as_secs_f64());
+    }
+    println!(
+        "@@bench-detail guest-boot| stub domain: first byte {ours_first:.1?} s, init {ours_init:.1?} s; \
+         dom0 qemu-xen: first byte {qemu_first:.1?} s, init {qemu_init:.1?} s"
+    );
+    Ok(vec![
+        ("guest-boot-first-byte/image".to_string(), median(&mut ours_first), "s"),
+        ("guest-boot-first-byte/qemu-dom0".to_string(), median(&mut qemu_first), "s"),
+        ("guest-boot-init/image".to_string(), median(&mut ours_init), "s"),
+        ("guest-boot-init/qemu-dom0".to_string(), median(&mut qemu_init), "s"),
+    ])
+}
+
+/// The smallest `stubdomain_memory` (of 16, 12, 8, 6 MiB) with which the whole boot
+/// test (xen::hvm::linux_boots_from_cd_through_stub_domain) passes.
+fn stubdom_memory(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
+    let mut smallest = None;
+    for memory_mib in [16, 12, 8, 6] {
+        match crate::cases::hvm::boot_test(ctx, memory_mib) {
+            Ok(_) => {
+                println!("@@bench-detail stubdom-memory| {memory_mib} MiB: the boot test passes");
+                smallest = Some(memory_mib);
+            }
+            Err(e) => {
+                let first = e.lines().next().unwrap_or_default().to_string();
+                println!("@@bench-detail stubdom-memory| {memory_mib} MiB: fails ({first})");
+                break;
+            }
+        }
+    }
+    let smallest = smallest.ok_or("the boot test fails even with 16 MiB")?;
+    Ok(vec![("stubdom-memory-smallest/image".to_string(), f64::from(smallest), "MiB")])
 }
 
 /// Sequential read and write, 64 MiB, on a blkback (loop) disk in dom0's tmpfs,
@@ -152,7 +208,7 @@ pub fn run(filter: &str) -> usize {
             let result = run(&mut ctx);
             let _ = tx.send((result, ctx));
         });
-        match rx.recv_timeout(Duration::from_secs(900)) {
+        match rx.recv_timeout(b.limit) {
             Ok((Ok(results), ctx)) => {
                 harness::clean_up(&ctx);
                 for (name, value, unit) in results {

@@ -54,11 +54,17 @@ pub fn firmware_lines(dmesg: &str, domid: u32) -> Vec<String> {
         .collect()
 }
 
+/// The stub domain's memory in every test (libxl gives a Linux stub domain 128 MiB).
+pub const STUBDOM_MEMORY_MIB: u32 = 16;
+
+/// Our image as the device model, in a stub domain of `memory_mib`.
+pub fn our_stub_domain(memory_mib: u32) -> DeviceModel {
+    DeviceModel::StubDomain { kernel: IMAGE.to_string(), memory_mib, cmdline: "loglevel=info".to_string() }
+}
+
 /// The test guest's config with our image as its device model.
 fn stubdom_guest(name: &str, hda: Option<&str>, cd: Option<&str>) -> HvmGuestConfig {
-    let device_model =
-        DeviceModel::StubDomain { kernel: IMAGE.to_string(), memory_mib: 16, cmdline: "loglevel=info".to_string() };
-    let mut config = HvmGuestConfig::new(name, device_model);
+    let mut config = HvmGuestConfig::new(name, our_stub_domain(STUBDOM_MEMORY_MIB));
     config.hda = hda.map(str::to_string);
     config.cdrom = cd.map(str::to_string);
     config
@@ -136,11 +142,11 @@ const PATTERN_LEN_BYTES: usize = 64 << 10;
 const READ_SECTOR: u64 = 100;
 
 /// Times from `xl create`, for the report.
-struct BootTimes {
-    first_byte: Duration,
-    banner: Duration,
-    linux: Duration,
-    init: Duration,
+pub struct BootTimes {
+    pub first_byte: Duration,
+    pub banner: Duration,
+    pub linux: Duration,
+    pub init: Duration,
 }
 
 /// Waits for the guest's boot on `shell`: ISOLINUX, the kernel, /init.
@@ -160,9 +166,15 @@ fn wait_boot(shell: &mut GuestShell, limit: Duration) -> Result<BootTimes, Strin
 /// stub domain (on_poweroff = destroy) and records the reason; dom0 finds the pattern
 /// in the disk file.
 fn linux_boots_from_cd_through_stub_domain(ctx: &mut Ctx) -> Result<(), String> {
+    boot_test(ctx, STUBDOM_MEMORY_MIB).map(drop)
+}
+
+/// The boot test with a stub domain of `memory_mib`; returns its times.
+pub fn boot_test(ctx: &mut Ctx, memory_mib: u32) -> Result<BootTimes, String> {
     let cd = nonce_cd(BOOT_CD)?;
     patterned_disk(BOOT_HDA, 16)?;
     let mut config = stubdom_guest(BOOT_NAME, Some(BOOT_HDA), Some(&cd.path));
+    config.device_model = our_stub_domain(memory_mib);
     config.on_poweroff = Action::Destroy;
     let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
     let result = boot_and_power_off(&mut guest, &cd.sha256_hex);
@@ -172,7 +184,7 @@ fn linux_boots_from_cd_through_stub_domain(ctx: &mut Ctx) -> Result<(), String> 
     result.map_err(|e| with_device_model_log(BOOT_NAME, e))
 }
 
-fn boot_and_power_off(guest: &mut HvmGuest, nonce_sha256: &str) -> Result<(), String> {
+fn boot_and_power_off(guest: &mut HvmGuest, nonce_sha256: &str) -> Result<BootTimes, String> {
     guest.wait_created(Duration::from_secs(120))?;
     let stub = guest.stub_domid.ok_or("no stub domain")?;
     let times = wait_boot(&mut guest.shell, Duration::from_secs(600))?;
@@ -223,7 +235,24 @@ fn boot_and_power_off(guest: &mut HvmGuest, nonce_sha256: &str) -> Result<(), St
         times.init.as_secs_f64(),
         guest.domid,
     );
-    Ok(())
+    Ok(times)
+}
+
+/// For `cargo xtask bench`: the test guest with `device_model` from `xl create` to its
+/// /init (then destroyed): when its serial said its first byte, ISOLINUX's banner,
+/// the kernel's banner and /init's line.
+pub fn measure_boot(ctx: &mut Ctx, name: &str, device_model: DeviceModel) -> Result<BootTimes, String> {
+    let cd = nonce_cd(&format!("/tmp/{name}-cd.iso"))?;
+    let mut config = HvmGuestConfig::new(name, device_model);
+    config.cdrom = Some(cd.path.clone());
+    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    let times = (|| {
+        guest.wait_created(Duration::from_secs(120))?;
+        wait_boot(&mut guest.shell, Duration::from_secs(900))
+    })()
+    .map_err(|e| with_device_model_log(name, e));
+    guest.destroy()?;
+    times
 }
 
 /// A guest `reboot` through our device model (ACPI's reset register, PIIX3's 0xcf9)
