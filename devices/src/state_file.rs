@@ -8,20 +8,29 @@
 //!
 //! Layout (little-endian): magic `RSTUBDM1`, payload length u32, payload, FNV-1a 32 of
 //! the payload u32, end magic `RSTUBEND`.
+//!
+//! The restore stream comes from dom0's save image, which need not be ours or intact,
+//! so the reader trusts no length it has not checked: a header claiming more than
+//! the reader's limit is refused before any payload is read, and the buffer for a
+//! payload within the limit is reserved whole, fallibly, so a heap that cannot hold
+//! it is an error value ([`StateFileError::OutOfMemory`]), never an allocation failure
+//! that ends the domain.
 
 use alloc::vec::Vec;
-use core::fmt;
 
 const MAGIC: &[u8; 8] = b"RSTUBDM1";
 const END: &[u8; 8] = b"RSTUBEND";
-const HEADER: usize = 12;
-const TRAILER: usize = 12;
-/// The largest payload a reader accepts (a state file is small; this bounds memory).
-pub const MAX_PAYLOAD: usize = 16 << 20;
+const HEADER_BYTES: usize = 12;
+const TRAILER_BYTES: usize = 12;
+/// The largest payload [`Reader::new`] and [`decode`] accept. The device state of an
+/// emulated PC (PCI config space, IDE, UART, NIC registers) is a few KiB; guest RAM
+/// and video memory are never part of it. 1 MiB leaves room while keeping the
+/// buffer a small part of a 16 MiB stub domain's heap.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// Frames `payload` as a state file.
 pub fn encode(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + payload.len() + TRAILER);
+    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len() + TRAILER_BYTES);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
@@ -35,109 +44,252 @@ fn fnv1a(data: &[u8]) -> u32 {
 }
 
 /// Why bytes are not a state file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StateFileError {
-    /// the first bytes are not our magic (`QEVM` would be a real QEMU's stream)
+    /// The first bytes are not our magic (`QEVM` would be a real QEMU's stream).
+    #[error("{}", describe_start(.0))]
     NotAStateFile([u8; 8]),
-    TooLarge(usize),
+    /// The header claims a payload over the reader's limit; refused before reading it.
+    #[error("the saved device state claims {len_bytes} bytes, over the {max_bytes}-byte limit")]
+    TooLarge { len_bytes: usize, max_bytes: usize },
+    /// The heap cannot hold a payload of this size (within the limit).
+    #[error("no memory for a device state of {len_bytes} bytes")]
+    OutOfMemory { len_bytes: usize },
+    #[error("the device state's checksum does not match")]
     Checksum,
+    #[error("the device state's end marker is missing")]
     BadTrailer,
-    /// [`decode`] of a file that stops early
-    Truncated {
-        have: usize,
-        need: usize,
-    },
+    /// [`decode`] of a file that stops early.
+    #[error("the device state stops after {have} of {need} bytes")]
+    Truncated { have: usize, need: usize },
 }
 
-impl fmt::Display for StateFileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StateFileError::NotAStateFile(start) if start.starts_with(b"QEVM") => {
-                write!(f, "the saved device state is a QEMU migration stream, not this device model's")
-            }
-            StateFileError::NotAStateFile(start) => {
-                write!(f, "the saved device state starts with {start:02x?}, not this device model's magic")
-            }
-            StateFileError::TooLarge(len) => {
-                write!(f, "a device state of {len} bytes is over the {MAX_PAYLOAD}-byte limit")
-            }
-            StateFileError::Checksum => write!(f, "the device state's checksum does not match"),
-            StateFileError::BadTrailer => write!(f, "the device state's end marker is missing"),
-            StateFileError::Truncated { have, need } => {
-                write!(f, "the device state stops after {have} of {need} bytes")
-            }
-        }
+fn describe_start(start: &[u8; 8]) -> alloc::string::String {
+    if start.starts_with(b"QEVM") {
+        "the saved device state is a QEMU migration stream, not this device model's".into()
+    } else {
+        alloc::format!("the saved device state starts with {start:02x?}, not this device model's magic")
     }
+}
+
+/// The payload length a header announces, checked against `max_bytes`.
+fn parse_header(header: &[u8; HEADER_BYTES], max_bytes: usize) -> Result<usize, StateFileError> {
+    let mut magic = [0u8; 8];
+    magic.copy_from_slice(&header[..8]);
+    if &magic != MAGIC {
+        return Err(StateFileError::NotAStateFile(magic));
+    }
+    let len_bytes = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
+    if len_bytes > max_bytes {
+        return Err(StateFileError::TooLarge { len_bytes, max_bytes });
+    }
+    Ok(len_bytes)
+}
+
+/// Checks the trailer that follows `payload`.
+fn check_trailer(payload: &[u8], trailer: &[u8]) -> Result<(), StateFileError> {
+    if trailer.get(4..) != Some(END.as_slice()) {
+        return Err(StateFileError::BadTrailer);
+    }
+    let checksum = trailer.get(..4).and_then(|bytes| bytes.try_into().ok()).map(u32::from_le_bytes);
+    if checksum != Some(fnv1a(payload)) {
+        return Err(StateFileError::Checksum);
+    }
+    Ok(())
+}
+
+/// A buffer for `len` bytes, reserved whole or not at all.
+fn reserve(len_bytes: usize) -> Result<Vec<u8>, StateFileError> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len_bytes).map_err(|_| StateFileError::OutOfMemory { len_bytes })?;
+    Ok(buf)
 }
 
 /// Collects a state file from pieces as a console delivers them.
-#[derive(Default)]
+#[derive(Debug)]
 pub struct Reader {
-    buf: Vec<u8>,
+    max_payload_bytes: usize,
+    header: [u8; HEADER_BYTES],
+    header_len: usize,
+    /// The announced payload length, once the header is in and checked.
+    payload_len: Option<usize>,
+    /// Payload then trailer, reserved whole once the header is checked.
+    body: Vec<u8>,
+    /// The first error, returned again by every later `push`.
+    failed: Option<StateFileError>,
+    /// The payload was handed out; bytes after the file are ignored.
+    done: bool,
+}
+
+impl Default for Reader {
+    fn default() -> Self {
+        Reader::new()
+    }
 }
 
 impl Reader {
+    /// A reader for payloads up to [`MAX_PAYLOAD_BYTES`].
     pub fn new() -> Reader {
-        Reader::default()
+        Reader::with_max_payload(MAX_PAYLOAD_BYTES)
     }
 
-    /// Bytes needed before the file is complete (as far as is known yet).
-    fn needed(&self) -> Result<usize, StateFileError> {
-        if self.buf.len() < HEADER {
-            return Ok(HEADER);
+    /// A reader for payloads up to `max_payload_bytes` (say, what the heap can spare).
+    pub fn with_max_payload(max_payload_bytes: usize) -> Reader {
+        Reader {
+            max_payload_bytes,
+            header: [0; HEADER_BYTES],
+            header_len: 0,
+            payload_len: None,
+            body: Vec::new(),
+            failed: None,
+            done: false,
         }
-        let mut magic = [0u8; 8];
-        magic.copy_from_slice(&self.buf[..8]);
-        if &magic != MAGIC {
-            return Err(StateFileError::NotAStateFile(magic));
-        }
-        let len = u32::from_le_bytes([self.buf[8], self.buf[9], self.buf[10], self.buf[11]]) as usize;
-        if len > MAX_PAYLOAD {
-            return Err(StateFileError::TooLarge(len));
-        }
-        Ok(HEADER + len + TRAILER)
     }
 
     /// Takes the next bytes; returns the payload once the file is complete. Bytes after
-    /// the end are ignored (a console may carry nothing else, but it may pad).
-    pub fn push(&mut self, mut data: &[u8]) -> Result<Option<Vec<u8>>, StateFileError> {
-        while !data.is_empty() {
-            let need = self.needed()?;
-            let take = need.saturating_sub(self.buf.len()).min(data.len());
-            if take == 0 {
-                break;
-            }
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
+    /// the end are ignored (a console may carry nothing else, but it may pad). After an
+    /// error, every later call returns the same error.
+    pub fn push(&mut self, data: &[u8]) -> Result<Option<Vec<u8>>, StateFileError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
         }
-        let need = self.needed()?;
-        if self.buf.len() < need {
-            return Ok(None);
+        let result = self.take(data);
+        if let Err(error) = &result {
+            self.failed = Some(error.clone());
+            self.body = Vec::new();
         }
-        let payload = &self.buf[HEADER..need - TRAILER];
-        let trailer = &self.buf[need - TRAILER..need];
-        if &trailer[4..] != END {
-            return Err(StateFileError::BadTrailer);
-        }
-        if u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) != fnv1a(payload) {
-            return Err(StateFileError::Checksum);
-        }
-        Ok(Some(payload.to_vec()))
+        result
     }
 
-    /// How many bytes arrived so far.
+    fn take(&mut self, mut data: &[u8]) -> Result<Option<Vec<u8>>, StateFileError> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.header_len < HEADER_BYTES {
+            let n = (HEADER_BYTES - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
+            self.header_len += n;
+            data = &data[n..];
+            if self.header_len < HEADER_BYTES {
+                return Ok(None);
+            }
+        }
+        let payload_len = match self.payload_len {
+            Some(len) => len,
+            None => {
+                let len = parse_header(&self.header, self.max_payload_bytes)?;
+                self.body = reserve(len + TRAILER_BYTES)?;
+                self.payload_len = Some(len);
+                len
+            }
+        };
+        let want = payload_len + TRAILER_BYTES - self.body.len();
+        let n = want.min(data.len());
+        // Within the reserved capacity: no allocation.
+        self.body.extend_from_slice(&data[..n]);
+        if self.body.len() < payload_len + TRAILER_BYTES {
+            return Ok(None);
+        }
+        let (payload, trailer) = self.body.split_at(payload_len);
+        check_trailer(payload, trailer)?;
+        self.done = true;
+        let mut payload = core::mem::take(&mut self.body);
+        payload.truncate(payload_len);
+        Ok(Some(payload))
+    }
+
+    /// How many bytes of the file arrived so far (bytes after its end not counted).
     pub fn received(&self) -> usize {
-        self.buf.len()
+        let body = if self.done { self.payload_len.unwrap_or(0) + TRAILER_BYTES } else { self.body.len() };
+        self.header_len + body
+    }
+
+    /// Bytes the file needs in all, once the header says.
+    fn needed(&self) -> Option<usize> {
+        self.payload_len.map(|len| HEADER_BYTES + len + TRAILER_BYTES)
     }
 }
 
-/// Decodes a whole state file.
+/// Decodes a whole state file (payload up to [`MAX_PAYLOAD_BYTES`]).
 pub fn decode(file: &[u8]) -> Result<Vec<u8>, StateFileError> {
-    let mut reader = Reader::new();
-    match reader.push(file)? {
-        Some(payload) => Ok(payload),
-        None => Err(StateFileError::Truncated { have: file.len(), need: reader.needed()? }),
+    let Some(header) = file.first_chunk::<HEADER_BYTES>() else {
+        return Err(StateFileError::Truncated { have: file.len(), need: HEADER_BYTES });
+    };
+    let payload_len = parse_header(header, MAX_PAYLOAD_BYTES)?;
+    let need = HEADER_BYTES + payload_len + TRAILER_BYTES;
+    let (Some(payload), Some(trailer)) =
+        (file.get(HEADER_BYTES..HEADER_BYTES + payload_len), file.get(HEADER_BYTES + payload_len..need))
+    else {
+        return Err(StateFileError::Truncated { have: file.len(), need });
+    };
+    check_trailer(payload, trailer)?;
+    let mut out = reserve(payload_len)?;
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// Checks the reader's promises on arbitrary input, for the fuzz target
+/// (devices/fuzz) and the host tests: never a panic; the first byte picks the
+/// piece size the rest is pushed in and a small limit; a payload comes out only for
+/// a whole, intact file, equal to what `decode` finds, and `encode` of it gives the
+/// file back; after an error every push repeats it.
+pub fn check_reader(data: &[u8]) -> Result<(), alloc::string::String> {
+    use alloc::format;
+    let Some((&control, input)) = data.split_first() else { return Ok(()) };
+    let piece = usize::from(control & 0x3f) + 1;
+    let max_payload_bytes = if control & 0x40 != 0 { 256 } else { MAX_PAYLOAD_BYTES };
+    let mut reader = Reader::with_max_payload(max_payload_bytes);
+    let mut outcome = None;
+    for chunk in input.chunks(piece) {
+        match reader.push(chunk) {
+            Ok(Some(payload)) => {
+                if outcome.is_some() {
+                    return Err("a second payload from one reader".into());
+                }
+                outcome = Some(Ok(payload));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                if reader.push(b"more").as_ref() != Err(&error) {
+                    return Err(format!("after {error:?}, a later push did not repeat it"));
+                }
+                outcome = Some(Err(error));
+                break;
+            }
+        }
+        if reader.received() > input.len() {
+            return Err(format!("received {} of {} bytes", reader.received(), input.len()));
+        }
     }
+    match outcome {
+        Some(Ok(payload)) => {
+            let file = encode(&payload);
+            if input.get(..file.len()) != Some(file.as_slice()) {
+                return Err("the payload does not re-encode to the input's file".into());
+            }
+            if payload.len() <= MAX_PAYLOAD_BYTES && decode(input).as_ref() != Ok(&payload) {
+                return Err("decode disagrees with the reader".into());
+            }
+            if reader.received() != file.len() {
+                return Err(format!("received {} for a {}-byte file", reader.received(), file.len()));
+            }
+        }
+        Some(Err(StateFileError::TooLarge { len_bytes, max_bytes })) if len_bytes <= max_bytes => {
+            return Err(format!("TooLarge for {len_bytes} bytes within the {max_bytes}-byte limit"));
+        }
+        Some(Err(StateFileError::TooLarge { .. })) if reader.received() > HEADER_BYTES => {
+            return Err("an oversized header was not refused before its payload".into());
+        }
+        Some(Err(_)) => {}
+        None => {
+            if let Some(need) = reader.needed()
+                && input.len() >= need
+            {
+                return Err(format!("{} bytes in, a {need}-byte file, and no payload", input.len()));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -159,6 +311,7 @@ mod tests {
                 done = got.or(done);
             }
             assert_eq!(done.unwrap(), payload);
+            assert_eq!(reader.received(), file.len());
         }
     }
 
@@ -167,6 +320,10 @@ mod tests {
         let mut file = encode(b"state");
         file.extend_from_slice(b"\r\npadding");
         assert_eq!(decode(&file).unwrap(), b"state");
+        let mut reader = Reader::new();
+        assert_eq!(reader.push(&file).unwrap().unwrap(), b"state");
+        assert_eq!(reader.push(b"more padding"), Ok(None));
+        assert_eq!(reader.received(), file.len() - 9);
     }
 
     #[test]
@@ -180,10 +337,85 @@ mod tests {
         end[last] = b'X';
         assert_eq!(decode(&end), Err(StateFileError::BadTrailer));
         assert_eq!(decode(&file[..20]), Err(StateFileError::Truncated { have: 20, need: file.len() }));
+        assert_eq!(decode(&file[..5]), Err(StateFileError::Truncated { have: 5, need: 12 }));
         let qemu = decode(b"QEVM\0\0\0\x03more bytes");
         assert!(qemu.as_ref().unwrap_err().to_string().contains("QEMU migration stream"), "{qemu:?}");
-        let mut huge = file.clone();
+    }
+
+    /// A header claiming 16 MiB, as much as a whole stub domain, with the payload
+    /// trickling in: refused at the header, before any payload byte is stored.
+    #[test]
+    fn an_oversized_header_is_refused_before_its_payload() {
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&(16u32 << 20).to_le_bytes());
+        let mut reader = Reader::new();
+        let refused = Err(StateFileError::TooLarge { len_bytes: 16 << 20, max_bytes: MAX_PAYLOAD_BYTES });
+        assert_eq!(reader.push(&header), refused);
+        assert_eq!(reader.push(&[0; 4096]), refused, "and stays refused");
+        assert_eq!(reader.received(), HEADER_BYTES, "no payload byte taken");
+        assert!(refused.unwrap_err().to_string().contains("claims 16777216 bytes, over the 1048576-byte limit"));
+        let mut huge = encode(b"x");
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode(&huge), Err(StateFileError::TooLarge(u32::MAX as usize)));
+        assert_eq!(
+            decode(&huge),
+            Err(StateFileError::TooLarge { len_bytes: u32::MAX as usize, max_bytes: MAX_PAYLOAD_BYTES })
+        );
+    }
+
+    /// The limit is the reader's: a file over it is refused, the same file under a
+    /// larger limit is read.
+    #[test]
+    fn the_limit_is_the_readers() {
+        let file = encode(&[5u8; 1000]);
+        assert_eq!(
+            Reader::with_max_payload(999).push(&file),
+            Err(StateFileError::TooLarge { len_bytes: 1000, max_bytes: 999 })
+        );
+        assert_eq!(Reader::with_max_payload(1000).push(&file), Ok(Some(vec![5u8; 1000])));
+    }
+
+    /// Under the limit, the buffer is reserved whole at the header and never grown
+    /// (whether the heap can hold it is then one fallible reservation).
+    #[test]
+    fn the_buffer_is_reserved_whole_at_the_header() {
+        let file = encode(&[1u8; 100]);
+        let mut reader = Reader::new();
+        assert_eq!(reader.push(&file[..HEADER_BYTES]), Ok(None));
+        assert_eq!(reader.body.capacity(), 100 + TRAILER_BYTES, "reserved whole at the header");
+        assert_eq!(reader.push(&file[HEADER_BYTES..50]), Ok(None));
+        assert_eq!(reader.body.capacity(), 100 + TRAILER_BYTES, "never grown");
+        assert_eq!(reader.push(&file[50..]), Ok(Some(vec![1u8; 100])));
+    }
+
+    /// The fuzz target's checks over generated inputs: valid files in random pieces,
+    /// damaged files and noise.
+    #[test]
+    fn the_fuzz_checks_hold_on_generated_inputs() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..3000 {
+            let len = (next() % 600) as usize;
+            let payload: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let mut input = vec![next() as u8];
+            match round % 4 {
+                0 => input.extend(encode(&payload)),
+                1 => {
+                    input.extend(encode(&payload));
+                    let at = (next() as usize) % input.len();
+                    input[at] ^= 1 << (next() % 8);
+                }
+                2 => {
+                    input.extend(encode(&payload));
+                    input.truncate((next() as usize) % input.len() + 1);
+                }
+                _ => input.extend(&payload),
+            }
+            check_reader(&input).unwrap_or_else(|problem| panic!("round {round}: {problem}: {input:02x?}"));
+        }
     }
 }

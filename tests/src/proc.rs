@@ -1,5 +1,7 @@
-//! Running dom0 commands with a time limit: no test may hang the suite.
+//! Running dom0 commands with a time limit: no test may hang the suite, and a test
+//! the harness gave up on runs none.
 
+use crate::harness;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,9 +15,11 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs `cmd` to completion or kills it after `limit`.
+/// Runs `cmd` to completion or kills it after `limit`. Refused, or killed while it
+/// runs, once the harness has given up on the calling thread's test.
 pub fn run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     let what = format!("{cmd:?}");
+    harness::ensure_live().map_err(|e| format!("not running {what}: {e}"))?;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -44,6 +48,11 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
             let _ = child.wait();
             return Err(format!("{what} did not finish within {} s; killed", limit.as_secs()));
         }
+        if harness::cancelled() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what} killed: the harness gave up on this test"));
+        }
         std::thread::sleep(Duration::from_millis(50));
     };
     // The child has exited; its pipes close unless it left a daemon holding them
@@ -67,14 +76,15 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     })
 }
 
-/// Polls `probe` every `every` until it returns `Some` or `limit` passes.
+/// Polls `probe` every `every` until it returns `Some` or `limit` passes (or the
+/// harness gives up on the calling thread's test).
 pub fn poll<T>(limit: Duration, every: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = probe() {
             return Some(v);
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || harness::cancelled() {
             return None;
         }
         std::thread::sleep(every);

@@ -4,6 +4,7 @@
 //! `./x` installs it on a fresh machine before handing over to this program.
 
 mod bench;
+mod fuzz;
 mod host;
 mod image;
 mod qmp_client;
@@ -90,6 +91,7 @@ fn test(filter: &str) -> Result<()> {
     println!("== host tests");
     host::unit_tests(filter, &mut tally)?;
     qmp_client::host_tests(filter, &mut tally)?;
+    fuzz::host_tests(filter, &mut tally)?;
 
     let images = image::build_both()?;
     let suite = host::build_suite()?;

@@ -1,20 +1,14 @@
-//! The QMP engine against real clients on the host: QEMU's own Python client library
-//! (`qemu.qmp` from PyPI) through a unix-socket adapter, and a short libFuzzer run.
+//! The QMP engine against a real client on the host: QEMU's own Python client library
+//! (`qemu.qmp` from PyPI) through a unix-socket adapter. (QMP's libFuzzer run is in
+//! `fuzz`, with the other cargo-fuzz targets.)
 //!
-//! - `qmp::python::*`: builds qmp's `unix_server` example, makes sure target/py-venv
-//!   holds [`QEMU_QMP`] (created on first use: python3's venv module, installing
-//!   Debian's python3-venv if it is missing, then pip from PyPI), and runs
-//!   tests/python/qmp_client_test.py, which prints one `test qmp::python::NAME ... ok`
-//!   line per check.
-//! - `qmp::fuzz::session_20s`: qmp/fuzz's `session` target for 20 s under cargo-fuzz
-//!   (installed with `cargo install` on first use). Debian's rustc ships no sanitizer
-//!   runtimes, so it runs without ASan (`--sanitizer none`; qmp has no unsafe code):
-//!   libFuzzer's coverage flags are stable `-C` options, the build needs no nightly.
-//!   Its output goes to target/fuzz/session.log, the corpus grows in
-//!   qmp/fuzz/corpus/session, a crashing input lands in qmp/fuzz/artifacts/session.
+//! `qmp::python::*`: builds qmp's `unix_server` example, makes sure target/py-venv
+//! holds [`QEMU_QMP`] (created on first use: python3's venv module, installing
+//! Debian's python3-venv if it is missing, then pip from PyPI), and runs
+//! tests/python/qmp_client_test.py, which prints one `test qmp::python::NAME ... ok`
+//! line per check.
 //!
-//! First run: about 1 min for `cargo install cargo-fuzz`, 1 min for the instrumented
-//! build, a few seconds for the venv; afterwards the step takes about 25 s.
+//! The venv is made on first use (a few seconds, plus pip's download).
 
 use crate::host::cargo;
 use crate::results::Tally;
@@ -30,28 +24,20 @@ const QEMU_QMP: &str = "qemu.qmp==0.0.6";
 const VENV: &str = "target/py-venv";
 const SCRIPT: &str = "tests/python/qmp_client_test.py";
 const ADAPTER: &str = "target/debug/examples/unix_server";
-const CARGO_FUZZ_VERSION: &str = "0.13.2";
-const FUZZ_NAME: &str = "qmp::fuzz::session_20s";
-const FUZZ_SECONDS: u32 = 20;
 
-/// Runs the steps FILTER selects, echoing and counting their result lines.
+/// Runs the Python client's checks if FILTER selects them, echoing and counting
+/// their result lines.
 pub fn host_tests(filter: &str, tally: &mut Tally) -> Result<()> {
     let python = "qmp::python".contains(filter) || filter.starts_with("qmp::python::");
-    let fuzz = FUZZ_NAME.contains(filter);
-    if !python && !fuzz {
+    if !python {
         return Ok(());
     }
-    println!("== QMP engine with real clients (qemu.qmp) and libFuzzer");
-    if python {
-        python_client(filter, tally)?;
-    }
-    if fuzz {
-        fuzz_session(tally)?;
-    }
-    Ok(())
+    println!("== QMP engine with a real client (qemu.qmp)");
+    python_client(filter, tally)
 }
 
-fn verdict(tally: &mut Tally, name: &str, ok: bool, why: &str) {
+/// Counts and prints one result line, with `why` under a failure.
+pub(crate) fn verdict(tally: &mut Tally, name: &str, ok: bool, why: &str) {
     if ok {
         tally.passed += 1;
         println!("test {name} ... ok");
@@ -65,7 +51,7 @@ fn verdict(tally: &mut Tally, name: &str, ok: bool, why: &str) {
 }
 
 /// Waits for `child` at most `limit`; kills it after that (None).
-fn wait_limited(child: &mut Child, limit: Duration) -> Result<Option<ExitStatus>> {
+pub(crate) fn wait_limited(child: &mut Child, limit: Duration) -> Result<Option<ExitStatus>> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -81,7 +67,7 @@ fn wait_limited(child: &mut Child, limit: Duration) -> Result<Option<ExitStatus>
 }
 
 /// Runs `cmd` (output inherited) within `limit`; Err says what went wrong.
-fn run_limited(cmd: &mut Command, limit: Duration) -> Result<(), String> {
+pub(crate) fn run_limited(cmd: &mut Command, limit: Duration) -> Result<(), String> {
     let mut child = cmd.spawn().map_err(|error| format!("starting {cmd:?}: {error}"))?;
     match wait_limited(&mut child, limit) {
         Ok(Some(status)) if status.success() => Ok(()),
@@ -243,99 +229,4 @@ fn ensure_venv() -> Result<PathBuf, String> {
     std::fs::write(&marker, format!("{QEMU_QMP}\n"))
         .map_err(|error| format!("writing {}: {error}", marker.display()))?;
     Ok(python)
-}
-
-/// `cargo fuzz` with the settings the build and the run share.
-fn cargo_fuzz(action: &str, target_dir: &Path) -> Command {
-    let mut cmd = cargo();
-    cmd.current_dir("qmp/fuzz")
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", action, "session", "--sanitizer", "none", "--target-dir"])
-        .arg(target_dir);
-    cmd
-}
-
-fn fuzz_session(tally: &mut Tally) -> Result<()> {
-    let installed = cargo()
-        .args(["fuzz", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !installed {
-        println!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (first run only, about a minute)");
-        let install = run_limited(
-            cargo().args(["install", "--quiet", "--locked", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]),
-            Duration::from_secs(900),
-        );
-        if let Err(why) = install {
-            verdict(tally, FUZZ_NAME, false, &format!("cargo install cargo-fuzz failed: {why}"));
-            return Ok(());
-        }
-    }
-
-    // libfuzzer-sys compiles libFuzzer (C++); ./x installs only gcc.
-    let has_cxx = Command::new("c++").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    if !has_cxx && std::env::var_os("CXX").is_none() {
-        println!("xtask: installing Debian's g++ (libFuzzer is C++)");
-        let apt = |args: &[&str]| {
-            run_limited(
-                Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive"),
-                Duration::from_secs(300),
-            )
-        };
-        if let Err(why) =
-            apt(&["update", "-q"]).and_then(|()| apt(&["install", "-y", "-q", "--no-install-recommends", "g++"]))
-        {
-            verdict(
-                tally,
-                FUZZ_NAME,
-                false,
-                &format!("no C++ compiler for libFuzzer, and installing g++ failed: {why}"),
-            );
-            return Ok(());
-        }
-    }
-
-    let target_dir = std::env::current_dir()?.join("target/fuzz");
-    std::fs::create_dir_all(&target_dir)?;
-    if let Err(why) = run_limited(&mut cargo_fuzz("build", &target_dir), Duration::from_secs(900)) {
-        verdict(tally, FUZZ_NAME, false, &format!("building the fuzz target failed: {why}"));
-        return Ok(());
-    }
-
-    let log_path = target_dir.join("session.log");
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let mut run = cargo_fuzz("run", &target_dir);
-    run.arg("--")
-        .arg(format!("-max_total_time={FUZZ_SECONDS}"))
-        .arg("-timeout=10")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    let mut child = run.spawn().context("starting cargo fuzz run")?;
-    let status = wait_limited(&mut child, Duration::from_secs(u64::from(FUZZ_SECONDS) + 60))?;
-    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let done = text.lines().rev().find(|line| line.starts_with("Done ")).unwrap_or("").to_string();
-    match status {
-        Some(status) if status.success() => {
-            verdict(tally, FUZZ_NAME, true, "");
-            if !done.is_empty() {
-                println!("    libFuzzer: {done} (log: {})", log_path.display());
-            }
-        }
-        outcome => {
-            let why = match outcome {
-                Some(status) => format!("cargo fuzz run exited with {status}"),
-                None => format!("cargo fuzz run did not end within {} s", FUZZ_SECONDS + 60),
-            };
-            verdict(tally, FUZZ_NAME, false, &why);
-            let lines: Vec<&str> = text.lines().collect();
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                println!("    | {line}");
-            }
-            println!("    full log: {}; crashing inputs: qmp/fuzz/artifacts/session/", log_path.display());
-        }
-    }
-    Ok(())
 }
