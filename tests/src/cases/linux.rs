@@ -2,17 +2,9 @@
 //! with, on the same dom0 backends. Its /init (tests/dom0/domU-init) runs one job
 //! named on its command line and prints `DOMU-RESULT ...`.
 
-use crate::harness::{Ctx, Test, console_log};
+use crate::harness::{Ctx, console_log};
 use crate::{proc, xl};
 use std::time::Duration;
-
-pub fn tests() -> Vec<Test> {
-    vec![Test {
-        name: "xen::linux::domU_reads_its_disk_with_dd",
-        limit: Duration::from_secs(240),
-        run: domu_reads_disk,
-    }]
-}
 
 /// Starts the Linux domU with `mode` (its /init's job), extra command-line words and
 /// extra xl.cfg lines; it powers off when the job is done.
@@ -67,17 +59,6 @@ pub fn patterned_disk(path: &str, mib: u64) -> Result<(), String> {
         }
     }
     std::fs::write(path, data).map_err(|e| format!("{path}: {e}"))
-}
-
-fn domu_reads_disk(ctx: &mut Ctx) -> Result<(), String> {
-    patterned_disk("/tmp/linux-disk.img", 16)?;
-    let line = linux_job(ctx, "linux-dd", "blk-read", "", "/tmp/linux-disk.img")?;
-    let rate = dd_mb_per_s(&line).filter(|r| r.is_finite()).ok_or_else(|| format!("cannot read dd's line {line:?}"))?;
-    if !line.starts_with("16777216 bytes") {
-        return Err(format!("dd read {line:?}, not the whole 16 MiB"));
-    }
-    println!("@@metric xen::linux::domU_reads_its_disk_with_dd| {rate:.1} MB/s ({line})");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod net;
 pub mod qmp;
 pub mod runtime;
 pub mod stubdom;
+pub mod testbed;
 pub mod vchan;
 
 use crate::harness::Test;
@@ -25,7 +26,6 @@ pub fn all() -> Vec<Test> {
     v.extend(stubdom::tests());
     v.extend(vchan::tests());
     v.extend(qmp::tests());
-    v.extend(linux::tests());
-    v.extend(hvm::tests());
+    v.extend(testbed::tests());
     v
 }
