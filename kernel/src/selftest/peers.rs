@@ -194,15 +194,21 @@ pub async fn evtchn_echo(rounds: u64) -> Result<()> {
     Ok(())
 }
 
-/// Echoes pings (so dom0 can measure the event round trip), then on the last
-/// ping sleeps 200 ms before answering; dom0 times the sleep with its own clock.
-pub async fn timed_sleep() -> Result<()> {
-    const PINGS: u64 = 20;
-    let port = offer_port("sleep").await?;
-    for i in 0..PINGS {
+/// Offers dom0 a port at data/<name>-port and answers `pings` events on it, so that
+/// dom0 can measure the event round trip; returns the port.
+pub async fn echo_pings(name: &str, pings: u64) -> Result<Port> {
+    let port = offer_port(name).await?;
+    for i in 0..pings {
         next_event(port, &format!("ping {i}")).await?;
         events::send(port).map_err(|e| format!("send: {e:?}"))?;
     }
+    Ok(port)
+}
+
+/// Echoes pings (so dom0 can measure the event round trip), then on the last
+/// ping sleeps 200 ms before answering; dom0 times the sleep with its own clock.
+pub async fn timed_sleep() -> Result<()> {
+    let port = echo_pings("sleep", 20).await?;
     next_event(port, "the sleep request").await?;
     let t0 = time::now_ns();
     time::sleep(Duration::from_millis(200)).await;
@@ -485,8 +491,24 @@ fn fill_sectors(buf: &mut [u8], first: u64, key: u64) {
 /// The key dom0 expects in sectors the image wrote.
 const WRITTEN_KEY: u64 = 0xa5a5_a5a5_a5a5_a5a5;
 
-/// Reads the whole disk `devid` and checks dom0's pattern; unless it is read-only,
-/// writes 1 MiB of our own pattern at sector 4096, flushes, reads it back.
+/// FNV-1a's 64-bit offset basis and prime, applied to little-endian u64 words: the
+/// digest of what a disk held, which dom0 computes over its file the same way.
+const DIGEST_START: u64 = 0xcbf2_9ce4_8422_2325;
+const DIGEST_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn digest_words(mut digest: u64, bytes: &[u8]) -> u64 {
+    for word in bytes.chunks_exact(8) {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(word);
+        digest = (digest ^ u64::from_le_bytes(le)).wrapping_mul(DIGEST_PRIME);
+    }
+    digest
+}
+
+/// Reads the whole disk `devid` and publishes the digest of what it read in
+/// `data/blk-read` for dom0 to compare with its file (the image does not know the
+/// pattern); unless the disk is read-only, writes 1 MiB of our own pattern at sector
+/// 4096, flushes, reads it back.
 pub async fn blk(devid: u32) -> Result<()> {
     use frontends::blkfront::{Disk, Options};
     let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
@@ -503,13 +525,16 @@ pub async fn blk(devid: u32) -> Result<()> {
     let mut buf = alloc::vec![0u8; 1 << 20];
     let started = time::now_ns();
     let mut sector = 0;
+    let mut digest = DIGEST_START;
     while sector < info.sectors {
         let n = ((info.sectors - sector) as usize * 512).min(buf.len());
         disk.read(sector, &mut buf[..n]).await.map_err(|e| format!("reading at sector {sector}: {e}"))?;
-        check_sectors(&buf[..n], sector, 0)?;
+        digest = digest_words(digest, &buf[..n]);
         sector += n as u64 / 512;
     }
     let read_ns = time::now_ns() - started;
+    let read = format!("devid={devid} bytes={} digest={digest:016x}", info.sectors * 512);
+    xs::write(xs::NO_TX, "data/blk-read", read.as_bytes()).await.map_err(fail("writing data/blk-read"))?;
     if !info.read_only {
         fill_sectors(&mut buf, 4096, WRITTEN_KEY);
         disk.write(4096, &buf).await.map_err(fail("writing 1 MiB at sector 4096"))?;
@@ -521,7 +546,7 @@ pub async fn blk(devid: u32) -> Result<()> {
     let stats = disk.stats();
     disk.close().await.map_err(fail("closing the disk"))?;
     println!(
-        "blk: {devid} read and verified {} MiB in {} ms{}; {stats:?}",
+        "blk: {devid} read {} MiB in {} ms ({read}){}; {stats:?}",
         info.sectors / 2048,
         read_ns / 1_000_000,
         if info.read_only { " (read-only: no write)" } else { ", wrote and flushed 1 MiB at sector 4096" }
@@ -565,13 +590,23 @@ pub async fn blk_bench(devid: u32, options: frontends::blkfront::Options) -> Res
 /// Hot-plug: waits for dom0 to attach disk `devid` (`xl block-attach`), reads it,
 /// and lets dom0 detach it, first while idle, then while reads are in flight.
 /// Either way the disk must notice, fail what was in flight, and close cleanly.
+/// For dom0 to judge, each round publishes `data/hotplug-result-<round>`: how the
+/// disk ended (`error=backend-gone` is the backend leaving, as opposed to a timeout),
+/// how many requests were still on the ring unanswered (`in_flight`), and how many
+/// reads had completed. In round 2 the image first publishes
+/// `data/hotplug-reading` once reads stream, so that dom0 detaches mid-stream.
 pub async fn blk_hotplug(devid: u32) -> Result<()> {
-    use frontends::blkfront::{Disk, Options};
+    use frontends::blkfront::{Disk, Error, Options};
     let xen = KernelXen::new().await.map_err(fail("reading our domid"))?;
     use frontends::xenbus::{DeviceEvent, DeviceWatch};
     let mut devices = DeviceWatch::new(&xen, "vbd").await.map_err(fail("watching device/vbd"))?;
     xs::write(xs::NO_TX, "data/hotplug-ready", b"1").await.map_err(fail("writing data/hotplug-ready"))?;
     let mut buf = alloc::vec![0u8; 1 << 20];
+    let kind = |error: &Error| match error {
+        Error::BackendGone { .. } => "backend-gone",
+        Error::Timeout { .. } => "timeout",
+        _ => "other",
+    };
     for round in 1..=2u32 {
         // The attach arrives as an event from the device watch.
         match devices.next(Duration::from_secs(120)).await.map_err(fail("device watch"))? {
@@ -585,12 +620,12 @@ pub async fn blk_hotplug(devid: u32) -> Result<()> {
         xs::write(xs::NO_TX, "data/hotplug-connected", format!("{round}").as_bytes())
             .await
             .map_err(fail("writing data/hotplug-connected"))?;
-        let how = if round == 1 {
+        let (error, reads) = if round == 1 {
             // Idle: only the backend watch can notice the detach.
-            let reason = time::timeout(Duration::from_secs(120), disk.watch_backend())
+            let error = time::timeout(Duration::from_secs(120), disk.watch_backend())
                 .await
                 .map_err(|_| "round 1: no detach within 120 s")?;
-            format!("detached while idle: {reason}")
+            (error, 0)
         } else {
             let mut reads = 0u64;
             let sectors = disk.info().sectors;
@@ -604,14 +639,25 @@ pub async fn blk_hotplug(devid: u32) -> Result<()> {
                     }
                     Err(e) => break e,
                 }
+                if reads == 3 {
+                    // Reads stream: dom0 may detach now.
+                    xs::write(xs::NO_TX, "data/hotplug-reading", b"1")
+                        .await
+                        .map_err(fail("writing data/hotplug-reading"))?;
+                }
                 if deadline.passed() {
                     return Err("round 2: no detach within 120 s".into());
                 }
             };
-            format!("detached during reads after {reads} MiB: the read in flight failed with: {error}")
+            (error, reads)
         };
+        let in_flight = disk.stats().in_flight;
+        let result = format!("error={} in_flight={in_flight} reads={reads} ({error})", kind(&error));
+        xs::write(xs::NO_TX, &format!("data/hotplug-result-{round}"), result.as_bytes())
+            .await
+            .map_err(fail("writing data/hotplug-result"))?;
         disk.close().await.map_err(|e| format!("round {round}: close: {e}"))?;
-        println!("hotplug: round {round}: {how}; closed cleanly");
+        println!("hotplug: round {round}: {result}; closed cleanly");
         // libxl removes the device's nodes once we are Closed.
         match devices.next(Duration::from_secs(60)).await.map_err(fail("device watch"))? {
             Some(DeviceEvent::Removed(id)) if id == devid => {}

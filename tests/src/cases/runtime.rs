@@ -93,7 +93,9 @@ fn xenstore(ctx: &mut Ctx) -> Result<(), String> {
     expect_contains(&log, "xenstore: ok", "console log")
 }
 
-fn bind(name: &str, domid: u32) -> Result<(EventChannels, u32), String> {
+/// Binds to the port the image offers at data/<name>-port; returns the channels and
+/// our local port.
+pub fn bind(name: &str, domid: u32) -> Result<(EventChannels, u32), String> {
     let remote: u32 = xs::wait_for(&data_path(domid, &format!("{name}-port")), Duration::from_secs(60), |v| {
         v.parse::<u32>().is_ok()
     })?
@@ -111,7 +113,7 @@ fn bind(name: &str, domid: u32) -> Result<(EventChannels, u32), String> {
 }
 
 /// One notify/answer exchange; returns how long it took.
-fn round_trip(channels: &EventChannels, local: u32, limit: Duration) -> Result<Duration, String> {
+pub fn round_trip(channels: &EventChannels, local: u32, limit: Duration) -> Result<Duration, String> {
     let t = Instant::now();
     channels.notify(local)?;
     match channels.wait(limit)? {
