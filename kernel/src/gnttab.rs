@@ -8,7 +8,7 @@
 
 use crate::arch::boot::{GRANT_TABLE_FRAMES, grant_table_frames};
 use crate::arch::hypercall::{self, XenError};
-use crate::mm::MappingSlot;
+use crate::mm::{self, MappingSlot};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU16, Ordering, fence};
 use spin::Mutex;
@@ -38,6 +38,10 @@ pub enum GrantError {
     InUse,
     #[error("not a grant of ours")]
     NotGranted,
+    /// The frame is not a page of ours held as `mm::Page` (it may be heap, a stack,
+    /// a page table or a private page): letting another domain at it is refused.
+    #[error("frame {0:#x} is not a shareable page of ours")]
+    NotShareable(u64),
 }
 
 struct Table {
@@ -88,8 +92,12 @@ impl Table {
     }
 }
 
-/// Lets `domid` map our machine frame `frame` (read-only if `readonly`).
+/// Lets `domid` map our machine frame `frame` (read-only if `readonly`). Only the
+/// frame of a live `mm::Page` may be granted ([`GrantError::NotShareable`]).
 pub fn grant_access(domid: u16, frame: u64, readonly: bool) -> Result<GrantRef, GrantError> {
+    if !mm::is_shareable_frame(frame) {
+        return Err(GrantError::NotShareable(frame));
+    }
     let mut guard = TABLE.lock();
     let table = guard.as_mut().ok_or(GrantError::TableFull)?;
     let r = table.free.pop().ok_or(GrantError::TableFull)?;
@@ -130,8 +138,16 @@ pub fn end_access(r: GrantRef) -> Result<(), GrantError> {
     Err(GrantError::InUse)
 }
 
-/// Copies with GNTTABOP_copy; every operation's status must be okay.
+/// Copies with GNTTABOP_copy; every operation's status must be okay. A destination
+/// frame of our own must be a live `mm::Page` ([`GrantError::NotShareable`]), so a
+/// copy cannot write memory Rust references point into.
 pub fn copy(ops: &mut [GnttabCopy]) -> Result<(), GrantError> {
+    for op in ops.iter() {
+        let by_frame = op.flags & gt::GNTCOPY_DEST_GREF == 0;
+        if by_frame && mm::may_be_own_domid(op.dest.domid) && !mm::is_shareable_frame(op.dest.ref_or_gmfn) {
+            return Err(GrantError::NotShareable(op.dest.ref_or_gmfn));
+        }
+    }
     // SAFETY: `ops` is a live array of gnttab_copy; Xen validates the frames and
     // grants they name and writes only each op's status.
     unsafe { hypercall::grant_table_op(gt::GNTTABOP_COPY, ops.as_mut_ptr(), ops.len() as u32)? };

@@ -29,6 +29,9 @@ static L4_MFN: AtomicU64 = AtomicU64::new(0);
 static TABLES_ADDED: AtomicU64 = AtomicU64::new(0);
 static HEAP_PAGES: AtomicU64 = AtomicU64::new(0);
 static POOL_PAGES: AtomicU64 = AtomicU64::new(0);
+/// The pseudo-physical pages held as [`Page`] right now, one bit each: the only
+/// pages of ours that may be granted or be the target of a grant copy.
+static SHAREABLE: Mutex<alloc::vec::Vec<u64>> = Mutex::new(alloc::vec::Vec::new());
 /// Our domain id once known ([`set_own_domid`]); `OWN_DOMID_UNKNOWN` before.
 static OWN_DOMID: AtomicU32 = AtomicU32::new(OWN_DOMID_UNKNOWN);
 const OWN_DOMID_UNKNOWN: u32 = u32::MAX;
@@ -201,6 +204,7 @@ pub fn init(si: &StartInfo) -> Result<(), MmError> {
     let pool: alloc::vec::Vec<u32> = (first_unused + heap_pages..nr_pages).rev().map(|p| p as u32).collect();
     POOL_PAGES.store(pool.len() as u64, Ordering::Relaxed);
     *FREE_PAGES.lock() = pool;
+    *SHAREABLE.lock() = alloc::vec![0; nr_pages.div_ceil(64) as usize];
 
     // SAFETY: the guard page is part of .bss that nothing uses; unmapping it makes a
     // stack overflow fault instead of silently overwriting the pages below the stack.
@@ -246,10 +250,39 @@ pub fn set_own_domid(domid: u16) {
     OWN_DOMID.store(u32::from(domid), Ordering::Relaxed);
 }
 
+/// Whether `domid` may name this domain: DOMID_SELF, our own id, or any id while
+/// ours is not known yet.
+pub fn may_be_own_domid(domid: u16) -> bool {
+    let own = OWN_DOMID.load(Ordering::Relaxed);
+    domid == DOMID_SELF || own == OWN_DOMID_UNKNOWN || u32::from(domid) == own
+}
+
+/// Our pseudo-physical page behind machine frame `mfn`, if it is one of ours.
+fn own_pfn(mfn: u64) -> Option<u64> {
+    let pfn = pfn_of(mfn);
+    (pfn < NR_PAGES.load(Ordering::Relaxed) && mfn_of(pfn) == mfn).then_some(pfn)
+}
+
 /// Whether machine frame `mfn` is one of this domain's own pages.
 fn is_own_frame(mfn: u64) -> bool {
-    let pfn = pfn_of(mfn);
-    pfn < NR_PAGES.load(Ordering::Relaxed) && mfn_of(pfn) == mfn
+    own_pfn(mfn).is_some()
+}
+
+/// Marks page `pfn` as held by a [`Page`] (or no longer).
+fn set_shareable(pfn: u64, shareable: bool) {
+    let mut bits = SHAREABLE.lock();
+    if let Some(word) = bits.get_mut((pfn / 64) as usize) {
+        let bit = 1u64 << (pfn % 64);
+        if shareable { *word |= bit } else { *word &= !bit }
+    }
+}
+
+/// Whether machine frame `mfn` is a page of ours held by a [`Page`] right now: the
+/// only memory of ours another domain may be let at (granted, or written by a grant
+/// copy). Heap, stacks, statics, page tables and `PrivatePage`s are not.
+pub fn is_shareable_frame(mfn: u64) -> bool {
+    own_pfn(mfn)
+        .is_some_and(|pfn| SHAREABLE.lock().get((pfn / 64) as usize).is_some_and(|word| word & (1 << (pfn % 64)) != 0))
 }
 
 /// Takes a page from the pool and zeroes it.
@@ -273,6 +306,7 @@ pub struct Page {
 
 impl Drop for Page {
     fn drop(&mut self) {
+        set_shareable(self.pfn, false);
         FREE_PAGES.lock().push(self.pfn as u32);
     }
 }
@@ -281,6 +315,7 @@ impl Page {
     /// Keeps the page out of the pool for good (it became a page table).
     fn into_pfn(self) -> u64 {
         let pfn = self.pfn;
+        set_shareable(pfn, false);
         core::mem::forget(self);
         pfn
     }
@@ -294,8 +329,9 @@ impl Page {
     }
 }
 
-/// A whole page of ours that is never shared: it has no frame number to grant, so
-/// no other domain can map it, and it hands out ordinary slices.
+/// A whole page of ours that is never shared: it has no frame number to grant (and
+/// `gnttab` grants only frames of live [`Page`]s), so no other domain can map it,
+/// and it hands out ordinary slices.
 #[derive(Debug)]
 pub struct PrivatePage {
     pfn: u64,
@@ -308,9 +344,6 @@ impl Drop for PrivatePage {
 }
 
 impl PrivatePage {
-    pub fn pfn(&self) -> u64 {
-        self.pfn
-    }
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the page is ours alone (taken from the pool, not yet given back,
         // never granted: this type exposes no frame number), mapped at va_of(pfn);
@@ -420,7 +453,9 @@ pub fn write_u32(page: &Page, offset: usize, value: u32) {
 
 /// Takes a zeroed page from the pool, to share.
 pub fn alloc_page() -> Result<Page, MmError> {
-    Ok(Page { pfn: take_pool_page()? })
+    let pfn = take_pool_page()?;
+    set_shareable(pfn, true);
+    Ok(Page { pfn })
 }
 
 /// Takes a zeroed page from the pool that is never shared.

@@ -284,6 +284,21 @@ pub async fn grant(seed: u8) -> Result<()> {
         ..Default::default()
     };
     gnttab::copy(core::slice::from_mut(&mut op)).map_err(|e| format!("GNTTABOP_copy: {e}"))?;
+    // Heap memory is no page to share: neither a grant of it nor a copy into it.
+    let heap = alloc::vec![0u8; 8192];
+    let heap_frame = mm::mfn_of((heap.as_ptr() as u64).next_multiple_of(4096) / 4096 - mm::va_of(0) / 4096);
+    match gnttab::grant_access(0, heap_frame, true) {
+        Err(gnttab::GrantError::NotShareable(_)) => {}
+        other => return Err(format!("granting a heap frame gave {other:?}")),
+    }
+    let mut into_heap = xen_abi::grant_table::GnttabCopy { dest: op.source, source: op.dest, len: 8, ..op };
+    into_heap.dest.ref_or_gmfn = heap_frame;
+    match gnttab::copy(core::slice::from_mut(&mut into_heap)) {
+        Err(gnttab::GrantError::NotShareable(_)) => {}
+        other => return Err(format!("GNTTABOP_copy into a heap frame gave {other:?}")),
+    }
+    drop(heap);
+    println!("grant: a heap frame is refused as a grant and as a copy's destination");
     // The copy landed in `target`; read it through a mapping slot of its frame. The
     // safe guest-frame mapper must refuse our own frame, by DOMID_SELF or by our domid.
     let slot = mm::MappingSlot::new().map_err(|e| format!("mapping slot: {e}"))?;
