@@ -349,11 +349,11 @@ mod tests {
         let mut header = MAGIC.to_vec();
         header.extend_from_slice(&(16u32 << 20).to_le_bytes());
         let mut reader = Reader::new();
-        let refused = Err(StateFileError::TooLarge { len_bytes: 16 << 20, max_bytes: MAX_PAYLOAD_BYTES });
-        assert_eq!(reader.push(&header), refused);
-        assert_eq!(reader.push(&[0; 4096]), refused, "and stays refused");
+        let refused = StateFileError::TooLarge { len_bytes: 16 << 20, max_bytes: MAX_PAYLOAD_BYTES };
+        assert_eq!(reader.push(&header), Err(refused.clone()));
+        assert_eq!(reader.push(&[0; 4096]), Err(refused.clone()), "and stays refused");
         assert_eq!(reader.received(), HEADER_BYTES, "no payload byte taken");
-        assert!(refused.unwrap_err().to_string().contains("claims 16777216 bytes, over the 1048576-byte limit"));
+        assert!(refused.to_string().contains("claims 16777216 bytes, over the 1048576-byte limit"));
         let mut huge = encode(b"x");
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
