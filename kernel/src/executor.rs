@@ -96,11 +96,11 @@ pub fn block_on<F: Future>(main: F) -> F::Output {
                 if let Poll::Ready(v) = main.as_mut().poll(&mut cx) {
                     return v;
                 }
-            } else if let Some(task) = tasks.get_mut(&id) {
-                if task.as_mut().poll(&mut cx).is_ready() {
-                    tasks.remove(&id);
-                    wakers.lock().remove(&id);
-                }
+            } else if let Some(task) = tasks.get_mut(&id)
+                && task.as_mut().poll(&mut cx).is_ready()
+            {
+                tasks.remove(&id);
+                wakers.lock().remove(&id);
             }
             adopt_new_tasks(&mut tasks);
         }

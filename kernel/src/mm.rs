@@ -105,7 +105,7 @@ fn link_new_table(pfn: u64, parent_mfn: u64, index: usize) -> Result<u64, MmErro
         core::ptr::write_bytes(va as *mut u8, 0, PAGE_SIZE as usize);
         hypercall::update_va_mapping(va, (mfn << 12) | TABLE_SELF)?;
         let link = MmuUpdate {
-            ptr: (parent_mfn << 12) + index as u64 * 8 | MMU_NORMAL_PT_UPDATE,
+            ptr: ((parent_mfn << 12) + index as u64 * 8) | MMU_NORMAL_PT_UPDATE,
             val: (mfn << 12) | TABLE_LINK,
         };
         hypercall::mmu_update(&[link], DOMID_SELF)?;

@@ -51,9 +51,11 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<(), alloc::string::String> {
         Some(b"blkhotplug") => peers::blk_hotplug(cmdline.number("devid").unwrap_or(51744) as u32).await,
         #[cfg(feature = "selftests")]
         Some(b"blkbench") => {
-            let mut options = frontends::blkfront::Options::default();
-            options.max_ring_page_order = cmdline.number("ring_order").unwrap_or(2) as u32;
-            options.max_data_pages = cmdline.number("data_pages").unwrap_or(512) as usize;
+            let options = frontends::blkfront::Options {
+                max_ring_page_order: cmdline.number("ring_order").unwrap_or(2) as u32,
+                max_data_pages: cmdline.number("data_pages").unwrap_or(512) as usize,
+                ..Default::default()
+            };
             peers::blk_bench(cmdline.number("devid").unwrap_or(51712) as u32, options).await
         }
         #[cfg(feature = "selftests")]
@@ -260,7 +262,8 @@ async fn timers_in_order(count: usize) -> Result<(), alloc::string::String> {
     while order.borrow().len() < count && !limit.passed() {
         time::sleep(Duration::from_millis(20)).await;
     }
-    let order = order.borrow();
+    // Every task has fired (or the wait gave up): take the record out of the cell.
+    let order = core::mem::take(&mut *order.borrow_mut());
     let fired = order.len();
     let inversions = order.windows(2).filter(|w| w[0].0 > w[1].0).count();
     let max_late = order.iter().map(|o| o.2).max().unwrap_or(0);

@@ -286,7 +286,9 @@ pub async fn grant(seed: u8) -> Result<()> {
     gnttab::copy(core::slice::from_mut(&mut op)).map_err(|e| format!("GNTTABOP_copy: {e}"))?;
     // Heap memory is no page to share: neither a grant of it nor a copy into it.
     let heap = alloc::vec![0u8; 8192];
-    let heap_frame = mm::mfn_of((heap.as_ptr() as u64).next_multiple_of(4096) / 4096 - mm::va_of(0) / 4096);
+    // The first whole page inside the block.
+    let heap_pfn = ((heap.as_ptr() as u64).next_multiple_of(4096) - mm::va_of(0)) / 4096;
+    let heap_frame = mm::mfn_of(heap_pfn);
     match gnttab::grant_access(0, heap_frame, true) {
         Err(gnttab::GrantError::NotShareable(_)) => {}
         other => return Err(format!("granting a heap frame gave {other:?}")),
