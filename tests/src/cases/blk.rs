@@ -232,7 +232,7 @@ fn hotplug(ctx: &mut Ctx) -> Result<(), String> {
         let result =
             parse_hotplug_result(&text).ok_or_else(|| format!("cannot read hotplug-result-{round}: {text:?}"))?;
         judge_hotplug_round(round, &result)?;
-        metrics.push(format!("round {round}: {text} (published {noticed_s:.1} s after the detach began)"));
+        metrics.push(format!("round {round}: {text} (seen {noticed_s:.1} s after the detach began)"));
     }
     let log = finish(name)?;
     expect_contains(&log, "hotplug: ok", "console log")?;
