@@ -180,9 +180,13 @@ fn sleep_matches_dom0(ctx: &mut Ctx) -> Result<(), String> {
         slept.as_secs_f64() * 1000.0,
         rtt.as_secs_f64() * 1000.0
     );
-    if error_ms > 10.0 {
+    // dom0 times the sleep through one exchange, whose delivery varies by about a
+    // round trip on a loaded test bed: the tolerance is 10 ms plus the median round
+    // trip.
+    let tolerance_ms = 10.0 + rtt.as_secs_f64() * 1000.0;
+    if error_ms > tolerance_ms {
         return Err(format!(
-            "the 200 ms sleep took {:.2} ms by dom0's clock (more than 10 ms off)",
+            "the 200 ms sleep took {:.2} ms by dom0's clock (more than {tolerance_ms:.1} ms off)",
             sleep.as_secs_f64() * 1000.0
         ));
     }
