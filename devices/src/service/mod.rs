@@ -66,6 +66,9 @@ pub const RESTORE_WAIT: Duration = Duration::from_secs(60);
 /// How long one disk request may take before the guest's command fails.
 pub const BLOCK_IO_LIMIT: Duration = Duration::from_secs(30);
 
+/// How often the device model logs what it has done (when something changed).
+pub const STATS_PERIOD: Duration = Duration::from_secs(30);
+
 /// The HVM guest whose machine this device model emulates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestConfig {
@@ -699,6 +702,7 @@ where
         xen.spawn("serial", tasks::serial(shared.clone(), console));
     }
     xen.spawn("hotplug", tasks::hotplug(shared.clone(), watch));
+    xen.spawn("stats", tasks::stats(shared.clone()));
     xen.spawn("qmp", tasks::qmp(shared.clone(), server, save_console, config.qmp_path.clone()));
 
     xen.write(Tx::NONE, &config.ready_path, b"running")

@@ -319,3 +319,30 @@ async fn carry_out<X: Xen>(effect: SlowEffect, save_console: Option<&Console<'st
         }
     }
 }
+
+/// Every [`STATS_PERIOD`](super::STATS_PERIOD), if anything moved: how many ioreqs the
+/// machine answered, how many were malformed, and COM1's losses, so that the log shows
+/// the device model alive and what it has been doing.
+pub(super) async fn stats<X: Xen + DeviceModelHost + 'static>(shared: Rc<Shared<X>>) {
+    let Some(machine) = shared.machine.clone() else { return };
+    let mut last = None;
+    loop {
+        if let Either::Second(()) = first(shared.xen.sleep(super::STATS_PERIOD), shared.stopping.wait()).await {
+            return;
+        }
+        let now = {
+            let m = machine.borrow();
+            (m.stats(), m.com1().map(|u| u.stats()))
+        };
+        if Some(now) != last {
+            let (machine_stats, uart) = now;
+            log::info!(
+                "device model: {} ioreqs answered ({} malformed); COM1 {:?}",
+                machine_stats.ioreqs,
+                machine_stats.malformed,
+                uart
+            );
+            last = Some(now);
+        }
+    }
+}

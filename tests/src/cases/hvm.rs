@@ -78,7 +78,46 @@ fn device_model_log(guest: &str) -> String {
 fn with_device_model_log(guest: &str, error: String) -> String {
     let log = device_model_log(guest);
     let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    format!("{error}\nthe device model's log (last lines):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    let cpu = xl::domid(guest).map(guest_cpu_report).unwrap_or_default();
+    format!(
+        "{error}\nthe device model's log (last lines):\n{}\n{cpu}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// Where guest `domid`'s vCPU 0 is, from Xen's register dump (debug key 'd'), with the
+/// kernel symbol dom0's /proc/kallsyms gives that address (the guest runs dom0's
+/// kernel, without KASLR): for a guest that stopped talking.
+pub fn guest_cpu_report(domid: u32) -> String {
+    let _ = proc::run(std::process::Command::new("xl").args(["debug-keys", "d"]), Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    let dmesg = xl::dmesg().unwrap_or_default();
+    let Some(at) = dmesg.rfind(&format!("guest state (d{domid}v0)")) else {
+        return format!("(no register dump for d{domid}v0)");
+    };
+    let dump: Vec<&str> = dmesg[at..].lines().take(14).collect();
+    let rip = dump.iter().find_map(|l| {
+        let (_, rest) = l.split_once("RIP:")?;
+        let hex = rest.split_once("[<")?.1.split_once(">]")?.0;
+        u64::from_str_radix(hex, 16).ok()
+    });
+    let symbol = rip.and_then(kernel_symbol).unwrap_or_else(|| "?".to_string());
+    format!("guest vCPU 0 at {symbol}:\n{}", dump.join("\n"))
+}
+
+/// `symbol+offset` for kernel address `address`, from /proc/kallsyms.
+fn kernel_symbol(address: u64) -> Option<String> {
+    let symbols = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    let (base, name) = symbols
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let at = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let name = parts.nth(1)?;
+            (at <= address && at > 0).then_some((at, name))
+        })
+        .max_by_key(|(at, _)| *at)?;
+    Some(format!("{name}+{:#x}", address - base))
 }
 
 /// hvmloader and SeaBIOS, as the hypervisor log shows them, find the machine our
