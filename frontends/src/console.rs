@@ -169,6 +169,89 @@ async fn wait_or_sleep<X: Xen>(xen: &X, port: Port, limit: Duration) {
     .await
 }
 
+/// dom0's side of a console in the simulated Xen (feature `sim`), for other crates'
+/// tests: a backend that serves a [`Line`] until the test ends.
+#[cfg(any(test, feature = "sim"))]
+pub mod sim {
+    use alloc::collections::VecDeque;
+    use alloc::format;
+    use alloc::rc::Rc;
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
+    use core::time::Duration;
+
+    use xen_abi::console::{self as ring, IN_RING_SIZE, OUT_RING_SIZE};
+    use xen_seams::sim::{PvDevice, SimXen};
+    use xen_seams::{Clock, EventChannels, GrantRef, SharedPage, Tx, Xenstore};
+
+    /// What crosses the console: bytes queued for the guest, bytes it sent.
+    #[derive(Debug, Default)]
+    pub struct Line {
+        pub to_guest: VecDeque<u8>,
+        pub from_guest: Vec<u8>,
+    }
+
+    async fn number(xen: &SimXen, path: &str) -> Option<u32> {
+        xen.read_string(Tx::NONE, path).await.ok()?.trim().parse().ok()
+    }
+
+    /// Serves console `device` (attached with `World::toolstack`) as dom0's backend
+    /// does: waits for the frontend's Initialised, maps its ring, says Connected, then
+    /// moves bytes both ways, forever (spawn it in the background).
+    pub async fn backend(back: SimXen, device: PvDevice<'_>, line: Rc<RefCell<Line>>) {
+        let (front, back_path) = (device.front_path(), device.back_path());
+        while back.read_string(Tx::NONE, &format!("{front}/state")).await.as_deref() != Ok("3") {
+            back.sleep(Duration::from_millis(1)).await;
+        }
+        let (Some(gref), Some(remote)) =
+            (number(&back, &format!("{front}/ring-ref")).await, number(&back, &format!("{front}/port")).await)
+        else {
+            return;
+        };
+        let Ok(page) = back.map_grant(device.frontend, GrantRef(gref), true) else { return };
+        let Ok(port) = back.bind_interdomain(device.frontend, remote) else { return };
+        if back.write(Tx::NONE, &format!("{back_path}/state"), b"4").await.is_err() {
+            return;
+        }
+        loop {
+            let (cons, prod) = (page.read_u32(ring::OUT_CONS_OFFSET), page.read_u32(ring::OUT_PROD_OFFSET));
+            let mut moved = prod != cons;
+            let mut byte = [0u8];
+            for i in 0..prod.wrapping_sub(cons).min(OUT_RING_SIZE as u32) {
+                page.read(ring::OUTPUT_OFFSET + ring::slot(OUT_RING_SIZE, cons.wrapping_add(i)), &mut byte);
+                line.borrow_mut().from_guest.push(byte[0]);
+            }
+            page.write_u32(ring::OUT_CONS_OFFSET, prod);
+            let (icons, iprod) = (page.read_u32(ring::IN_CONS_OFFSET), page.read_u32(ring::IN_PROD_OFFSET));
+            let room = IN_RING_SIZE.saturating_sub(iprod.wrapping_sub(icons) as usize);
+            let mut sent = 0u32;
+            while (sent as usize) < room {
+                let Some(byte) = line.borrow_mut().to_guest.pop_front() else { break };
+                page.write(ring::slot(IN_RING_SIZE, iprod.wrapping_add(sent)), &[byte]);
+                sent += 1;
+            }
+            if sent > 0 {
+                page.write_u32(ring::IN_PROD_OFFSET, iprod.wrapping_add(sent));
+                moved = true;
+            }
+            if moved {
+                let _ = back.notify(port);
+            }
+            // The frontend notifies when it writes or consumes; poll now and then too.
+            let mut event = core::pin::pin!(back.wait(port));
+            let mut tick = core::pin::pin!(back.sleep(Duration::from_millis(5)));
+            core::future::poll_fn(|cx| {
+                if event.as_mut().poll(cx).is_ready() || tick.as_mut().poll(cx).is_ready() {
+                    core::task::Poll::Ready(())
+                } else {
+                    core::task::Poll::Pending
+                }
+            })
+            .await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

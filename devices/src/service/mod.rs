@@ -299,6 +299,11 @@ pub(crate) struct Shared<X: Xen + DeviceModelHost + 'static> {
     /// COM1 has output, or has room for input the serial task holds
     serial_wake: Notify,
     serial_holds_input: Cell<bool>,
+    /// bytes the serial console brought in, and how many the guest's UART took
+    serial_in_bytes: Cell<u64>,
+    serial_taken_bytes: Cell<u64>,
+    /// interrupt lines raised (rising edges sent to Xen), by ISA IRQ
+    isa_raised: RefCell<[u64; 16]>,
     /// set when the service is to end (quit, or a task's fatal error)
     stopping: Signal,
     failure: RefCell<Option<ServiceError>>,
@@ -322,7 +327,7 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
     /// work.
     fn after_machine_change(&self) {
         let Some(machine) = &self.machine else { return };
-        let (effects, requests, events, serial_output) = {
+        let (effects, requests, events, serial_work) = {
             let mut m = machine.borrow_mut();
             let effects = m.take_effects();
             let mut requests = Vec::new();
@@ -330,8 +335,11 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
                 requests.push(request);
             }
             let events = m.ide_mut().take_events();
-            let serial_output = m.com1().is_some_and(|u| u.output_len() > 0);
-            (effects, requests, events, serial_output)
+            // The serial task has work when COM1 has output, or room for input it holds.
+            let serial_work = m
+                .com1()
+                .is_some_and(|u| u.output_len() > 0 || (self.serial_holds_input.get() && u.receive_capacity() > 0));
+            (effects, requests, events, serial_work)
         };
         self.apply(effects);
         for request in requests {
@@ -351,7 +359,7 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
         if !events.is_empty() {
             self.guest_tray_events(events);
         }
-        if serial_output || self.serial_holds_input.get() {
+        if serial_work {
             self.serial_wake.notify();
         }
     }
@@ -361,7 +369,12 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
         let Some(control) = &self.control else { return };
         for effect in effects {
             let result = match effect {
-                Effect::IsaIrq { irq, level } => control.set_isa_irq_level(irq, level),
+                Effect::IsaIrq { irq, level } => {
+                    if level && let Some(count) = self.isa_raised.borrow_mut().get_mut(usize::from(irq)) {
+                        *count += 1;
+                    }
+                    control.set_isa_irq_level(irq, level)
+                }
                 Effect::LinkRoute { link, isa_irq } => control.set_pci_link_route(link, isa_irq),
                 Effect::Shutdown(reason) => {
                     log::info!("device model: guest shutdown ({reason:?})");
@@ -590,6 +603,9 @@ where
         qmp_events: Notify::new(),
         serial_wake: Notify::new(),
         serial_holds_input: Cell::new(false),
+        serial_in_bytes: Cell::new(0),
+        serial_taken_bytes: Cell::new(0),
+        isa_raised: RefCell::new([0; 16]),
         stopping: Signal::new(false),
         failure: RefCell::new(None),
         log: RefCell::new(LogLimiter::new()),

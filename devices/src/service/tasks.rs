@@ -117,18 +117,21 @@ pub(super) async fn serial<X: Xen + DeviceModelHost + 'static>(shared: Rc<Shared
     let mut input: Vec<u8> = Vec::new();
     let mut buf = [0u8; HELD_INPUT_LIMIT];
     while !shared.stopping.is_on() {
-        let output = {
+        let (output, effects) = {
             let mut m = machine.borrow_mut();
             let output = m.com1_mut().map(|u| u.take_output(4096)).unwrap_or_default();
             if !input.is_empty() {
                 let accepted = m.com1_mut().map_or(input.len(), |u| u.receive(&input));
                 input.drain(..accepted);
+                shared.serial_taken_bytes.set(shared.serial_taken_bytes.get() + accepted as u64);
             }
             m.sync_irqs();
-            output
+            (output, m.take_effects())
         };
         shared.serial_holds_input.set(!input.is_empty());
-        shared.after_machine_change();
+        // Only COM1 changed: its interrupt line is all there is to apply. (Waking this
+        // task from here would make it its own busy loop.)
+        shared.apply(effects);
         if !output.is_empty() {
             if let Err(e) = console.write(&output).await
                 && shared.log.borrow_mut().allow()
@@ -138,12 +141,16 @@ pub(super) async fn serial<X: Xen + DeviceModelHost + 'static>(shared: Rc<Shared
             continue;
         }
         if !input.is_empty() {
-            // The guest has to read before more fits: wait for it (or for output).
+            // The guest has to read before more fits: the ioreq task wakes us when its
+            // FIFO has room (or it transmitted).
             shared.serial_wake.wait().await;
             continue;
         }
         match first(console.read(&mut buf, Duration::from_secs(60)), shared.serial_wake.wait()).await {
-            Either::First(Ok(n)) => input.extend_from_slice(&buf[..n]),
+            Either::First(Ok(n)) => {
+                input.extend_from_slice(&buf[..n]);
+                shared.serial_in_bytes.set(shared.serial_in_bytes.get() + n as u64);
+            }
             Either::First(Err(e)) => {
                 if shared.log.borrow_mut().allow() {
                     log::warn!("COM1: the serial console failed: {e}");
@@ -332,15 +339,26 @@ pub(super) async fn stats<X: Xen + DeviceModelHost + 'static>(shared: Rc<Shared<
         }
         let now = {
             let m = machine.borrow();
-            (m.stats(), m.com1().map(|u| u.stats()))
+            let raised = *shared.isa_raised.borrow();
+            (
+                m.stats(),
+                m.com1().map(|u| u.stats()),
+                shared.serial_in_bytes.get(),
+                shared.serial_taken_bytes.get(),
+                raised,
+            )
         };
         if Some(now) != last {
-            let (machine_stats, uart) = now;
+            let (machine_stats, uart, serial_in, serial_taken, raised) = now;
             log::info!(
-                "device model: {} ioreqs answered ({} malformed); COM1 {:?}",
+                "device model: {} ioreqs answered ({} malformed); COM1: {serial_in} bytes in, {serial_taken} taken \
+                 by the guest, {:?}; IRQs raised: 4: {}, 14: {}, 15: {}",
                 machine_stats.ioreqs,
                 machine_stats.malformed,
-                uart
+                uart,
+                raised[4],
+                raised[14],
+                raised[15]
             );
             last = Some(now);
         }
