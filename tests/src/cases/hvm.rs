@@ -306,8 +306,11 @@ fn guest_reboot_is_honoured(ctx: &mut Ctx) -> Result<(), String> {
     guest.wait_created(Duration::from_secs(120)).map_err(|e| with_device_model_log(name, e))?;
     let (first_guest, first_stub) = (guest.domid, guest.stub_domid.ok_or("no stub domain")?);
     wait_boot(&mut guest.shell, Duration::from_secs(600)).map_err(|e| with_device_model_log(name, e))?;
+    // The guest's shell says it got the command, so the reboot is this one (not a
+    // panic's: the kernel runs with panic=1).
+    guest.shell.send_line("echo @@rebooting; reboot -f")?;
+    guest.shell.wait_for("@@rebooting", Duration::from_secs(60)).map_err(|e| with_device_model_log(name, e))?;
     let rebooted_at = Instant::now();
-    guest.shell.send_line("reboot -f")?;
 
     // A new guest and a new stub domain, whose console 3 carries ISOLINUX's banner.
     let stub_name = format!("{name}-dm");
@@ -318,6 +321,9 @@ fn guest_reboot_is_honoured(ctx: &mut Ctx) -> Result<(), String> {
     .ok_or_else(|| with_device_model_log(name, format!("{name} was not rebuilt within 180 s of `reboot -f`")))?;
     let xl_log = std::fs::read_to_string(format!("/var/log/xen/xl-{name}.log")).unwrap_or_default();
     expect_contains(&xl_log, &format!("Domain {first_guest} has shut down, reason code 1 "), "xl's log (1 is reboot)")?;
+    if guest.shell.transcript().time_of("Kernel panic").is_some() {
+        return Err(format!("the guest panicked:\n{}", guest.shell.transcript().tail(30)));
+    }
     let tty_node = format!("/local/domain/{second_stub}/device/console/3/tty");
     let tty = xs::wait_for(&tty_node, Duration::from_secs(60), |v| v.starts_with("/dev/pts/"))?;
     let (pty, rx) = pty_reader(&tty)?;
