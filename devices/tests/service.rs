@@ -38,18 +38,29 @@ fn stub(world: &World) -> &'static SimXen {
     Box::leak(Box::new(world.domain(STUB)))
 }
 
+/// The next message, read a byte at a time so that nothing after its `\r\n` is taken.
 async fn message(client: &Client<'_>) -> Value {
-    let line = match client.read_until(b'\n').await {
-        Ok(line) => line,
-        Err(e) => return json!({ "client-error": format!("{e:?}") }),
-    };
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while !line.ends_with(b"\n") {
+        match client.read(&mut byte).await {
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return json!({ "client-error": format!("{e:?}") }),
+        }
+    }
     assert!(line.ends_with(b"\r\n"), "{line:?}");
     serde_json::from_slice(&line).expect("JSON")
 }
 
+/// Sends a command and returns its reply (events before it are skipped).
 async fn execute(client: &Client<'_>, request: &str) -> Value {
     client.write_all(format!("{request}\r\n").as_bytes()).await.expect("sent");
-    message(client).await
+    loop {
+        let message = message(client).await;
+        if message.get("event").is_none() {
+            return message;
+        }
+    }
 }
 
 async fn open(dom0: &SimXen) -> Client<'_> {
@@ -199,4 +210,49 @@ fn without_quit_the_service_ends_at_its_lifetime_with_an_error() {
         other => panic!("{other:?}"),
     }
     assert!(world.now_ns() >= 600_000_000_000);
+}
+
+/// The save console (console 1).
+const SAVE: xen_seams::sim::PvDevice =
+    xen_seams::sim::PvDevice { kind: "console", devid: 1, frontend: STUB, backend: 0 };
+
+/// `xen-save-devices-state` replies only once the state file is in dom0: with a save
+/// console whose backend stops taking bytes partway, the reply is a GenericError that
+/// says why (so `xl save` fails loudly instead of writing an image without device
+/// state), and the service carries on.
+#[test]
+fn a_save_whose_console_stops_midway_fails_with_the_reason() {
+    use frontends::console::sim::{Line, backend};
+    let world = World::new();
+    let stub = stub(&world);
+    world.toolstack(SAVE, &[]);
+    let line = Rc::new(RefCell::new(Line { consume_limit: Some(10), ..Line::default() }));
+    let dom0 = world.domain(0);
+    let mut config = config();
+    config.save_console = true;
+    let mut executor = Executor::new(&world);
+    executor.spawn_background("console 1 backend", backend(world.domain(0), SAVE, line.clone()));
+    let served = executor.spawn("service", async move { serve(stub, &config, now).await });
+    let replies = executor.spawn("dom0", async move {
+        let replies = session(
+            &dom0,
+            &[
+                r#"{"execute":"stop","id":2}"#,
+                r#"{"execute":"xen-save-devices-state","id":3,"arguments":{"filename":"/dev/fdset/1","live":false}}"#,
+                r#"{"execute":"query-status","id":4}"#,
+            ],
+        )
+        .await;
+        session(&dom0, &[r#"{"execute":"quit","id":5}"#]).await;
+        replies
+    });
+    executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
+    assert!(matches!(served.take(), Some(Ok(()))));
+    let replies = replies.take().unwrap();
+    let error = &replies[1]["error"];
+    assert_eq!(error["class"], "GenericError", "{}", replies[1]);
+    let desc = error["desc"].as_str().unwrap();
+    assert!(desc.contains("saving Xen device state failed") && desc.contains("console 1"), "{desc}");
+    assert_eq!(line.borrow().from_guest.len(), 10, "the backend took 10 bytes and stopped");
+    assert_eq!(replies[2]["return"]["status"], "paused");
 }

@@ -189,6 +189,9 @@ pub mod sim {
     pub struct Line {
         pub to_guest: VecDeque<u8>,
         pub from_guest: Vec<u8>,
+        /// Stop consuming the guest's output after this many bytes (a backend that
+        /// hangs mid-transfer).
+        pub consume_limit: Option<usize>,
     }
 
     async fn number(xen: &SimXen, path: &str) -> Option<u32> {
@@ -215,13 +218,18 @@ pub mod sim {
         }
         loop {
             let (cons, prod) = (page.read_u32(ring::OUT_CONS_OFFSET), page.read_u32(ring::OUT_PROD_OFFSET));
-            let mut moved = prod != cons;
+            let allowed = {
+                let line = line.borrow();
+                line.consume_limit.map_or(usize::MAX, |limit| limit.saturating_sub(line.from_guest.len()))
+            };
+            let taking = (prod.wrapping_sub(cons).min(OUT_RING_SIZE as u32) as usize).min(allowed) as u32;
+            let mut moved = taking > 0;
             let mut byte = [0u8];
-            for i in 0..prod.wrapping_sub(cons).min(OUT_RING_SIZE as u32) {
+            for i in 0..taking {
                 page.read(ring::OUTPUT_OFFSET + ring::slot(OUT_RING_SIZE, cons.wrapping_add(i)), &mut byte);
                 line.borrow_mut().from_guest.push(byte[0]);
             }
-            page.write_u32(ring::OUT_CONS_OFFSET, prod);
+            page.write_u32(ring::OUT_CONS_OFFSET, cons.wrapping_add(taking));
             let (icons, iprod) = (page.read_u32(ring::IN_CONS_OFFSET), page.read_u32(ring::IN_PROD_OFFSET));
             let room = IN_RING_SIZE.saturating_sub(iprod.wrapping_sub(icons) as usize);
             let mut sent = 0u32;
