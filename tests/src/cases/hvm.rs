@@ -230,7 +230,8 @@ fn boot_and_power_off(guest: &mut HvmGuest, nonce_sha256: &str) -> Result<BootTi
 
     let short = Duration::from_secs(60);
     let dmesg = guest.shell.run_ok(
-        "waitdev /dev/sda 30 && waitdev /dev/sr0 30 && dmesg | grep -E 'scsi host|ata[0-9.]+: [AP]|CD-ROM|\\[sda\\] [0-9]+ 512'",
+        "waitdev /dev/sda 30 && waitdev /dev/sr0 30 && \
+         dmesg | grep -E 'scsi host|ata[0-9.]+: [AP]|CD-ROM|\\[sda\\] [0-9]+ 512|ttyS0 at'",
         short,
     )?;
     for needle in [
@@ -239,6 +240,8 @@ fn boot_and_power_off(guest: &mut HvmGuest, nonce_sha256: &str) -> Result<BootTi
         "ATAPI: QEMU DVD-ROM",
         "CD-ROM",
         "[sda] 32768 512-byte logical blocks",
+        // Linux's autoconfig found our UART to be a 16550A.
+        "ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A",
     ] {
         expect_contains(&dmesg, needle, "the guest's dmesg")?;
     }
