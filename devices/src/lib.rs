@@ -20,6 +20,7 @@ pub mod cmos;
 pub mod dm_args;
 pub mod ide;
 pub mod machine;
+pub mod nic;
 pub mod pci;
 pub mod pm;
 pub mod ratelimit;
