@@ -380,6 +380,18 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
                     log::info!("device model: guest shutdown ({reason:?})");
                     control.remote_shutdown(reason)
                 }
+                Effect::PciIntx { device, intx, level } => control.set_pci_intx_level(device, intx, level),
+                Effect::Claim { kind, first, last } => match &self.server {
+                    Some(server) => {
+                        log::info!("device model: claiming {kind:?} {first:#x}-{last:#x}");
+                        server.map_range(kind, first, last)
+                    }
+                    None => Ok(()),
+                },
+                Effect::Release { kind, first, last } => match &self.server {
+                    Some(server) => server.unmap_range(kind, first, last),
+                    None => Ok(()),
+                },
             };
             if let Err(e) = result
                 && self.log.borrow_mut().allow()

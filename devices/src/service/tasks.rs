@@ -34,7 +34,7 @@ pub(super) async fn serve_vcpu<X: Xen + DeviceModelHost + 'static>(shared: Rc<Sh
             }
         };
         shared.running.wait().await;
-        let data = machine.borrow_mut().handle_ioreq(&request, memory);
+        let data = machine.borrow_mut().handle_ioreq(&request, memory, shared.xen.now_ns());
         shared.after_machine_change();
         if let Err(error) = server.respond(vcpu, data) {
             shared.fail(ServiceError::IoreqServer { guest: shared.guest, error });
