@@ -107,6 +107,8 @@ struct NicSlot {
     claimed: [Option<(BarKind, u64, u64)>; 6],
     /// the INTA level Xen was last told
     intx_level: bool,
+    /// the guest touched the card's registers since the network task last looked
+    touched: bool,
 }
 
 /// The guest's machine.
@@ -158,7 +160,7 @@ impl Machine {
     /// device number. Its BARs are claimed once the guest places and enables them.
     pub fn add_nic(&mut self, card: Box<dyn Nic>) -> u8 {
         let device = FIRST_NIC_SLOT + self.nics.len() as u8;
-        self.nics.push(NicSlot { device, card, claimed: [None; 6], intx_level: false });
+        self.nics.push(NicSlot { device, card, claimed: [None; 6], intx_level: false, touched: false });
         device
     }
 
@@ -174,6 +176,18 @@ impl Machine {
 
     pub fn nr_nics(&self) -> usize {
         self.nics.len()
+    }
+
+    /// The NICs whose registers the guest touched since the last call (a bit per
+    /// index): their network tasks have frames to take or room to fill.
+    pub fn take_touched_nics(&mut self) -> u64 {
+        let mut touched = 0;
+        for (index, slot) in self.nics.iter_mut().enumerate() {
+            if core::mem::take(&mut slot.touched) && index < 64 {
+                touched |= 1 << index;
+            }
+        }
+        touched
     }
 
     /// What the ioreq server must claim (kind, first, last), before the guest runs.
@@ -435,8 +449,12 @@ impl Machine {
                 .map(|(bar, offset)| (slot, bar, offset))
         });
         match (hit, value) {
-            (Some((slot, bar, offset)), None) => u64::from(slot.card.read(bar, offset, size, memory, now)),
+            (Some((slot, bar, offset)), None) => {
+                slot.touched = true;
+                u64::from(slot.card.read(bar, offset, size, memory, now))
+            }
             (Some((slot, bar, offset)), Some(v)) => {
+                slot.touched = true;
                 slot.card.write(bar, offset, size, v as u32, memory, now);
                 v
             }
@@ -558,6 +576,7 @@ impl Machine {
             _ => match self.nic_port(port) {
                 Some((index, bar, offset)) => {
                     let now = self.now_ns;
+                    self.nics[index].touched = true;
                     self.nics[index].card.read(bar, offset, size, memory, now)
                 }
                 None => {
@@ -598,6 +617,7 @@ impl Machine {
             _ => match self.nic_port(port) {
                 Some((index, bar, offset)) => {
                     let now = self.now_ns;
+                    self.nics[index].touched = true;
                     self.nics[index].card.write(bar, offset, size, value, memory, now);
                 }
                 None => {

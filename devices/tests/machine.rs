@@ -214,7 +214,13 @@ fn guest_config() -> Config {
         restore: false,
         save_console: false,
         vcpus: 2,
-        guest: Some(GuestConfig { domid: GUEST, boot_order: "dc".into(), ram_mib: 16, serial_console: None }),
+        guest: Some(GuestConfig {
+            domid: GUEST,
+            boot_order: "dc".into(),
+            ram_mib: 16,
+            serial_console: None,
+            nics: Vec::new(),
+        }),
         lifetime: Some(Duration::from_secs(60)),
     }
 }

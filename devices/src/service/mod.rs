@@ -49,7 +49,7 @@ use qmp::{DeviceModel, DeviceModelError, Engine, EngineConfig, Timestamp};
 use xen_seams::hvm::{DeviceModelHost, HvmControl, IoreqServer};
 use xen_seams::{DomId, Tx, Xen, XenstoreError};
 
-use crate::dm_args::DmArgs;
+use crate::dm_args::{DmArgs, NicConfig};
 use crate::ide::{BlockRequest, DriveId, DriveSpec};
 use crate::machine::{Effect, Machine, MachineConfig};
 use crate::ratelimit::LogLimiter;
@@ -66,6 +66,10 @@ pub const RESTORE_WAIT: Duration = Duration::from_secs(60);
 /// How long one disk request may take before the guest's command fails.
 pub const BLOCK_IO_LIMIT: Duration = Duration::from_secs(30);
 
+/// How long a NIC's network task waits before connecting its vif again after the
+/// backend went away (or was not there).
+pub const VIF_RETRY: Duration = Duration::from_secs(2);
+
 /// How often the device model logs what it has done (when something changed).
 pub const STATS_PERIOD: Duration = Duration::from_secs(30);
 
@@ -79,6 +83,8 @@ pub struct GuestConfig {
     pub ram_mib: u32,
     /// the PV console COM1 is wired to (`-serial /dev/hvc3` is console 3); None: no COM1
     pub serial_console: Option<u32>,
+    /// the NICs, each bridged to the stub domain's vif of the same devid
+    pub nics: Vec<NicConfig>,
 }
 
 /// What to serve, and where.
@@ -123,6 +129,7 @@ impl Config {
                 boot_order: args.boot_order.clone(),
                 ram_mib: args.ram_mib.unwrap_or(128),
                 serial_console,
+                nics: args.nics.clone(),
             }),
             lifetime: None,
         }
@@ -299,6 +306,10 @@ pub(crate) struct Shared<X: Xen + DeviceModelHost + 'static> {
     /// COM1 has output, or has room for input the serial task holds
     serial_wake: Notify,
     serial_holds_input: Cell<bool>,
+    /// the NICs on the machine, by index, and what wakes each one's network task (the
+    /// guest touched its registers)
+    nics: Vec<NicConfig>,
+    nic_wake: Vec<Notify>,
     /// bytes the serial console brought in, and how many the guest's UART took
     serial_in_bytes: Cell<u64>,
     serial_taken_bytes: Cell<u64>,
@@ -327,8 +338,9 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
     /// work.
     fn after_machine_change(&self) {
         let Some(machine) = &self.machine else { return };
-        let (effects, requests, events, serial_work) = {
+        let (effects, requests, events, serial_work, touched_nics) = {
             let mut m = machine.borrow_mut();
+            let touched_nics = m.take_touched_nics();
             let effects = m.take_effects();
             let mut requests = Vec::new();
             while let Some(request) = m.ide_mut().take_request() {
@@ -339,8 +351,13 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
             let serial_work = m
                 .com1()
                 .is_some_and(|u| u.output_len() > 0 || (self.serial_holds_input.get() && u.receive_capacity() > 0));
-            (effects, requests, events, serial_work)
+            (effects, requests, events, serial_work, touched_nics)
         };
+        for (index, wake) in self.nic_wake.iter().enumerate() {
+            if index < 64 && touched_nics & (1 << index) != 0 {
+                wake.notify();
+            }
+        }
         self.apply(effects);
         for request in requests {
             let drive = request.drive;
@@ -615,6 +632,8 @@ where
         qmp_events: Notify::new(),
         serial_wake: Notify::new(),
         serial_holds_input: Cell::new(false),
+        nics: Vec::new(),
+        nic_wake: Vec::new(),
         serial_in_bytes: Cell::new(0),
         serial_taken_bytes: Cell::new(0),
         isa_raised: RefCell::new([0; 16]),
@@ -676,7 +695,21 @@ where
     let mut serial_console = None;
     if let Some(guest) = &config.guest {
         let (machine_config, drives) = machine_config(guest, shared.engine.get_mut(), &config.drives);
-        let machine = Rc::new(RefCell::new(Machine::new(machine_config)));
+        let mut machine = Machine::new(machine_config);
+        let mut nics = Vec::new();
+        for nic in &guest.nics {
+            match crate::nic::new_card(nic.model, nic.mac) {
+                Some(card) => {
+                    let slot = machine.add_nic(card);
+                    log::info!("device model: {:?} at 00:{slot:02x}.0 for vif {}", nic.model, nic.devid);
+                    shared.nic_wake.push(Notify::new());
+                    nics.push(nic.clone());
+                }
+                None => log::warn!("not emulated: NIC model {:?} (vif {})", nic.model, nic.devid),
+            }
+        }
+        shared.nics = nics;
+        let machine = Rc::new(RefCell::new(machine));
         let server = xen
             .create_ioreq_server(guest.domid)
             .map_err(|error| ServiceError::IoreqServer { guest: guest.domid, error })?;
@@ -728,6 +761,9 @@ where
     }
     if let Some(console) = serial_console {
         xen.spawn("serial", tasks::serial(shared.clone(), console));
+    }
+    for (index, nic) in shared.nics.iter().enumerate() {
+        xen.spawn("network", tasks::network(shared.clone(), index, nic.devid, nic.mac));
     }
     xen.spawn("hotplug", tasks::hotplug(shared.clone(), watch));
     xen.spawn("stats", tasks::stats(shared.clone()));
