@@ -288,7 +288,22 @@ async fn serve_client<X: Xen + DeviceModelHost + 'static>(
     loop {
         let output = session.take_output();
         if !output.is_empty() {
-            server.write_all(&output).await?;
+            match server.write_all(&output).await {
+                Ok(()) => {}
+                Err(VchanError::Timeout) => {
+                    // The client stopped reading. Hanging up now would leave
+                    // vchan-socket-proxy with replies it can never deliver (it exits
+                    // when that client then closes, and libxl loses its QMP socket):
+                    // instead drop this client's replies and keep taking its input
+                    // until it goes away, then serve the next one.
+                    log::warn!(
+                        "QMP: client dropped: it read nothing for {} s; its replies are discarded until it leaves",
+                        server.write_timeout.as_secs()
+                    );
+                    return discard_until_closed(shared, server).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
         if session.is_closed() {
             return Ok(ClientEnd::Quit);
@@ -309,6 +324,23 @@ async fn serve_client<X: Xen + DeviceModelHost + 'static>(
             Either::First(Err(VchanError::Closed)) => return Ok(ClientEnd::Left),
             Either::First(Err(e)) => return Err(e),
             Either::Second(()) => session.deliver_events(&mut shared.engine.borrow_mut()),
+        }
+    }
+}
+
+/// Reads and drops what a dropped client still sends until it closes (or the service
+/// stops).
+async fn discard_until_closed<X: Xen + DeviceModelHost + 'static>(
+    shared: &Shared<X>,
+    server: &mut Server<'static, X>,
+) -> Result<ClientEnd, VchanError> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match first(server.read(&mut buf), shared.stopping.wait()).await {
+            Either::First(Ok(_) | Err(VchanError::Timeout)) => {}
+            Either::First(Err(VchanError::Closed)) => return Ok(ClientEnd::Left),
+            Either::First(Err(e)) => return Err(e),
+            Either::Second(()) => return Ok(ClientEnd::Left),
         }
     }
 }
