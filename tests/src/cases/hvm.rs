@@ -319,11 +319,19 @@ fn guest_reboot_is_honoured(ctx: &mut Ctx) -> Result<(), String> {
 
     // A new guest and a new stub domain, whose console 3 carries ISOLINUX's banner.
     let stub_name = format!("{name}-dm");
-    let (second_guest, second_stub) = proc::poll(Duration::from_secs(180), Duration::from_millis(500), || {
+    let rebuilt = proc::poll(Duration::from_secs(180), Duration::from_millis(500), || {
         let (g, s) = (xl::domid(name).ok()?, xl::domid(&stub_name).ok()?);
         (g != first_guest && s != first_stub).then_some((g, s))
-    })
-    .ok_or_else(|| with_device_model_log(name, format!("{name} was not rebuilt within 180 s of `reboot -f`")))?;
+    });
+    let Some((second_guest, second_stub)) = rebuilt else {
+        // What the guest said on its way down, for the report.
+        let _ = guest.shell.wait_for("@@never", Duration::from_secs(1));
+        let tail = guest.shell.transcript().tail(40);
+        return Err(with_device_model_log(
+            name,
+            format!("{name} was not rebuilt within 180 s of `reboot -f`; the guest's serial:\n{tail}"),
+        ));
+    };
     let xl_log = std::fs::read_to_string(format!("/var/log/xen/xl-{name}.log")).unwrap_or_default();
     expect_contains(&xl_log, &format!("Domain {first_guest} has shut down, reason code 1 "), "xl's log (1 is reboot)")?;
     if guest.shell.transcript().time_of("Kernel panic").is_some() {
