@@ -500,10 +500,8 @@ impl Rtl8139 {
             RCR => self.rcr,
             TCTR => self.timer_checked_ticks as u32,
             MPC => self.missed_packets,
-            CR9346 => {
-                let data_out = self.cr9346 & CR9346_MODE == CR9346_PROGRAM && self.eeprom.data_out();
-                u32::from(self.cr9346 | if data_out { CR9346_EEDO } else { 0 })
-            }
+            // The EEPROM is selected only in programming mode.
+            CR9346 => u32::from(self.cr9346 | if self.eeprom.data_out() { CR9346_EEDO } else { 0 }),
             CONFIG0 => u32::from(self.config0),
             CONFIG1 => u32::from(self.config1),
             TIMER_INT => self.timer_int,

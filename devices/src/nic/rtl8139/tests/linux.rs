@@ -380,6 +380,7 @@ fn a_new_mac_filters_and_the_chip_reset_keeps_it_but_a_machine_reset_does_not() 
     assert_eq!(bed.r8(CHIP_CMD), RX_BUF_EMPTY);
     // A machine reset reloads the EEPROM's MAC and clears the PCI setup.
     bed.nic.reset();
+    assert_eq!(bed.r32(MAC0), u32::from_le_bytes([MAC[0], MAC[1], MAC[2], MAC[3]]), "IDR from the EEPROM");
     assert_eq!(bed.nic.config_read(0x04, 2), 0, "COMMAND");
     assert_eq!(bed.nic.config_read(0x10, 4), 0x1, "BAR0 unassigned");
     bed.nic.config_write(0x04, 2, 0x0007);

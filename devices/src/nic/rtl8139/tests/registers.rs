@@ -353,3 +353,44 @@ fn rx_missed_counts_and_clears_on_write() {
     bed.w32(RX_MISSED, 0x1234);
     assert_eq!(bed.r32(RX_MISSED), 0);
 }
+
+#[test]
+fn the_ring_never_fills_to_the_last_byte() {
+    let (mut bed, _linux) = opened();
+    bed.w32(RX_CONFIG, ACCEPT_MY_PHYS); // 8 KiB
+    for i in 0..5 {
+        assert_eq!(bed.deliver(&frame_to(MAC, 1514, i)), RxOutcome::Delivered);
+    }
+    // 572 bytes are left: a 564-byte frame would take all of them, and CBR would meet
+    // the read offset, which reads as an empty ring.
+    assert_eq!(bed.deliver(&frame_to(MAC, 564, 5)), RxOutcome::NoBuffer);
+    assert_eq!(bed.deliver(&frame_to(MAC, 560, 5)), RxOutcome::Delivered);
+    assert_eq!(bed.r8(CHIP_CMD) & RX_BUF_EMPTY, 0, "not empty");
+    assert_eq!(bed.r16(RX_BUF_ADDR), 8192 - 4);
+}
+
+#[test]
+fn our_own_address_needs_apm() {
+    let (mut bed, _linux) = opened();
+    bed.w32(RX_CONFIG, RX_CONFIG_BASE | ACCEPT_BROADCAST);
+    assert_eq!(bed.deliver(&frame_to(MAC, 64, 0)), RxOutcome::Filtered);
+    assert_eq!(bed.deliver(&frame_to([0xff; 6], 64, 0)), RxOutcome::Delivered);
+    bed.w32(RX_CONFIG, RX_CONFIG_BASE | ACCEPT_MY_PHYS);
+    assert_eq!(bed.deliver(&frame_to(MAC, 64, 0)), RxOutcome::Delivered);
+    assert_eq!(bed.deliver(&frame_to([0xff; 6], 64, 0)), RxOutcome::Filtered);
+}
+
+#[test]
+fn slots_handed_over_while_the_transmitter_is_off_go_when_it_comes_on() {
+    let (mut bed, _linux) = opened();
+    bed.w8(CHIP_CMD, CMD_RX_ENB);
+    bed.ram.poke(TX_BUFS_GPA, &frame_to(MAC, 64, 1));
+    bed.ram.poke(TX_BUFS_GPA + TX_BUF_SIZE, &frame_to(MAC, 64, 2));
+    bed.w32(TX_STATUS0, 64);
+    bed.w32(TX_STATUS0 + 4, 64);
+    assert_eq!(bed.r32(TX_STATUS0), 64, "still the card's: OWN clear, no TOK");
+    assert!(bed.take_frames().is_empty());
+    bed.w8(CHIP_CMD, CMD_RX_ENB | CMD_TX_ENB);
+    assert_eq!(bed.take_frames(), [frame_to(MAC, 64, 1), frame_to(MAC, 64, 2)]);
+    assert_eq!(bed.r16(TX_SUMMARY) & 0x3003, 0x3003, "TOK and OWN for slots 0 and 1");
+}
