@@ -7,9 +7,11 @@
 /// The reflected IEEE 802.3 polynomial.
 const POLYNOMIAL_REFLECTED: u32 = 0xedb8_8320;
 
-/// CRC-32 of each byte value, least significant bit first.
-const TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
+/// Slicing-by-8 tables: `TABLES[0][b]` is the CRC of byte `b`, and `TABLES[k][b]` that
+/// of `b` followed by `k` zero bytes, so that eight bytes take eight independent lookups
+/// (8 KiB of tables, several times faster than a byte at a time).
+static TABLES: [[u32; 256]; 8] = {
+    let mut tables = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut crc = i as u32;
@@ -18,15 +20,39 @@ const TABLE: [u32; 256] = {
             crc = if crc & 1 != 0 { (crc >> 1) ^ POLYNOMIAL_REFLECTED } else { crc >> 1 };
             bit += 1;
         }
-        table[i] = crc;
+        tables[0][i] = crc;
         i += 1;
     }
-    table
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let previous = tables[k - 1][i];
+            tables[k][i] = (previous >> 8) ^ tables[0][(previous & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    tables
 };
 
 /// `crc32_le(crc, bytes)`: the running CRC, no inversions.
-fn update(crc: u32, bytes: &[u8]) -> u32 {
-    bytes.iter().fold(crc, |crc, &byte| TABLE[usize::from((crc as u8) ^ byte)] ^ (crc >> 8))
+fn update(mut crc: u32, bytes: &[u8]) -> u32 {
+    let lookup = |table: usize, byte: u32| TABLES[table][usize::from(byte as u8)];
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let low = crc ^ u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        let high = u32::from_le_bytes([word[4], word[5], word[6], word[7]]);
+        crc = lookup(7, low)
+            ^ lookup(6, low >> 8)
+            ^ lookup(5, low >> 16)
+            ^ lookup(4, low >> 24)
+            ^ lookup(3, high)
+            ^ lookup(2, high >> 8)
+            ^ lookup(1, high >> 16)
+            ^ lookup(0, high >> 24);
+    }
+    words.remainder().iter().fold(crc, |crc, &byte| lookup(0, crc ^ u32::from(byte)) ^ (crc >> 8))
 }
 
 /// The frame check sequence of `frame` (zlib's `crc32`); it goes on the wire, and into
@@ -48,6 +74,18 @@ mod tests {
     fn fcs_of_the_check_string() {
         assert_eq!(ethernet_fcs(b"123456789"), 0xcbf4_3926);
         assert_eq!(ethernet_fcs(b""), 0);
+        // Lengths around the 8-byte steps, against a bit-by-bit CRC.
+        let bytes: [u8; 40] = core::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5a);
+        for len in 0..bytes.len() {
+            let mut crc = !0u32;
+            for &byte in &bytes[..len] {
+                crc ^= u32::from(byte);
+                for _ in 0..8 {
+                    crc = if crc & 1 != 0 { (crc >> 1) ^ POLYNOMIAL_REFLECTED } else { crc >> 1 };
+                }
+            }
+            assert_eq!(ethernet_fcs(&bytes[..len]), !crc, "{len} bytes");
+        }
     }
 
     /// Values of `ether_crc(6, addr) >> 26` (computed with zlib as bitrev32(~crc32)).

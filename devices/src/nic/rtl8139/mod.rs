@@ -11,9 +11,10 @@
 //! What the guest sees, through BAR0 (256 I/O ports) or BAR1 (256 bytes of MMIO), the
 //! same registers either way, and INTA:
 //!
-//! - IDR0-5 (the MAC, loaded from the [`eeprom`] at power-on) and MAR0-7 (the multicast
-//!   hash filter); the 93C46 EEPROM bit-banged through 9346CR, which also unlocks
-//!   CONFIG0-4 and BMCR for writing (CONFIG5 is always writable).
+//! - IDR0-5 (the MAC, loaded from the EEPROM at power-on) and MAR0-7 (the multicast
+//!   hash filter); the 93C46 EEPROM (words 7-9 hold the MAC given to [`Rtl8139::new`])
+//!   bit-banged through 9346CR, which also unlocks CONFIG0-4 and BMCR for writing
+//!   (CONFIG5 is always writable).
 //! - Four transmit slots, TSD0-3 and TSAD0-3, used in turn. Writing a TSD with OWN clear
 //!   hands the slot to the card: the frame (SIZE bytes at TSAD) is copied from guest
 //!   memory into the queue the glue drains ([`Nic::take_tx_frame`]), then OWN and TOK are
@@ -41,12 +42,18 @@
 //! - The PHY as 8139too reads it (`mdio_read` of phy 32 maps to BMCR, BMSR, ANAR, ANLPAR,
 //!   ANER), MSR and CSCR. A link change sets ISR bit 5 (PUN/LinkChg) and CSCR bit 11,
 //!   which 8139too reads in its interrupt handler before it checks the media again;
-//!   acknowledging ISR bit 5 clears it. The link comes up at 100 Mbit/s full duplex, with
-//!   autonegotiation complete.
+//!   acknowledging ISR bit 5 clears it. The link is up at 100 Mbit/s full duplex, with
+//!   autonegotiation complete, from [`Rtl8139::new`] until [`Nic::set_link_up`] says
+//!   otherwise. While it is down nothing is received, and a transmitted frame completes
+//!   with TOK and CRS (carrier lost) but goes nowhere (counted as dropped).
 //! - TCTR counting at the 33 MHz PCI clock from its last write, and TimerInt raising
 //!   ISR.TimeOut whenever TCTR reaches it ([`Nic::next_deadline_ns`]). 8139too uses
 //!   neither.
 //! - TCR loopback (LBK = 11) turns transmitted frames into received ones.
+//!
+//! [`Nic::reset`] (the machine's reset) returns the card to its power-on state: config
+//! space, IDR from the EEPROM, MAR cleared; the link, the statistics and frames the glue
+//! has not taken yet stay.
 //!
 //! DMA happens only while the PCI command register enables bus mastering, and only
 //! through [`GuestMemory`] copies. Every frame a guest can make the card handle is at most
