@@ -4,7 +4,8 @@
 //!   PIIX3 with its IDE function, CMOS, ACPI PM, COM1) behind one bus, answering the
 //!   ioreqs Xen forwards; its devices are synchronous state machines:
 //!   [`pci`] (config spaces, i440FX, PIIX3), [`ide`] (ATA disk and ATAPI CD-ROM, PIO),
-//!   [`uart`] (16550A), [`cmos`] (NVRAM above Xen's RTC), [`pm`] (PM1a control, GPE0).
+//!   [`uart`] (16550A), [`cmos`] (NVRAM above Xen's RTC), [`pm`] (PM1a control, GPE0),
+//!   [`i8042`] (the keyboard controller, for reset).
 //! - [`service`]: the stub domain's device model as libxl runs it: the ioreq server,
 //!   block workers on the PV disks, the serial console, QMP over libvchan, hot-plug,
 //!   readiness, save and restore, as separate tasks.
@@ -18,6 +19,7 @@ extern crate alloc;
 
 pub mod cmos;
 pub mod dm_args;
+pub mod i8042;
 pub mod ide;
 pub mod machine;
 pub mod nic;

@@ -11,6 +11,7 @@
 //! | PCI 00:01.0 | PIIX3 ISA bridge: PIRQ routing to Xen ([`pci::piix3`]) |
 //! | PCI 00:01.1 | PIIX3 IDE, legacy ports, PIO ([`ide`]) |
 //! | 0xcf8-0xcfb | the config-address latch (read back) and, at 0xcf9, PIIX3 reset control |
+//! | 0x60, 0x64 | the 8042 keyboard controller, reset through it, no keyboard or mouse ([`i8042`]) |
 //! | 0x70-0x71 | CMOS NVRAM above what Xen's RTC serves ([`cmos`]) |
 //! | 0x1f0-0x1f7, 0x3f6, 0x170-0x177, 0x376 | IDE channels, IRQs 14 and 15 |
 //! | 0x3f8-0x3ff | COM1 16550A, IRQ 4 ([`uart`]) |
@@ -35,6 +36,7 @@ use xen_seams::hvm::ioreq_type as kind;
 use xen_seams::hvm::{GuestMemory, IoRangeKind, Ioreq, ShutdownReason};
 
 use crate::cmos::Cmos;
+use crate::i8042::{self, ControllerRequest, I8042};
 use crate::ide::{DriveSpec, IdeController};
 use crate::nic::Nic;
 use crate::pci::BarKind;
@@ -119,6 +121,7 @@ pub struct Machine {
     ide_function: ConfigSpace,
     reset_control: ResetControl,
     cmos: Cmos,
+    keyboard_controller: I8042,
     pm: AcpiPm,
     com1: Option<Uart16550>,
     ide: IdeController,
@@ -144,6 +147,7 @@ impl Machine {
             ide_function: crate::pci::piix3::piix3_ide_function(),
             reset_control: ResetControl::new(),
             cmos: Cmos::new(&config.boot_order, config.ram_mib),
+            keyboard_controller: I8042::new(),
             pm: AcpiPm::new(),
             com1: config.com1.then(|| Uart16550::new(SERIAL_OUTPUT_LIMIT_BYTES)),
             ide: IdeController::new(config.ide),
@@ -193,6 +197,8 @@ impl Machine {
     /// What the ioreq server must claim (kind, first, last), before the guest runs.
     pub fn claims(&self) -> Vec<(IoRangeKind, u64, u64)> {
         let mut claims = vec![
+            (IoRangeKind::Port, 0x60, 0x60),
+            (IoRangeKind::Port, 0x64, 0x64),
             (IoRangeKind::Port, 0x70, 0x71),
             (IoRangeKind::Port, 0x170, 0x177),
             (IoRangeKind::Port, 0x1f0, 0x1f7),
@@ -254,6 +260,8 @@ impl Machine {
         let mut levels = [None; 16];
         levels[usize::from(IDE_PRIMARY_IRQ)] = Some(self.ide.irq_level(0));
         levels[usize::from(IDE_SECONDARY_IRQ)] = Some(self.ide.irq_level(1));
+        levels[usize::from(i8042::KEYBOARD_IRQ)] = Some(self.keyboard_controller.keyboard_irq_level());
+        levels[usize::from(i8042::AUX_IRQ)] = Some(self.keyboard_controller.aux_irq_level());
         if let Some(uart) = &self.com1 {
             levels[usize::from(Uart16550::COM1_IRQ)] = Some(uart.irq_level());
         }
@@ -567,6 +575,7 @@ impl Machine {
                 (0xcf9, 1) => self.reset_control.read().into(),
                 _ => all_ones(size.into()) as u32,
             },
+            0x60 | 0x64 => self.bytewise_read(port, size, |m, p| m.keyboard_controller.read(p)),
             0x70..=0x71 => self.bytewise_read(port, size, |m, p| m.cmos.read(p)),
             0x1f0..=0x1f7 | 0x3f6 | 0x170..=0x177 | 0x376 => self.ide.read(port, size),
             0x3f8..=0x3ff if self.com1.is_some() => {
@@ -601,6 +610,11 @@ impl Machine {
                 // Linux's type-1 probe writes a byte to 0xcfb: ignored, as on PIIX.
                 _ => {}
             },
+            0x60 | 0x64 => self.bytewise_write(port, size, value, |m, p, v| {
+                if let Some(ControllerRequest::Reset) = m.keyboard_controller.write(p, v) {
+                    m.effects.push_back(Effect::Shutdown(ShutdownReason::Reboot));
+                }
+            }),
             0x70..=0x71 => self.bytewise_write(port, size, value, |m, p, v| m.cmos.write(p, v)),
             0x1f0..=0x1f7 | 0x3f6 | 0x170..=0x177 | 0x376 => self.ide.write(port, size, value),
             0x3f8..=0x3ff if self.com1.is_some() => self.bytewise_write(port, size, value, |m, p, v| {
@@ -682,8 +696,10 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
         fn invalidate(&self) {}
     }
 
-    const PORTS: [u16; 16] =
-        [0x1f0, 0x1f1, 0x1f2, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x177, 0x376, 0x3f8, 0x3fd, 0x70, 0x71, 0xcf8, 0xcf9, 0xb004];
+    const PORTS: [u16; 18] = [
+        0x1f0, 0x1f1, 0x1f2, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x177, 0x376, 0x3f8, 0x3fd, 0x70, 0x71, 0xcf8, 0xcf9, 0xb004,
+        0x60, 0x64,
+    ];
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
     ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 2048, read_only: false });
     ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(4096) });
@@ -699,7 +715,7 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
             req.kind = [ioreq_type::PIO, ioreq_type::PCI_CONFIG, ioreq_type::COPY][usize::from(bytes[1] % 3)];
             req.size = [1, 2, 4][usize::from(bytes[2] % 3)];
             req.addr = match req.kind {
-                ioreq_type::PIO => u64::from(PORTS[usize::from(bytes[3] % 16)]),
+                ioreq_type::PIO => u64::from(PORTS[usize::from(bytes[3]) % PORTS.len()]),
                 ioreq_type::PCI_CONFIG => (u64::from(bytes[4] % 12) << 32) | u64::from(bytes[5]),
                 _ => req.addr,
             };

@@ -116,6 +116,25 @@ fn the_config_address_latch_reads_back_and_byte_probes_are_ignored() {
     assert_eq!(m.take_effects().pop_front(), Some(Effect::Shutdown(ShutdownReason::Reboot)));
 }
 
+/// Linux's reboot without ACPI's reset register (Xen's FADT leaves it unflagged):
+/// `kb_wait` reads 0x64 until the input buffer is empty, then 0xfe reboots; the
+/// keyboard controller's ports are claimed so Xen does not answer them with 0xff.
+#[test]
+fn keyboard_controller_reset_reboots_and_its_interrupts_reach_xen() {
+    let (mut m, ram) = (machine(), Ram::new(4096));
+    assert!(m.claims().contains(&(IoRangeKind::Port, 0x60, 0x60)));
+    assert!(m.claims().contains(&(IoRangeKind::Port, 0x64, 0x64)));
+    assert_eq!(m.handle_ioreq(&pio(0x64, 1, true, 0), &ram, 0) & 0x02, 0);
+    // A byte for the (absent) keyboard: a timeout reply on IRQ 1, gone once read.
+    m.handle_ioreq(&pio(0x60, 1, false, 0xf2), &ram, 0);
+    assert_eq!(m.take_effects().pop_front(), Some(Effect::IsaIrq { irq: 1, level: true }));
+    assert_eq!(m.handle_ioreq(&pio(0x64, 1, true, 0), &ram, 0) & 0x41, 0x41);
+    assert_eq!(m.handle_ioreq(&pio(0x60, 1, true, 0), &ram, 0), 0xfe);
+    assert_eq!(m.take_effects().pop_front(), Some(Effect::IsaIrq { irq: 1, level: false }));
+    m.handle_ioreq(&pio(0x64, 1, false, 0xfe), &ram, 0);
+    assert_eq!(m.take_effects().pop_front(), Some(Effect::Shutdown(ShutdownReason::Reboot)));
+}
+
 #[test]
 fn cmos_boot_order_and_acpi_poweroff() {
     let (mut m, ram) = (machine(), Ram::new(4096));

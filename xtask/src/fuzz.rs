@@ -37,6 +37,7 @@ const TARGETS: &[Target] = &[
     Target { name: "qmp::fuzz::session_20s", dir: "qmp/fuzz", target: "session" },
     Target { name: "devices::fuzz::state_file_20s", dir: "devices/fuzz", target: "state_file" },
     Target { name: "devices::fuzz::ioreq_20s", dir: "devices/fuzz", target: "ioreq" },
+    Target { name: "devices::fuzz::rtl8139_20s", dir: "devices/fuzz", target: "rtl8139" },
 ];
 
 /// Runs the fuzz targets FILTER selects, counting one result each.

@@ -96,6 +96,9 @@ pub trait Nic {
 /// A card of `model` with `mac` (what the argv's `-device` asks for); None for a model
 /// this build does not have.
 pub fn new_card(model: crate::dm_args::NicModel, mac: [u8; 6]) -> Option<alloc::boxed::Box<dyn Nic>> {
-    let _ = (model, mac);
-    None
+    use crate::dm_args::NicModel;
+    match model {
+        NicModel::Rtl8139 => Some(alloc::boxed::Box::new(rtl8139::Rtl8139::new(mac))),
+        NicModel::E1000 => None,
+    }
 }
