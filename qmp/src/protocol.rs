@@ -25,6 +25,9 @@
 //!   the session: [`Session::take_effect`] hands the work to the caller, messages that
 //!   arrive meanwhile wait (at most [`MAX_HELD_MESSAGES`]; more are refused in order),
 //!   and [`Session::complete`] writes the reply and runs what waited.
+//! - Commands other than `qmp_capabilities` go to [`commands::execute`], which runs them
+//!   against the caller's [`Monitor`]; after a `quit` that succeeded the session reads
+//!   nothing more.
 
 mod framer;
 

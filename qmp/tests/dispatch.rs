@@ -298,6 +298,7 @@ fn argument_errors_never_reach_the_monitor() {
         ("eject", json!({}), "Need exactly one of 'device' and 'id'"),
         ("eject", json!({ "id": "a", "device": "b" }), "Need exactly one of 'device' and 'id'"),
         ("eject", json!({ "id": "a", "force": 1 }), "Invalid parameter type for 'force', expected: boolean"),
+        ("eject", json!({ "id": "a", "forced": true }), "Parameter 'forced' is unexpected"),
         ("blockdev-open-tray", json!({ "id": "a", "extra": 1 }), "Parameter 'extra' is unexpected"),
         ("blockdev-close-tray", json!({ "id": 7 }), "Invalid parameter type for 'id', expected: string"),
         ("blockdev-change-medium", json!({ "id": "a" }), "Parameter 'filename' is missing"),

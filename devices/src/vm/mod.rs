@@ -436,3 +436,62 @@ impl Monitor for Vm {
         core::mem::take(&mut self.events)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fuzz::{HDC, test_vm};
+    use super::*;
+
+    const NOW: Timestamp = Timestamp { seconds: 7, microseconds: 0 };
+
+    fn event_names(vm: &mut Vm) -> Vec<&'static str> {
+        vm.take_events().iter().map(|timed| timed.event.name()).collect()
+    }
+
+    #[test]
+    fn stop_and_cont_drive_the_running_signal_and_send_one_event_per_change() {
+        let mut vm = test_vm();
+        let running = vm.running_signal();
+        vm.stop(NOW);
+        vm.stop(NOW);
+        assert!(!running.is_on());
+        assert_eq!((Monitor::run_state(&vm), event_names(&mut vm)), (RunState::Paused, alloc::vec!["STOP"]));
+        vm.cont(NOW);
+        vm.cont(NOW);
+        assert!(running.is_on());
+        assert_eq!((Monitor::run_state(&vm), event_names(&mut vm)), (RunState::Running, alloc::vec!["RESUME"]));
+    }
+
+    #[test]
+    fn eject_requests_wait_for_the_ide_model_one_per_drive() {
+        let mut vm = test_vm();
+        vm.guest_lock_tray(HDC, true).unwrap();
+        let locked = vm.eject(DriveRef::Id("ide-5632"), false, NOW).unwrap_err();
+        assert!(locked.desc.contains("is locked"), "{}", locked.desc);
+        assert_eq!(vm.eject_requests(), [EjectRequest { devid: HDC, force: false }]);
+        // A forced eject before the IDE model took the first request: one request, forced.
+        vm.eject(DriveRef::Id("ide-5632"), true, NOW).unwrap();
+        assert_eq!(vm.take_eject_requests(), [EjectRequest { devid: HDC, force: true }]);
+        assert!(vm.take_eject_requests().is_empty());
+        assert_eq!(event_names(&mut vm), ["DEVICE_TRAY_MOVED"]);
+    }
+
+    #[test]
+    fn undelivered_events_are_bounded_and_the_oldest_go_first() {
+        let mut vm = test_vm();
+        for second in 0..MAX_PENDING_EVENTS as i64 + 2 {
+            let now = Timestamp::new(second, 0);
+            if second % 2 == 0 { vm.stop(now) } else { vm.cont(now) }
+        }
+        let events = vm.take_events();
+        assert_eq!(events.len(), MAX_PENDING_EVENTS);
+        assert_eq!(events.front().map(|timed| (&timed.event, timed.timestamp.seconds)), Some((&Event::Stop, 2)));
+    }
+
+    #[test]
+    fn a_restore_accepts_only_an_empty_payload() {
+        let mut vm = test_vm();
+        assert_eq!(vm.load_payload(&[]), Ok(()));
+        assert_eq!(vm.load_payload(&[1, 2, 3]), Err(StateError::UnknownDevices(3)));
+    }
+}
