@@ -13,8 +13,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use qmp::block::devid;
-use qmp::block::{DriveConfig, DriveKind, MediumSource};
+use crate::block::devid;
+use crate::block::{DriveConfig, DriveKind, MediumSource};
 
 /// QEMU options that take no value (every other option takes exactly one).
 const FLAGS: &[&str] = &[

@@ -361,11 +361,11 @@ fn the_guest_reads_and_writes_its_disk_through_ioreqs_block_workers_and_blkback(
     let log = backend.log();
     let guest = world.hvm_guest(GUEST, 1, 16 << 20);
     let mut config = guest_config();
-    config.drives = vec![qmp::block::DriveConfig {
+    config.drives = vec![devices::block::DriveConfig {
         devid: 768,
-        kind: qmp::block::DriveKind::HardDisk,
+        kind: devices::block::DriveKind::HardDisk,
         read_only: false,
-        medium: Some(qmp::block::MediumSource { filename: "/dev/xvda".into(), format: Some("host_device".into()) }),
+        medium: Some(devices::block::MediumSource { filename: "/dev/xvda".into(), format: Some("host_device".into()) }),
     }];
     let mut executor = Executor::new(&world);
     executor.spawn_background("blkback", backend.run());

@@ -13,7 +13,7 @@ use frontends::console::Console;
 use frontends::netfront::{NetError, Netfront};
 use frontends::vchan::{Server, VchanError};
 use frontends::xenbus::{DeviceEvent, DeviceWatch};
-use qmp::{Session, SlowEffect};
+use qmp::{Session, SlowEffect, VersionInfo};
 use xen_seams::Xen;
 use xen_seams::hvm::{DeviceModelHost, IoreqServer};
 
@@ -55,8 +55,8 @@ pub(super) async fn block_worker<X: Xen + DeviceModelHost + 'static>(shared: Rc<
             Either::Second(()) => return,
         };
         let disk = {
-            let engine = shared.engine.borrow();
-            let medium = engine.block().drive(drive.devid).and_then(|d| d.medium()).map(|m| m.pv_devid);
+            let vm = shared.vm.borrow();
+            let medium = vm.block().drive(drive.devid).and_then(|d| d.medium()).map(|m| m.pv_devid);
             medium.and_then(|pv| shared.disks.borrow().get(&pv).cloned())
         };
         let outcome = match disk {
@@ -201,7 +201,7 @@ pub(super) async fn watch_detach<X: Xen + DeviceModelHost + 'static>(
     };
     log::info!("PV disk {devid}: detached ({reason})");
     shared.disks.borrow_mut().remove(&devid);
-    shared.engine.borrow_mut().pv_disk_disconnected(devid);
+    shared.vm.borrow_mut().pv_disk_disconnected(devid);
     shared.sync_media();
     shared.qmp_events.notify();
     // A worker may still hold the disk for a request that is failing now.
@@ -264,7 +264,7 @@ async fn serve_clients<X: Xen + DeviceModelHost + 'static>(
             }
             Err(e) => return Err(e),
         }
-        let mut session = shared.engine.borrow_mut().open_session();
+        let mut session = Session::open(&mut *shared.vm.borrow_mut(), &VersionInfo::default());
         match serve_client(shared, server, &mut session, save_console).await {
             Ok(ClientEnd::Left) => {}
             Ok(ClientEnd::Quit) => return Ok(()),
@@ -310,20 +310,20 @@ async fn serve_client<X: Xen + DeviceModelHost + 'static>(
         }
         if let Some(effect) = session.take_effect() {
             let result = carry_out(effect, save_console).await;
-            session.complete(&mut shared.engine.borrow_mut(), result, (shared.now)());
+            session.complete(&mut *shared.vm.borrow_mut(), result, (shared.now)());
             shared.sync_media();
             continue;
         }
         match first(server.read(&mut buf), shared.qmp_events.wait()).await {
             Either::First(Ok(n)) => {
-                session.feed(&mut shared.engine.borrow_mut(), &buf[..n], (shared.now)());
+                session.feed(&mut *shared.vm.borrow_mut(), &buf[..n], (shared.now)());
                 shared.sync_media();
             }
             // Nothing arrived for a while: keep waiting.
             Either::First(Err(VchanError::Timeout)) => {}
             Either::First(Err(VchanError::Closed)) => return Ok(ClientEnd::Left),
             Either::First(Err(e)) => return Err(e),
-            Either::Second(()) => session.deliver_events(&mut shared.engine.borrow_mut()),
+            Either::Second(()) => session.deliver_events(&mut *shared.vm.borrow_mut()),
         }
     }
 }
