@@ -14,6 +14,8 @@
 //! timers (interrupt moderation); [`Nic::next_deadline_ns`] tells the glue when to call
 //! [`Nic::tick`].
 
+pub mod e1000;
+
 use alloc::vec::Vec;
 
 use xen_seams::hvm::GuestMemory;
