@@ -1279,8 +1279,7 @@ pub fn fuzz_e1000(data: &[u8]) -> usize {
     let mut now_ns = 0u64;
     let mut input = FuzzInput(data);
     let mut nr_ops = 0;
-    loop {
-        let Some(op) = input.byte() else { break };
+    while let Some(op) = input.byte() {
         let ran = match op % 13 {
             0 | 1 => fuzz_register_write(&mut nic, &mut input, &ram, now_ns),
             2 => input.byte().map(|pick| {

@@ -257,12 +257,12 @@ fn vlan_tags_are_inserted_on_transmit_and_stripped_on_receive() {
     tagged.extend_from_slice(&frame[12..]);
     assert_eq!(guest.wire_frames(), vec![tagged.clone()]);
     // Receive: stripped, the tag in the descriptor.
-    let mut incoming = ethernet_frame(MAC, 0x8100, &[0x20, 0x05, 0x08, 0x00]);
+    let mut incoming = ethernet_frame(MAC, 0x8100, &[0x20, 0x25, 0x08, 0x00]);
     incoming.extend(pattern(100, 5));
     assert_eq!(guest.deliver(&incoming), RxOutcome::Delivered);
     let desc = guest.rx_desc(0);
     assert_eq!(desc.status & RXD_STAT_VP, RXD_STAT_VP);
-    assert_eq!(desc.special, 0x2005);
+    assert_eq!(desc.special, 0x2025, "priority 1, VLAN 37");
     let mut untagged = incoming[..12].to_vec();
     untagged.extend_from_slice(&incoming[16..]);
     assert_eq!(guest.clean_rx(), vec![untagged]);
@@ -270,7 +270,8 @@ fn vlan_tags_are_inserted_on_transmit_and_stripped_on_receive() {
     let rctl = guest.er32(RCTL);
     guest.ew32(RCTL, rctl | RCTL_VFE);
     assert_eq!(guest.deliver(&incoming), RxOutcome::Filtered);
-    guest.ew32(VFTA + 4 * (5 >> 5), 1 << 5);
+    let vid = 37;
+    guest.ew32(VFTA + 4 * (vid >> 5), 1 << (vid & 0x1f));
     assert_eq!(guest.deliver(&incoming), RxOutcome::Delivered);
 }
 
