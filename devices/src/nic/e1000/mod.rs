@@ -1239,6 +1239,10 @@ const FUZZ_REGISTERS: [u32; 24] = [
 /// Guest RAM of the fuzz driver, and the mask that keeps addresses inside it.
 const FUZZ_RAM_BYTES: usize = 0x1_0000;
 const FUZZ_RAM_MASK: u32 = FUZZ_RAM_BYTES as u32 - 1;
+/// Where the fuzz driver's configuration puts the rings (16 descriptors each).
+const FUZZ_TX_RING: u32 = 0x0000;
+const FUZZ_RX_RING: u32 = 0x1000;
+const FUZZ_RING_BYTES: u32 = 16 * DESC_BYTES as u32;
 
 /// The input of [`fuzz_e1000`], consumed from the front.
 struct FuzzInput<'a>(&'a [u8]);
@@ -1254,121 +1258,230 @@ impl<'a> FuzzInput<'a> {
         self.bytes(1).map(|bytes| bytes[0])
     }
 
+    fn u16(&mut self) -> Option<u16> {
+        self.bytes(2).map(|bytes| u16::from_le_bytes([bytes[0], bytes[1]]))
+    }
+
     fn u32(&mut self) -> Option<u32> {
         self.bytes(4).map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 }
 
+/// The card, its RAM and clock, as [`fuzz_e1000`] drives them.
+struct FuzzRig {
+    nic: E1000,
+    ram: VecGuestMemory,
+    now_ns: u64,
+}
+
+impl FuzzRig {
+    fn write(&mut self, reg: u32, value: u32) {
+        self.nic.write(0, u64::from(reg), 4, value, &self.ram, self.now_ns);
+    }
+
+    fn read(&mut self, reg: u32) -> u32 {
+        self.nic.read(0, u64::from(reg), 4, &self.ram, self.now_ns)
+    }
+
+    /// What Linux's open leaves: bus master on, rings in RAM, units and interrupts on,
+    /// every address accepted (the fuzzer picks destinations at random).
+    fn configure(&mut self) {
+        let command = pci::COMMAND_IO | pci::COMMAND_MEMORY | pci::COMMAND_MASTER;
+        self.nic.config_write(u16::from(pci::BAR0), 4, 0xf000_0000);
+        self.nic.config_write(u16::from(pci::COMMAND), 2, u32::from(command));
+        for (reg, value) in [
+            (CTRL, CTRL_POWER_ON | CTRL_VME),
+            (TDBAL, FUZZ_TX_RING),
+            (TDLEN, FUZZ_RING_BYTES),
+            (RDBAL, FUZZ_RX_RING),
+            (RDLEN, FUZZ_RING_BYTES),
+            (RCTL, RCTL_EN | RCTL_BAM | RCTL_UPE | RCTL_MPE),
+            (TCTL, TCTL_EN),
+            (IMS, u32::MAX),
+        ] {
+            self.write(reg, value);
+        }
+    }
+
+    /// Writes `nr_descs` transmit descriptors from TDT (buffers in RAM, lengths and
+    /// command bits from the input, EOP usually on the last) and rings the doorbell.
+    fn transmit(&mut self, input: &mut FuzzInput<'_>) -> Option<()> {
+        let nr_descs = u32::from(input.byte()? % 6) + 1;
+        let ring_len = (self.nic.regs.tdlen / DESC_BYTES as u32).max(1);
+        let mut tail = self.nic.regs.tdt;
+        for i in 0..nr_descs {
+            let command = input.byte()?;
+            let kind = input.byte()?;
+            let addr = u64::from(u32::from(input.u16()?) & FUZZ_RAM_MASK);
+            let len = u32::from(input.u16()? % 2048);
+            let mut lower = u32::from(command) << 24 & !(TXD_CMD_DEXT | TXD_DTYP_D) | len;
+            lower |= match kind % 4 {
+                0 => TXD_CMD_DEXT,
+                1 => TXD_CMD_DEXT | TXD_DTYP_D,
+                _ => 0,
+            };
+            if i == nr_descs - 1 && kind & 0x08 == 0 {
+                lower |= TXD_CMD_EOP | TXD_CMD_RS;
+            }
+            let upper = input.u32()?;
+            let mut desc = [0u8; DESC_BYTES as usize];
+            desc[..8].copy_from_slice(&addr.to_le_bytes());
+            desc[8..12].copy_from_slice(&lower.to_le_bytes());
+            desc[12..].copy_from_slice(&upper.to_le_bytes());
+            let base = self.nic.tx_ring_base();
+            let _ = self.ram.write(base.wrapping_add(u64::from(tail % ring_len) * DESC_BYTES), &desc);
+            tail = (tail + 1) % ring_len;
+        }
+        self.write(TDT, tail);
+        Some(())
+    }
+
+    /// Gives the card `count` receive buffers from RDT (some without an address).
+    fn refill(&mut self, input: &mut FuzzInput<'_>) -> Option<()> {
+        let count = input.byte()? % 16;
+        let ring_len = self.nic.nr_rx_descs().max(1);
+        let mut tail = self.nic.regs.rdt;
+        for _ in 0..count {
+            let buffer = u64::from(u32::from(input.u16()?) & FUZZ_RAM_MASK & !0x7);
+            let mut desc = [0u8; DESC_BYTES as usize];
+            desc[..8].copy_from_slice(&buffer.to_le_bytes());
+            let base = self.nic.rx_ring_base();
+            let _ = self.ram.write(base.wrapping_add(u64::from(tail % ring_len) * DESC_BYTES), &desc);
+            tail = (tail + 1) % ring_len;
+        }
+        self.write(RDT, tail);
+        Some(())
+    }
+
+    /// A frame from the wire to our MAC, broadcast, a multicast group or anyone,
+    /// sometimes VLAN-tagged.
+    fn receive(&mut self, input: &mut FuzzInput<'_>) -> Option<()> {
+        let kind = input.byte()?;
+        let len = usize::from(input.u16()? % 1600);
+        let mut frame: Vec<u8> = (0..len).map(|i| (i as u8) ^ kind).collect();
+        let destination = match kind % 4 {
+            0 => self.nic.mac,
+            1 => [0xff; 6],
+            2 => [0x33, 0x33, 0, 0, 0, kind],
+            _ => [kind & 0xfe; 6],
+        };
+        let n = frame.len().min(6);
+        frame[..n].copy_from_slice(&destination[..n]);
+        if kind & 0x10 != 0 && frame.len() >= 16 {
+            frame[12..14].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
+        }
+        self.nic.receive(&frame, &self.ram, self.now_ns);
+        Some(())
+    }
+
+    /// The card's promises; a panic here is a finding.
+    fn check(&self) {
+        assert!(self.nic.tx_queue.len() <= MAX_QUEUED_TX_FRAMES, "transmit queue over its bound");
+        assert!(
+            self.nic.tx_queue.iter().all(|frame| (ETH_HEADER_BYTES..=MAX_FRAME_BYTES).contains(&frame.len())),
+            "a queued frame of a bad length"
+        );
+        assert!(!self.nic.irq_level() || self.nic.regs.icr & self.nic.regs.ims != 0, "INTA without an unmasked cause");
+    }
+}
+
 /// The fuzz driver for this card (for a cargo-fuzz target in devices/fuzz, and a host
-/// test on pseudo-random input). `data` is a stream of operations against one card with
-/// 64 KiB of guest RAM: register writes and reads (mostly the registers that matter,
-/// values often kept inside RAM so that rings and buffers are found), RAM writes
-/// (descriptors and buffers), frames from the wire, time passing, link changes, PCI
-/// COMMAND writes, the glue taking frames, I/O window accesses, resets. After each
-/// operation the card's promises are checked: the glue's queue stays within
-/// [`MAX_QUEUED_TX_FRAMES`] frames of 14 to [`MAX_FRAME_BYTES`] bytes, and INTA is
-/// only raised for an unmasked cause. Returns how many operations ran (every complete
-/// one); a panic is the fuzzer's finding.
+/// test on pseudo-random input). `data` is a stream of operations against one card
+/// with 64 KiB of guest RAM, configured first as Linux's open leaves it: register
+/// writes and reads (mostly the registers that matter, values often kept inside RAM),
+/// RAM writes, bursts of transmit descriptors (legacy, context and data, any command
+/// bits and lengths, buffers in RAM) with a doorbell, receive buffers handed over,
+/// frames from the wire, time passing, link changes, PCI COMMAND writes, the glue
+/// taking frames, I/O window accesses, resets. After each operation the card's promises
+/// are checked: the glue's queue stays within [`MAX_QUEUED_TX_FRAMES`] frames of 14 to
+/// [`MAX_FRAME_BYTES`] bytes, and INTA is only raised for an unmasked cause. Returns
+/// how many operations ran (every complete one); a panic is the fuzzer's finding.
 pub fn fuzz_e1000(data: &[u8]) -> usize {
-    let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-    let mut nic = E1000::new(mac);
-    let ram = VecGuestMemory::new(FUZZ_RAM_BYTES);
-    nic.config_write(u16::from(pci::BAR0), 4, 0xf000_0000);
-    let command = pci::COMMAND_IO | pci::COMMAND_MEMORY | pci::COMMAND_MASTER;
-    nic.config_write(u16::from(pci::COMMAND), 2, u32::from(command));
-    let mut now_ns = 0u64;
+    let mut rig = FuzzRig {
+        nic: E1000::new([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
+        ram: VecGuestMemory::new(FUZZ_RAM_BYTES),
+        now_ns: 0,
+    };
+    rig.configure();
     let mut input = FuzzInput(data);
     let mut nr_ops = 0;
     while let Some(op) = input.byte() {
-        let ran = match op % 13 {
-            0 | 1 => fuzz_register_write(&mut nic, &mut input, &ram, now_ns),
+        let ran = match op % 14 {
+            0 | 1 => (|| {
+                let pick = input.byte()?;
+                let value = input.u32()?;
+                let reg = if pick & 0x80 != 0 {
+                    (value >> 15) & IOADDR_MASK
+                } else {
+                    FUZZ_REGISTERS[usize::from(pick) % FUZZ_REGISTERS.len()]
+                };
+                let mut value = if pick & 0x40 != 0 { value & FUZZ_RAM_MASK } else { value };
+                // Mostly leave the card running: a MAC reset or receiver off now and then.
+                if pick & 0x20 == 0 {
+                    match reg {
+                        CTRL => value &= !CTRL_RST,
+                        RCTL => value |= RCTL_EN,
+                        _ => {}
+                    }
+                }
+                rig.write(reg, value);
+                Some(())
+            })(),
             2 => input.byte().map(|pick| {
-                let reg = FUZZ_REGISTERS[usize::from(pick) % FUZZ_REGISTERS.len()];
-                nic.read(0, u64::from(reg), 4, &ram, now_ns);
+                rig.read(FUZZ_REGISTERS[usize::from(pick) % FUZZ_REGISTERS.len()]);
             }),
             3 => (|| {
                 let addr = u64::from(input.u32()? & FUZZ_RAM_MASK);
                 let len = usize::from(input.byte()? % 32);
-                let bytes = input.bytes(len)?;
-                // Writes that run past the end of RAM are refused, as a real guest's would be.
-                let _ = ram.write(addr, bytes);
+                // Writes past the end of RAM are refused, as a real guest's would be.
+                let _ = rig.ram.write(addr, input.bytes(len)?);
                 Some(())
             })(),
-            4 => (|| {
-                // A descriptor in whichever ring, its buffer address often inside RAM.
-                let pick = input.byte()?;
-                let mut desc = [0u8; DESC_BYTES as usize];
-                desc.copy_from_slice(input.bytes(DESC_BYTES as usize)?);
-                if pick & 0x80 != 0 {
-                    desc[2..8].fill(0);
-                }
-                let (base, nr_descs) = if pick & 0x40 != 0 {
-                    (nic.rx_ring_base(), nic.nr_rx_descs())
-                } else {
-                    (nic.tx_ring_base(), nic.regs.tdlen / DESC_BYTES as u32)
-                };
-                let index = u64::from(u32::from(pick & 0x3f) % nr_descs.max(1));
-                let _ = ram.write(base.wrapping_add(index * DESC_BYTES), &desc);
-                Some(())
-            })(),
-            5 => (|| {
-                let kind = input.byte()?;
-                let len = usize::from(input.byte()?) * 8;
-                let mut frame: Vec<u8> = (0..len).map(|i| (i as u8) ^ kind).collect();
-                let destination = match kind % 4 {
-                    0 => mac,
-                    1 => [0xff; 6],
-                    2 => [0x33, 0x33, 0, 0, 0, kind],
-                    _ => [kind; 6],
-                };
-                let n = frame.len().min(6);
-                frame[..n].copy_from_slice(&destination[..n]);
-                if kind & 0x10 != 0 && frame.len() >= 16 {
-                    frame[12..14].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
-                }
-                nic.receive(&frame, &ram, now_ns);
-                Some(())
-            })(),
-            6 => input.u32().map(|ns| {
-                now_ns = now_ns.saturating_add(u64::from(ns) * 64);
-                nic.tick(now_ns);
+            4 | 5 => rig.transmit(&mut input),
+            6 => rig.refill(&mut input),
+            7 | 8 => rig.receive(&mut input),
+            9 => input.u32().map(|ns| {
+                rig.now_ns = rig.now_ns.saturating_add(u64::from(ns) * 64);
+                rig.nic.tick(rig.now_ns);
             }),
-            7 => input.byte().map(|up| nic.set_link_up(up & 1 != 0, now_ns)),
-            8 => input.byte().map(|bits| nic.config_write(u16::from(pci::COMMAND), 2, u32::from(bits) & 0x0407)),
-            9 => input.byte().map(|count| {
+            10 => input.byte().map(|bits| match bits % 4 {
+                0 => rig.nic.set_link_up(bits & 4 != 0, rig.now_ns),
+                1 => rig.nic.config_write(u16::from(pci::COMMAND), 2, u32::from(bits) & 0x0407),
+                2 => {
+                    if bits == 0xfe {
+                        rig.nic.reset();
+                        rig.configure();
+                    }
+                }
+                _ => {
+                    rig.nic.resume_transmit(&rig.ram, rig.now_ns);
+                }
+            }),
+            11 => input.byte().map(|count| {
                 for _ in 0..count % 80 {
-                    nic.take_tx_frame();
+                    rig.nic.take_tx_frame();
                 }
             }),
-            10 => (|| {
+            12 => (|| {
                 let offset = u64::from(input.byte()? % 8);
                 let value = input.u32()?;
-                nic.write(1, offset, 4, value, &ram, now_ns);
-                nic.read(1, offset, 4, &ram, now_ns);
+                rig.nic.write(1, offset, 4, value, &rig.ram, rig.now_ns);
+                rig.nic.read(1, offset, 4, &rig.ram, rig.now_ns);
                 Some(())
             })(),
-            11 => input.byte().map(|pick| {
-                if pick == 0xa5 {
-                    nic.reset();
-                    nic.config_write(u16::from(pci::COMMAND), 2, u32::from(command));
-                }
-            }),
             _ => (|| {
-                // A whole configuration at once: rings in RAM, units and interrupts on.
+                // Back to the standard configuration, or another ring layout (any
+                // length, any place in RAM).
                 let [a, b, c, d] = input.u32()?.to_le_bytes();
-                for (reg, value) in [
-                    (TDBAL, u32::from(a) << 8),
-                    (TDLEN, u32::from(b & 0x0f) << 7),
-                    (RDBAL, u32::from(c) << 8),
-                    (RDLEN, u32::from(d & 0x0f) << 7),
-                    (RCTL, RCTL_EN | RCTL_BAM | (u32::from(d >> 4) << 2) | ((u32::from(a) & 3) << RCTL_SZ_SHIFT)),
-                    (IMS, u32::MAX),
-                    (TCTL, TCTL_EN),
-                    (RDT, u32::from(b >> 4)),
-                    (TDT, u32::from(c & 0x0f)),
-                ] {
-                    nic.write(0, u64::from(reg), 4, value, &ram, now_ns);
+                if a & 1 == 0 {
+                    rig.configure();
+                    return Some(());
                 }
+                rig.write(TDBAL, u32::from(a) << 8);
+                rig.write(TDLEN, u32::from(b) << 7);
+                rig.write(RDBAL, u32::from(c) << 8);
+                rig.write(RDLEN, u32::from(d) << 7);
+                rig.write(RCTL, rig.nic.regs.rctl ^ (u32::from(a ^ d) << RCTL_SZ_SHIFT & (3 << RCTL_SZ_SHIFT)));
                 Some(())
             })(),
         };
@@ -1376,28 +1489,7 @@ pub fn fuzz_e1000(data: &[u8]) -> usize {
             break;
         }
         nr_ops += 1;
-        // The card's promises; a panic here is a finding.
-        assert!(nic.tx_queue.len() <= MAX_QUEUED_TX_FRAMES, "transmit queue over its bound");
-        assert!(
-            nic.tx_queue.iter().all(|frame| (ETH_HEADER_BYTES..=MAX_FRAME_BYTES).contains(&frame.len())),
-            "a queued frame of a bad length"
-        );
-        assert!(!nic.irq_level() || nic.regs.icr & nic.regs.ims != 0, "INTA without an unmasked cause");
+        rig.check();
     }
     nr_ops
-}
-
-/// One register write of [`fuzz_e1000`]: a chosen register (or any offset), a value
-/// often kept inside RAM.
-fn fuzz_register_write(nic: &mut E1000, input: &mut FuzzInput<'_>, ram: &VecGuestMemory, now_ns: u64) -> Option<()> {
-    let pick = input.byte()?;
-    let value = input.u32()?;
-    let reg = if pick & 0x80 != 0 {
-        (value >> 15) & IOADDR_MASK
-    } else {
-        FUZZ_REGISTERS[usize::from(pick) % FUZZ_REGISTERS.len()]
-    };
-    let value = if pick & 0x40 != 0 { value & FUZZ_RAM_MASK } else { value };
-    nic.write(0, u64::from(reg), 4, value, ram, now_ns);
-    Some(())
 }
