@@ -97,6 +97,11 @@ impl Default for DmArgs {
     }
 }
 
+/// The most NICs a guest gets: each takes a PCI slot from
+/// [`FIRST_NIC_SLOT`](crate::machine::FIRST_NIC_SLOT) on, and its buffers take stub
+/// domain memory.
+pub const MAX_NICS: usize = 8;
+
 /// A command line this device model cannot carry out as asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ArgsError {
@@ -275,6 +280,9 @@ impl DmArgs {
             .ok_or_else(|| bad("-device", value, "a NIC id is nic<devid>"))?;
         let mac_text = get(&pairs, "mac").ok_or_else(|| bad("-device", value, "a NIC without mac="))?;
         let mac = parse_mac(mac_text).ok_or_else(|| bad("-device", value, "mac is not a unicast address"))?;
+        if self.nics.len() >= MAX_NICS {
+            return Err(bad("-device", value, "more NICs than this device model has PCI slots for (8)"));
+        }
         self.nics.push(NicConfig { model, devid, mac });
         Ok(get(&pairs, "netdev").map(str::to_string))
     }
@@ -462,6 +470,19 @@ mod tests {
             DmArgs::parse(&["-device", "e1000,id=eth0,netdev=net0,mac=00:16:3e:00:00:01", "-netdev", "id=net0"]),
             Err(ArgsError::BadValue { .. })
         ));
+        let many: Vec<String> = (0..=MAX_NICS)
+            .flat_map(|n| {
+                [
+                    String::from("-device"),
+                    alloc::format!("e1000,id=nic{n},netdev=net{n},mac=00:16:3e:00:00:{n:02x}"),
+                    String::from("-netdev"),
+                    alloc::format!("id=net{n}"),
+                ]
+            })
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(matches!(DmArgs::parse(&many), Err(ArgsError::BadValue { .. })), "more than {MAX_NICS} NICs");
+        assert_eq!(DmArgs::parse(&many[..4 * MAX_NICS]).map(|args| args.nics.len()), Ok(MAX_NICS));
         assert_eq!(parse_mac("00:16:3e:0a:b:c"), Some([0, 0x16, 0x3e, 0x0a, 0x0b, 0x0c]));
         assert_eq!(parse_mac("00:16:3e:0a:0b"), None);
     }

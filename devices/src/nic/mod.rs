@@ -14,6 +14,7 @@
 //! timers (interrupt moderation); [`Nic::next_deadline_ns`] tells the glue when to call
 //! [`Nic::tick`].
 
+pub mod e1000;
 pub mod rtl8139;
 
 use alloc::vec::Vec;
@@ -93,12 +94,11 @@ pub trait Nic {
     fn reset(&mut self);
 }
 
-/// A card of `model` with `mac` (what the argv's `-device` asks for); None for a model
-/// this build does not have.
-pub fn new_card(model: crate::dm_args::NicModel, mac: [u8; 6]) -> Option<alloc::boxed::Box<dyn Nic>> {
+/// A card of `model` with `mac` (what the argv's `-device` asks for).
+pub fn new_card(model: crate::dm_args::NicModel, mac: [u8; 6]) -> alloc::boxed::Box<dyn Nic> {
     use crate::dm_args::NicModel;
     match model {
-        NicModel::Rtl8139 => Some(alloc::boxed::Box::new(rtl8139::Rtl8139::new(mac))),
-        NicModel::E1000 => None,
+        NicModel::Rtl8139 => alloc::boxed::Box::new(rtl8139::Rtl8139::new(mac)),
+        NicModel::E1000 => alloc::boxed::Box::new(e1000::E1000::new(mac)),
     }
 }

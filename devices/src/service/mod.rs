@@ -618,15 +618,10 @@ where
         let mut machine = Machine::new(machine_config);
         let mut nics = Vec::new();
         for nic in &guest.nics {
-            match crate::nic::new_card(nic.model, nic.mac) {
-                Some(card) => {
-                    let slot = machine.add_nic(card);
-                    log::info!("device model: {:?} at 00:{slot:02x}.0 for vif {}", nic.model, nic.devid);
-                    shared.nic_wake.push(Notify::new());
-                    nics.push(nic.clone());
-                }
-                None => log::warn!("not emulated: NIC model {:?} (vif {})", nic.model, nic.devid),
-            }
+            let slot = machine.add_nic(crate::nic::new_card(nic.model, nic.mac));
+            log::info!("device model: {:?} at 00:{slot:02x}.0 for vif {}", nic.model, nic.devid);
+            shared.nic_wake.push(Notify::new());
+            nics.push(nic.clone());
         }
         shared.nics = nics;
         let machine = Rc::new(RefCell::new(machine));
