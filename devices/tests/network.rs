@@ -1,0 +1,160 @@
+//! The guest's NIC through the whole service in the simulated Xen: an RTL8139 the
+//! guest programs as 8139too does, bridged by the network task to the stub domain's
+//! netfront and a simulated netback. Frames cross both ways; when netback goes away the
+//! card shows link down and the device model keeps serving the guest.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use devices::dm_args::{NicConfig, NicModel};
+use devices::service::{Config, GuestConfig, serve};
+use frontends::netfront::sim::{ToGuest, Wire, netback, quiet_peer};
+use qmp::Timestamp;
+use xen_seams::sim::{Executor, PvDevice, SimGuest, SimXen, World};
+
+const STUB: u16 = 7;
+const GUEST: u16 = 5;
+const MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x5a, 0x00, 0x01];
+const VIF: PvDevice = PvDevice { kind: "vif", devid: 0, frontend: STUB, backend: 0 };
+
+/// Where the guest puts the card's I/O window (BAR0), and its buffers in guest RAM.
+const IO_BASE: u16 = 0xc000;
+const RX_RING_GPA: u64 = 0x10000;
+const TX_BUFFER_GPA: u64 = 0x30000;
+
+// RTL8139 registers and bits (offsets in the I/O window), as 8139too names them.
+const TSD0: u16 = 0x10;
+const TSAD0: u16 = 0x20;
+const RBSTART: u16 = 0x30;
+const CR: u16 = 0x37;
+const IMR: u16 = 0x3c;
+const ISR: u16 = 0x3e;
+const RCR: u16 = 0x44;
+const MSR: u16 = 0x58;
+const CR_RE_TE: u8 = 0x0c;
+const ISR_ROK: u16 = 0x01;
+const ISR_TOK: u16 = 0x04;
+const RCR_APM_AB_WRAP: u32 = 0x02 | 0x08 | 0x80;
+const MSR_LINK_DOWN: u8 = 0x04;
+const TSD_TOK: u32 = 0x8000;
+
+fn now() -> Timestamp {
+    Timestamp::new(1_700_000_000, 0)
+}
+
+fn config() -> Config {
+    Config {
+        qmp_path: "device-model/5/qmp-vchan".into(),
+        ready_path: "device-model/5/state".into(),
+        drives: Vec::new(),
+        restore: false,
+        save_console: false,
+        vcpus: 1,
+        guest: Some(GuestConfig {
+            domid: GUEST,
+            boot_order: "dc".into(),
+            ram_mib: 16,
+            serial_console: None,
+            nics: vec![NicConfig { model: NicModel::Rtl8139, devid: 0, mac: MAC }],
+        }),
+        lifetime: Some(Duration::from_secs(60)),
+    }
+}
+
+/// Polls `check` every millisecond of simulated time until it holds; panics with
+/// `what` after 10 s.
+async fn until(clock: &SimXen, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..10_000 {
+        if check().await {
+            return;
+        }
+        xen_seams::Clock::sleep(clock, Duration::from_millis(1)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn frame(destination: [u8; 6], source: [u8; 6], fill: u8) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&destination);
+    frame.extend_from_slice(&source);
+    frame.extend_from_slice(&[0x88, 0xb5]); // local experimental EtherType
+    frame.extend((0..100u8).map(|i| i ^ fill));
+    frame
+}
+
+#[test]
+fn frames_cross_both_ways_and_a_closed_vif_is_link_down() {
+    let world = World::new();
+    let stub: &'static SimXen = Box::leak(Box::new(world.domain(STUB)));
+    world.toolstack(VIF, &[("mac", "00:16:3e:5a:00:01")]);
+    let wire = Rc::new(RefCell::new(Wire::default()));
+    let guest: SimGuest = world.hvm_guest(GUEST, 1, 16 << 20);
+    let mut executor = Executor::new(&world);
+    executor.spawn_background("netback", netback(world.domain(0), VIF, wire.clone(), quiet_peer));
+    executor.spawn_background("service", async move {
+        if let Err(e) = serve(stub, &config(), now).await {
+            panic!("the service failed: {e}");
+        }
+    });
+    let watcher = world.clone();
+    let clock = world.domain(0);
+    let (g, w) = (guest.clone(), wire.clone());
+    let to_us = frame(MAC, [0x02, 0, 0, 0, 0, 9], 0x5a);
+    let expected_rx = to_us.clone();
+    let done = executor.spawn("guest", async move {
+        while watcher.xenstore_read(&format!("/local/domain/{STUB}/device-model/{GUEST}/state")).is_none() {
+            xen_seams::Clock::sleep(&clock, Duration::from_millis(10)).await;
+        }
+        // The card at 00:03.0, as hvmloader finds it; the I/O window placed and enabled.
+        assert_eq!(g.pci_read(3, 0, 0, 4).await, 0x8139_10ec);
+        g.pci_write(3, 0, 0x10, 4, u32::from(IO_BASE) | 1).await;
+        g.pci_write(3, 0, 0x04, 2, 0x0005).await; // I/O space, bus master
+        for (i, byte) in MAC.iter().enumerate() {
+            assert_eq!(g.inb(IO_BASE + i as u16).await, *byte, "IDR{i} from the argv's MAC");
+        }
+        // 8139too's open: receive ring, filters, interrupts, RX and TX on.
+        g.outl(IO_BASE + RBSTART, RX_RING_GPA as u32).await;
+        g.outl(IO_BASE + RCR, RCR_APM_AB_WRAP).await;
+        g.outw(IO_BASE + IMR, ISR_ROK | ISR_TOK).await;
+        g.outb(IO_BASE + CR, CR_RE_TE).await;
+        until(&clock, "link up once netfront is connected", async || {
+            g.inb(IO_BASE + MSR).await & MSR_LINK_DOWN == 0 && w.borrow().rx_slots_used == 0
+        })
+        .await;
+
+        // Transmit slot 0: the frame reaches netback's wire whole, and the slot reports TOK.
+        let from_us = frame([0xff; 6], MAC, 0xa5);
+        g.write_ram(TX_BUFFER_GPA, &from_us);
+        g.outl(IO_BASE + TSAD0, TX_BUFFER_GPA as u32).await;
+        g.outl(IO_BASE + TSD0, from_us.len() as u32).await;
+        until(&clock, "the guest's frame on the wire", async || w.borrow().from_guest.contains(&from_us)).await;
+        assert_ne!(g.inl(IO_BASE + TSD0).await & TSD_TOK, 0, "slot 0 reports TOK");
+        assert_ne!(g.inw(IO_BASE + ISR).await & ISR_TOK, 0);
+        g.outw(IO_BASE + ISR, ISR_TOK).await;
+
+        // A frame for our MAC from the wire lands in the ring with its header.
+        w.borrow_mut().to_guest.push_back(ToGuest::Frame(to_us.clone()));
+        until(&clock, "ROK for the wire's frame", async || g.inw(IO_BASE + ISR).await & ISR_ROK != 0).await;
+        let mut header = [0u8; 4];
+        g.read_ram(RX_RING_GPA, &mut header);
+        let status = u16::from_le_bytes([header[0], header[1]]);
+        let len_bytes = u16::from_le_bytes([header[2], header[3]]) as usize;
+        assert_eq!(status & 1, 1, "ROK in the packet header: {status:#x}");
+        assert_eq!(len_bytes, to_us.len() + 4, "the length counts the FCS");
+        let mut received = vec![0u8; to_us.len()];
+        g.read_ram(RX_RING_GPA + 4, &mut received);
+        assert_eq!(received, expected_rx);
+
+        // netback goes away: the guest sees the link drop, and is still served.
+        {
+            let mut wire = w.borrow_mut();
+            wire.close_after = Some(wire.rx_slots_used);
+        }
+        until(&clock, "link down after netback closed", async || g.inb(IO_BASE + MSR).await & MSR_LINK_DOWN != 0).await;
+        assert_eq!(g.pci_read(0, 0, 0, 4).await, 0x1237_8086, "the machine is still served");
+        assert_eq!(g.inb(IO_BASE).await, MAC[0], "so is the card");
+    });
+    executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
+    assert!(done.is_ready());
+}
