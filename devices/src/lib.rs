@@ -36,4 +36,5 @@ pub mod service;
 pub mod state_file;
 pub mod task;
 pub mod uart;
+pub mod vec_memory;
 pub mod vm;

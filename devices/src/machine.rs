@@ -676,26 +676,6 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
     use crate::ide::{BlockOp, BlockOutcome};
     use xen_seams::hvm::ioreq_type;
 
-    /// Guest RAM in a Vec.
-    struct Ram(core::cell::RefCell<Vec<u8>>);
-    impl GuestMemory for Ram {
-        fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), xen_seams::hvm::GuestMemoryError> {
-            let ram = self.0.borrow();
-            let end = gpa.checked_add(out.len() as u64).filter(|e| *e <= ram.len() as u64);
-            let end = end.ok_or(xen_seams::hvm::GuestMemoryError::Unmapped { gfn: gpa >> 12 })?;
-            out.copy_from_slice(&ram[gpa as usize..end as usize]);
-            Ok(())
-        }
-        fn write(&self, gpa: u64, data: &[u8]) -> Result<(), xen_seams::hvm::GuestMemoryError> {
-            let mut ram = self.0.borrow_mut();
-            let end = gpa.checked_add(data.len() as u64).filter(|e| *e <= ram.len() as u64);
-            let end = end.ok_or(xen_seams::hvm::GuestMemoryError::Unmapped { gfn: gpa >> 12 })?;
-            ram[gpa as usize..end as usize].copy_from_slice(data);
-            Ok(())
-        }
-        fn invalidate(&self) {}
-    }
-
     const PORTS: [u16; 18] = [
         0x1f0, 0x1f1, 0x1f2, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x177, 0x376, 0x3f8, 0x3fd, 0x70, 0x71, 0xcf8, 0xcf9, 0xb004,
         0x60, 0x64,
@@ -704,7 +684,7 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
     ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 2048, read_only: false });
     ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(4096) });
     let mut machine = Machine::new(MachineConfig { ide, boot_order: "dc".into(), ram_mib: 1, com1: true });
-    let ram = Ram(core::cell::RefCell::new(vec![0; 1 << 20]));
+    let ram = crate::vec_memory::VecGuestMemory::new(1 << 20);
     let mut answered = 0;
     for (n, chunk) in data.chunks_exact(32).enumerate() {
         let mut bytes = [0u8; 32];

@@ -9,41 +9,11 @@ use std::time::Duration;
 use devices::machine::{Effect, Machine, MachineConfig};
 use devices::service::{Config, GuestConfig, serve};
 use qmp::Timestamp;
-use xen_seams::hvm::{GuestMemory, GuestMemoryError, IoRangeKind, Ioreq, ShutdownReason, ioreq_type};
+use xen_seams::hvm::{GuestMemory, IoRangeKind, Ioreq, ShutdownReason, ioreq_type};
 use xen_seams::sim::{Executor, IrqChange, SimGuest, SimXen, World};
 
 /// Guest RAM for machine-level tests.
-struct Ram(RefCell<Vec<u8>>, RefCell<u32>);
-
-impl Ram {
-    fn new(bytes: usize) -> Ram {
-        Ram(RefCell::new(vec![0; bytes]), RefCell::new(0))
-    }
-}
-
-impl GuestMemory for Ram {
-    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), GuestMemoryError> {
-        let ram = self.0.borrow();
-        let end = gpa.checked_add(out.len() as u64).ok_or(GuestMemoryError::Overflow)?;
-        if end > ram.len() as u64 {
-            return Err(GuestMemoryError::Unmapped { gfn: gpa / 4096 });
-        }
-        out.copy_from_slice(&ram[gpa as usize..end as usize]);
-        Ok(())
-    }
-    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestMemoryError> {
-        let mut ram = self.0.borrow_mut();
-        let end = gpa.checked_add(data.len() as u64).ok_or(GuestMemoryError::Overflow)?;
-        if end > ram.len() as u64 {
-            return Err(GuestMemoryError::Unmapped { gfn: gpa / 4096 });
-        }
-        ram[gpa as usize..end as usize].copy_from_slice(data);
-        Ok(())
-    }
-    fn invalidate(&self) {
-        *self.1.borrow_mut() += 1;
-    }
-}
+type Ram = devices::vec_memory::VecGuestMemory;
 
 fn machine() -> Machine {
     Machine::new(MachineConfig { ide: Default::default(), boot_order: "dc".into(), ram_mib: 128, com1: true })
@@ -192,11 +162,11 @@ fn malformed_requests_are_answered_without_effect() {
     let odd = Ioreq { kind: 42, ..pio(0x70, 1, true, 0) };
     assert_eq!(m.handle_ioreq(&odd, &ram, 0), 0xff);
     assert_eq!(m.stats().malformed, 5);
-    assert_eq!(ram.0.borrow().iter().filter(|b| **b != 0).count(), 0, "nothing was written");
+    assert_eq!(ram.to_vec().iter().filter(|b| **b != 0).count(), 0, "nothing was written");
     // IOREQ_TYPE_INVALIDATE drops the cached mappings.
     let invalidate = Ioreq { kind: ioreq_type::INVALIDATE, count: 0, size: 4, data: u64::MAX, ..Ioreq::default() };
     m.handle_ioreq(&invalidate, &ram, 0);
-    assert_eq!(*ram.1.borrow(), 1);
+    assert_eq!(ram.invalidations(), 1);
 }
 
 /// A pseudo-random ioreq stream (as the fuzz target feeds) never panics and every

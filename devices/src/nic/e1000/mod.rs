@@ -1195,41 +1195,7 @@ fn vlan_tci(frame: &[u8], tpid: u16) -> Option<u16> {
     }
 }
 
-/// Guest RAM in a Vec, for the fuzz driver and the tests: addresses past its end (or
-/// ranges that wrap) are not RAM.
-pub struct VecGuestMemory(core::cell::RefCell<Vec<u8>>);
-
-impl VecGuestMemory {
-    pub fn new(len_bytes: usize) -> Self {
-        VecGuestMemory(core::cell::RefCell::new(alloc::vec![0; len_bytes]))
-    }
-
-    fn range(&self, gpa: u64, len: usize) -> Result<core::ops::Range<usize>, xen_seams::hvm::GuestMemoryError> {
-        let end = gpa.checked_add(len as u64).ok_or(xen_seams::hvm::GuestMemoryError::Overflow)?;
-        if end > self.0.borrow().len() as u64 {
-            return Err(xen_seams::hvm::GuestMemoryError::Unmapped {
-                gfn: gpa.max(self.0.borrow().len() as u64) >> 12,
-            });
-        }
-        Ok(gpa as usize..end as usize)
-    }
-}
-
-impl GuestMemory for VecGuestMemory {
-    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), xen_seams::hvm::GuestMemoryError> {
-        let range = self.range(gpa, out.len())?;
-        out.copy_from_slice(&self.0.borrow()[range]);
-        Ok(())
-    }
-
-    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), xen_seams::hvm::GuestMemoryError> {
-        let range = self.range(gpa, data.len())?;
-        self.0.borrow_mut()[range].copy_from_slice(data);
-        Ok(())
-    }
-
-    fn invalidate(&self) {}
-}
+pub use crate::vec_memory::VecGuestMemory;
 
 /// The registers the fuzz driver writes most, as the driver's configuration touches them.
 const FUZZ_REGISTERS: [u32; 24] = [

@@ -1003,30 +1003,9 @@ pub fn fuzz_rtl8139(data: &[u8]) -> usize {
 
 /// [`fuzz_rtl8139`], also returning the card's statistics.
 fn fuzz_run(data: &[u8]) -> (usize, NicStats) {
-    /// Guest RAM in a Vec.
-    struct Ram(core::cell::RefCell<Vec<u8>>);
-    impl GuestMemory for Ram {
-        fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), GuestMemoryError> {
-            let ram = self.0.borrow();
-            let range = usize::try_from(gpa).ok().and_then(|start| Some(start..start.checked_add(out.len())?));
-            let bytes = range.and_then(|range| ram.get(range)).ok_or(GuestMemoryError::Unmapped { gfn: gpa >> 12 })?;
-            out.copy_from_slice(bytes);
-            Ok(())
-        }
-        fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestMemoryError> {
-            let mut ram = self.0.borrow_mut();
-            let range = usize::try_from(gpa).ok().and_then(|start| Some(start..start.checked_add(data.len())?));
-            let bytes =
-                range.and_then(|range| ram.get_mut(range)).ok_or(GuestMemoryError::Unmapped { gfn: gpa >> 12 })?;
-            bytes.copy_from_slice(data);
-            Ok(())
-        }
-        fn invalidate(&self) {}
-    }
-
     const MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x12, 0x34, 0x56];
     let mut card = Rtl8139::new(MAC);
-    let ram = Ram(core::cell::RefCell::new(vec![0; FUZZ_RAM_BYTES]));
+    let ram = crate::vec_memory::VecGuestMemory::new(FUZZ_RAM_BYTES);
     let mut now_ns = 0u64;
     let mut ran = 0;
     for op in data.chunks_exact(FUZZ_OP_BYTES) {
