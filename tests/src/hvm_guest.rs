@@ -434,7 +434,10 @@ pub fn framed_command(id: u64, cmd: &str) -> Result<String, String> {
     if cmd.is_empty() || cmd.contains(['\n', '\r']) || cmd.len() > 3000 {
         return Err(format!("a guest command is one non-empty line of at most 3000 bytes: {cmd:?}"));
     }
-    Ok(format!("echo \"@@\"\"beg {id}\"; {cmd}; echo \"@@\"\"end {id} $?\"\n"))
+    // A command put in the background ends with `&`, which already separates it from
+    // the next one: `& ;` is a syntax error, which ends the guest's /init.
+    let separator = if cmd.ends_with('&') && !cmd.ends_with("&&") { " " } else { "; " };
+    Ok(format!("echo \"@@\"\"beg {id}\"; {cmd}{separator}echo \"@@\"\"end {id} $?\"\n"))
 }
 
 /// Finds command `id`'s result in serial output `bytes`, looking from `from` (where
@@ -816,6 +819,12 @@ mod tests {
         let line = framed_command(7, "sha256sum /cdrom/nonce.bin;").unwrap();
         assert_eq!(line, "echo \"@@\"\"beg 7\"; sha256sum /cdrom/nonce.bin; echo \"@@\"\"end 7 $?\"\n");
         assert!(!line.contains("@@beg 7") && !line.contains("@@end 7"));
+        let background = framed_command(8, "(nc -l -p 5001 | sha256sum > /tmp/rx.sum) >/dev/null 2>&1 &").unwrap();
+        assert_eq!(
+            background,
+            "echo \"@@\"\"beg 8\"; (nc -l -p 5001 | sha256sum > /tmp/rx.sum) >/dev/null 2>&1 & echo \"@@\"\"end 8 $?\"\n"
+        );
+        assert!(framed_command(9, "true && true").unwrap().contains("true && true; echo"));
         assert!(framed_command(1, "a\nb").is_err());
         assert!(framed_command(1, " ; ").is_err());
     }

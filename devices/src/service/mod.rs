@@ -328,7 +328,8 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
                 Effect::PciIntx { device, intx, level } => control.set_pci_intx_level(device, intx, level),
                 Effect::Claim { kind, first, last } => match &self.server {
                     Some(server) => {
-                        log::info!("device model: claiming {kind:?} {first:#x}-{last:#x}");
+                        // The guest decides how often (BAR sizing toggles decoding): not at info.
+                        log::debug!("device model: claiming {kind:?} {first:#x}-{last:#x}");
                         server.map_range(kind, first, last)
                     }
                     None => Ok(()),

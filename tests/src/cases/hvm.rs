@@ -408,7 +408,7 @@ pub fn nic_test(
             short,
         )?;
         let ping = proc::run(
-            std::process::Command::new("ping").args(["-c", "100", "-A", "-W", "5", "-w", "180", ip]),
+            std::process::Command::new("ping").args(["-c", "100", "-A", "-W", "5", ip]),
             Duration::from_secs(200),
         )?;
         let summary = ping.stdout.lines().find(|l| l.contains("packets transmitted")).unwrap_or_default().to_string();
