@@ -6,9 +6,11 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
+mod common;
+
+use common::{GUEST, STUB, guest_config, now, until_ready};
 use devices::machine::{Effect, Machine, MachineConfig};
-use devices::service::{Config, GuestConfig, serve};
-use qmp::Timestamp;
+use devices::service::serve;
 use xen_seams::hvm::{GuestMemory, IoRangeKind, Ioreq, ShutdownReason, ioreq_type};
 use xen_seams::sim::{Executor, IrqChange, SimGuest, SimXen, World};
 
@@ -188,32 +190,6 @@ fn random_ioreq_streams_never_panic() {
     assert!(answered > 1000, "{answered}");
 }
 
-const STUB: u16 = 7;
-const GUEST: u16 = 5;
-
-fn now() -> Timestamp {
-    Timestamp::new(1_700_000_000, 0)
-}
-
-fn guest_config() -> Config {
-    Config {
-        qmp_path: "device-model/5/qmp-vchan".into(),
-        ready_path: "device-model/5/state".into(),
-        drives: Vec::new(),
-        restore: false,
-        save_console: false,
-        vcpus: 2,
-        guest: Some(GuestConfig {
-            domid: GUEST,
-            boot_order: "dc".into(),
-            ram_mib: 16,
-            serial_console: None,
-            nics: Vec::new(),
-        }),
-        lifetime: Some(Duration::from_secs(60)),
-    }
-}
-
 /// Runs the service for `guest` and `script` as the guest's CPUs.
 fn with_service(script: impl AsyncFnOnce(SimGuest) + 'static) -> World {
     let world = World::new();
@@ -226,9 +202,7 @@ fn with_service(script: impl AsyncFnOnce(SimGuest) + 'static) -> World {
     let watcher = world.clone();
     let done = executor.spawn("guest", async move {
         // The guest runs once the device model says it is ready, as libxl arranges.
-        while watcher.xenstore_read(&format!("/local/domain/{STUB}/device-model/{GUEST}/state")).is_none() {
-            xen_seams::Clock::sleep(&watcher.domain(0), Duration::from_millis(10)).await;
-        }
+        until_ready(&watcher).await;
         script(guest).await;
     });
     executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
@@ -348,9 +322,7 @@ fn the_guest_reads_and_writes_its_disk_through_ioreqs_block_workers_and_blkback(
     let clock = world.domain(0);
     let g = guest.clone();
     let done = executor.spawn("guest", async move {
-        while watcher.xenstore_read(&format!("/local/domain/{STUB}/device-model/{GUEST}/state")).is_none() {
-            xen_seams::Clock::sleep(&clock, Duration::from_millis(10)).await;
-        }
+        until_ready(&watcher).await;
         // READ SECTORS of two sectors at LBA 9: BSY while the worker reads the PV disk,
         // then DRQ and an interrupt per sector; `rep insw` moves each into guest RAM.
         ata_command(&g, 0x20, 9, 2).await;
@@ -493,9 +465,7 @@ fn the_serial_console_carries_a_line_each_way() {
     let g = guest.clone();
     let dom0_side = line.clone();
     let received = executor.spawn("guest", async move {
-        while watcher.xenstore_read(&format!("/local/domain/{STUB}/device-model/{GUEST}/state")).is_none() {
-            xen_seams::Clock::sleep(&clock, Duration::from_millis(10)).await;
-        }
+        until_ready(&watcher).await;
         // serial8250_do_startup and the tty's settings: FIFO (trigger 8), 8N1, OUT2,
         // RX interrupts on.
         g.outb(0x3fa, 0x81).await;

@@ -8,13 +8,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use devices::dm_args::{NicConfig, NicModel};
-use devices::service::{Config, GuestConfig, serve};
+mod common;
+
+use common::{GUEST, STUB, guest_config, now, until_ready};
+use devices::service::{Config, serve};
 use frontends::netfront::sim::{ToGuest, Wire, netback, quiet_peer};
-use qmp::Timestamp;
 use xen_seams::sim::{Executor, PvDevice, SimGuest, SimXen, World};
 
-const STUB: u16 = 7;
-const GUEST: u16 = 5;
 const MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x5a, 0x00, 0x01];
 const VIF: PvDevice = PvDevice { kind: "vif", devid: 0, frontend: STUB, backend: 0 };
 
@@ -39,27 +39,13 @@ const RCR_APM_AB_WRAP: u32 = 0x02 | 0x08 | 0x80;
 const MSR_LINK_DOWN: u8 = 0x04;
 const TSD_TOK: u32 = 0x8000;
 
-fn now() -> Timestamp {
-    Timestamp::new(1_700_000_000, 0)
-}
-
 fn config() -> Config {
-    Config {
-        qmp_path: "device-model/5/qmp-vchan".into(),
-        ready_path: "device-model/5/state".into(),
-        drives: Vec::new(),
-        restore: false,
-        save_console: false,
-        vcpus: 1,
-        guest: Some(GuestConfig {
-            domid: GUEST,
-            boot_order: "dc".into(),
-            ram_mib: 16,
-            serial_console: None,
-            nics: vec![NicConfig { model: NicModel::Rtl8139, devid: 0, mac: MAC }],
-        }),
-        lifetime: Some(Duration::from_secs(60)),
+    let mut config = guest_config();
+    config.vcpus = 1;
+    if let Some(guest) = config.guest.as_mut() {
+        guest.nics = vec![NicConfig { model: NicModel::Rtl8139, devid: 0, mac: MAC }];
     }
+    config
 }
 
 /// Polls `check` every millisecond of simulated time until it holds; panics with
@@ -103,9 +89,7 @@ fn frames_cross_both_ways_and_a_closed_vif_is_link_down() {
     let to_us = frame(MAC, [0x02, 0, 0, 0, 0, 9], 0x5a);
     let expected_rx = to_us.clone();
     let done = executor.spawn("guest", async move {
-        while watcher.xenstore_read(&format!("/local/domain/{STUB}/device-model/{GUEST}/state")).is_none() {
-            xen_seams::Clock::sleep(&clock, Duration::from_millis(10)).await;
-        }
+        until_ready(&watcher).await;
         // The card at 00:03.0, as hvmloader finds it; the I/O window placed and enabled.
         assert_eq!(g.pci_read(3, 0, 0, 4).await, 0x8139_10ec);
         g.pci_write(3, 0, 0x10, 4, u32::from(IO_BASE) | 1).await;
