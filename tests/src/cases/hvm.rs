@@ -10,6 +10,7 @@ use crate::hvm_guest::{
     sha256_hex, write_pattern_command,
 };
 use crate::{proc, xl, xs};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 pub fn tests() -> Vec<Test> {
@@ -374,6 +375,15 @@ pub fn nic_ping_and_tcp(ctx: &mut Ctx, name: &str, model: &str, driver: &str, ip
     nic_test(ctx, name, our_stub_domain(STUBDOM_MEMORY_MIB), model, driver, ip)
 }
 
+/// The sequence numbers ping's output shows replies for ("64 bytes from ...: seq=N ...").
+fn ping_replies(output: &str) -> BTreeSet<u32> {
+    output
+        .lines()
+        .filter(|line| line.contains(" bytes from "))
+        .filter_map(|line| line.split_whitespace().find_map(|word| word.strip_prefix("seq=")?.parse().ok()))
+        .collect()
+}
+
 /// [`nic_ping_and_tcp`] with any device model (the benchmark's peer is dom0 qemu-xen).
 pub fn nic_test(
     ctx: &mut Ctx,
@@ -412,7 +422,10 @@ pub fn nic_test(
             Duration::from_secs(200),
         )?;
         let summary = ping.stdout.lines().find(|l| l.contains("packets transmitted")).unwrap_or_default().to_string();
-        if !summary.contains("100 packets transmitted, 100 packets received") {
+        // busybox's `-A` sends one more request when the 100th reply arrives and exits
+        // without waiting for it ("101 packets transmitted, 100 packets received"): the
+        // verdict is that every one of requests 0 to 99 was answered.
+        if ping_replies(&ping.stdout) != (0..100).collect::<BTreeSet<u32>>() {
             let driver_view = guest.shell.run("ip -s link show eth0; dmesg | tail -20", short).map(|o| o.text);
             return Err(format!("ping: {summary:?}\n{}{}\nthe guest says:\n{driver_view:?}", ping.stdout, ping.stderr));
         }
@@ -554,6 +567,20 @@ mod tests {
         assert!(!seabios_after_hvmloader(log, 3));
         assert!(!seabios_after_hvmloader("(d4) [ 15.9] SeaBIOS (version 1.16.2)\n(d4) [ 16.0] HVM Loader\n", 4));
         assert!(!seabios_after_hvmloader("(d14) [ 1.0] HVM Loader\n(d14) [ 2.0] SeaBIOS (version 1)\n", 4));
+    }
+
+    #[test]
+    fn ping_verdict_is_every_sequence_number_answered() {
+        let mut out = String::from("PING 192.0.2.21 (192.0.2.21): 56 data bytes\n");
+        for seq in 0..100 {
+            out.push_str(&format!("64 bytes from 192.0.2.21: seq={seq} ttl=64 time=8.5 ms\n"));
+        }
+        out.push_str(
+            "\n--- 192.0.2.21 ping statistics ---\n101 packets transmitted, 100 packets received, 0% packet loss\n",
+        );
+        assert_eq!(ping_replies(&out), (0..100).collect());
+        let lost = out.replace("seq=42 ", "seq=100 ");
+        assert!(!ping_replies(&lost).contains(&42));
     }
 
     #[test]
