@@ -193,9 +193,13 @@ pub struct BootTimes {
 
 /// Waits for the guest's boot on `shell`: ISOLINUX, the kernel, /init.
 fn wait_boot(shell: &mut GuestShell, limit: Duration) -> Result<BootTimes, String> {
-    let banner = shell.wait_for("ISOLINUX ", limit)?;
-    let linux = shell.wait_for("Linux version ", limit)?;
-    let init = shell.wait_init(limit)?.at;
+    // One deadline for the three stages, so that a stalled boot is reported (with the
+    // guest's last lines) within the test's own limit.
+    let deadline = Instant::now() + limit;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let banner = shell.wait_for("ISOLINUX ", left())?;
+    let linux = shell.wait_for("Linux version ", left())?;
+    let init = shell.wait_init(left())?.at;
     let first_byte = shell.transcript().first_byte_at().unwrap_or_default();
     Ok(BootTimes { first_byte, banner, linux, init })
 }
