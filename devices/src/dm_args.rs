@@ -13,8 +13,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use qmp::block::devid;
-use qmp::block::{DriveConfig, DriveKind, MediumSource};
+use crate::block::devid;
+use crate::block::{DriveConfig, DriveKind, MediumSource};
 
 /// QEMU options that take no value (every other option takes exactly one).
 const FLAGS: &[&str] = &[
@@ -32,6 +32,27 @@ const FLAGS: &[&str] = &[
     "-daemonize",
     "-enable-kvm",
 ];
+
+/// The emulated NIC models this device model has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NicModel {
+    /// Realtek 8139 (libxl's default `model`)
+    Rtl8139,
+    /// Intel 82540EM (`model=e1000`)
+    E1000,
+}
+
+/// A guest NIC: `-device <model>,id=nic<devid>,netdev=net<devid>,mac=<mac>`. In a
+/// stub domain its frames go to and from the stub domain's own vif `devid`, which
+/// libxl gave the same MAC (the `-netdev type=tap,...` options are dom0 QEMU's and mean
+/// nothing here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicConfig {
+    pub model: NicModel,
+    /// the vif's devid (N of `nicN`)
+    pub devid: u32,
+    pub mac: [u8; 6],
+}
 
 /// What the device model learnt from libxl's argv.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +74,8 @@ pub struct DmArgs {
     pub boot_order: String,
     /// `-m`: the guest's RAM in MiB, as libxl computes it (maxmem minus video RAM)
     pub ram_mib: Option<u32>,
+    /// the NICs, in command-line order
+    pub nics: Vec<NicConfig>,
     /// options (with their values) this device model does not act on
     pub ignored: Vec<String>,
 }
@@ -68,10 +91,16 @@ impl Default for DmArgs {
             serials: Vec::new(),
             boot_order: String::from("cda"),
             ram_mib: None,
+            nics: Vec::new(),
             ignored: Vec::new(),
         }
     }
 }
+
+/// The most NICs a guest gets: each takes a PCI slot from
+/// [`FIRST_NIC_SLOT`](crate::machine::FIRST_NIC_SLOT) on, and its buffers take stub
+/// domain memory.
+pub const MAX_NICS: usize = 8;
 
 /// A command line this device model cannot carry out as asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +113,8 @@ pub enum ArgsError {
     UnknownDrive(String),
     /// a drive `-drive if=none` that no `-device` uses
     UnusedDrive(String),
+    /// `-device <nic>,netdev=X` names a netdev no `-netdev id=X` created
+    UnknownNetdev(String),
 }
 
 impl fmt::Display for ArgsError {
@@ -93,8 +124,20 @@ impl fmt::Display for ArgsError {
             ArgsError::BadValue { option, value, why } => write!(f, "{option} {value:?}: {why}"),
             ArgsError::UnknownDrive(id) => write!(f, "-device names drive {id:?}, which no -drive defines"),
             ArgsError::UnusedDrive(id) => write!(f, "-drive id={id} is used by no -device"),
+            ArgsError::UnknownNetdev(id) => write!(f, "-device names netdev {id:?}, which no -netdev defines"),
         }
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff` as a unicast MAC address.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for octet in &mut mac {
+        let part = parts.next().filter(|p| !p.is_empty() && p.len() <= 2)?;
+        *octet = u8::from_str_radix(part, 16).ok()?;
+    }
+    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
 }
 
 /// One QEMU option string, split into `(key, value)` pairs; a key-less element has
@@ -150,6 +193,9 @@ impl DmArgs {
     pub fn parse<S: AsRef<str>>(argv: &[S]) -> Result<DmArgs, ArgsError> {
         let mut args = DmArgs::default();
         let mut pending: Vec<PendingDrive> = Vec::new();
+        // (netdev id each NIC names, and every -netdev id)
+        let mut nic_netdevs: Vec<String> = Vec::new();
+        let mut netdevs: Vec<String> = Vec::new();
         let mut words = argv.iter().map(AsRef::as_ref);
         while let Some(option) = words.next() {
             if FLAGS.contains(&option) {
@@ -193,13 +239,52 @@ impl DmArgs {
                 "-device" if value.starts_with("ide-cd") || value.starts_with("ide-hd") => {
                     args.ide_device(value, &mut pending)?;
                 }
+                "-device" if value.starts_with("rtl8139") || value.starts_with("e1000") => {
+                    if let Some(netdev) = args.nic_device(value)? {
+                        nic_netdevs.push(netdev);
+                    }
+                }
+                "-netdev" => {
+                    let pairs = option_pairs(value);
+                    let id = get(&pairs, "id").ok_or_else(|| bad(option, value, "no id="))?;
+                    netdevs.push(id.to_string());
+                }
                 _ => args.ignored.push([option, value].join(" ")),
             }
         }
         if let Some(drive) = pending.first() {
             return Err(ArgsError::UnusedDrive(drive.id.clone()));
         }
+        if let Some(netdev) = nic_netdevs.iter().find(|n| !netdevs.contains(n)) {
+            return Err(ArgsError::UnknownNetdev(netdev.clone()));
+        }
         Ok(args)
+    }
+
+    /// `-device rtl8139|e1000,id=nicN,netdev=netN,mac=...`; returns the netdev it names.
+    /// Models other than these two (e1000e, say) are reported as not emulated.
+    fn nic_device(&mut self, value: &str) -> Result<Option<String>, ArgsError> {
+        let pairs = option_pairs(value);
+        let model = match get(&pairs, "") {
+            Some("rtl8139") => NicModel::Rtl8139,
+            Some("e1000" | "e1000-82540em") => NicModel::E1000,
+            _ => {
+                self.ignored.push(alloc::format!("-device {value} (this NIC model is not emulated)"));
+                return Ok(None);
+            }
+        };
+        let id = get(&pairs, "id").ok_or_else(|| bad("-device", value, "a NIC without id="))?;
+        let devid = id
+            .strip_prefix("nic")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| bad("-device", value, "a NIC id is nic<devid>"))?;
+        let mac_text = get(&pairs, "mac").ok_or_else(|| bad("-device", value, "a NIC without mac="))?;
+        let mac = parse_mac(mac_text).ok_or_else(|| bad("-device", value, "mac is not a unicast address"))?;
+        if self.nics.len() >= MAX_NICS {
+            return Err(bad("-device", value, "more NICs than this device model has PCI slots for (8)"));
+        }
+        self.nics.push(NicConfig { model, devid, mac });
+        Ok(get(&pairs, "netdev").map(str::to_string))
     }
 
     fn drive(&mut self, value: &str, pending: &mut Vec<PendingDrive>) -> Result<(), ArgsError> {
@@ -350,9 +435,56 @@ mod tests {
                 },
             ]
         );
-        // The VGA, NIC and machine options are reported as not acted on.
+        // The VGA and machine options are reported as not acted on; the NIC is ours.
         assert!(args.ignored.iter().any(|o| o.starts_with("-device cirrus-vga")));
-        assert!(args.ignored.iter().any(|o| o.starts_with("-netdev type=tap")));
+        assert_eq!(
+            args.nics,
+            vec![NicConfig { model: NicModel::E1000, devid: 0, mac: [0x00, 0x16, 0x3e, 0x69, 0x2a, 0xf6] }]
+        );
+    }
+
+    #[test]
+    fn nics_pair_with_their_netdevs_and_other_models_are_not_emulated() {
+        let args = DmArgs::parse(&[
+            "-device",
+            "rtl8139,id=nic1,netdev=net1,mac=00:16:3e:00:00:01",
+            "-netdev",
+            "type=tap,id=net1,ifname=vif3.1-emu,br=xenbr0,script=no,downscript=no",
+            "-device",
+            "virtio-net-pci,id=nic2,netdev=net2,mac=00:16:3e:00:00:02",
+            "-netdev",
+            "type=tap,id=net2",
+        ])
+        .unwrap();
+        assert_eq!(args.nics, vec![NicConfig { model: NicModel::Rtl8139, devid: 1, mac: [0, 0x16, 0x3e, 0, 0, 1] }]);
+        assert!(args.ignored.iter().any(|o| o.contains("virtio-net-pci")), "{:?}", args.ignored);
+        assert_eq!(
+            DmArgs::parse(&["-device", "e1000,id=nic0,netdev=net9,mac=00:16:3e:00:00:01"]),
+            Err(ArgsError::UnknownNetdev("net9".into()))
+        );
+        assert!(matches!(
+            DmArgs::parse(&["-device", "e1000,id=nic0,netdev=net0,mac=01:00:5e:00:00:01", "-netdev", "id=net0"]),
+            Err(ArgsError::BadValue { .. })
+        ));
+        assert!(matches!(
+            DmArgs::parse(&["-device", "e1000,id=eth0,netdev=net0,mac=00:16:3e:00:00:01", "-netdev", "id=net0"]),
+            Err(ArgsError::BadValue { .. })
+        ));
+        let many: Vec<String> = (0..=MAX_NICS)
+            .flat_map(|n| {
+                [
+                    String::from("-device"),
+                    alloc::format!("e1000,id=nic{n},netdev=net{n},mac=00:16:3e:00:00:{n:02x}"),
+                    String::from("-netdev"),
+                    alloc::format!("id=net{n}"),
+                ]
+            })
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(matches!(DmArgs::parse(&many), Err(ArgsError::BadValue { .. })), "more than {MAX_NICS} NICs");
+        assert_eq!(DmArgs::parse(&many[..4 * MAX_NICS]).map(|args| args.nics.len()), Ok(MAX_NICS));
+        assert_eq!(parse_mac("00:16:3e:0a:b:c"), Some([0, 0x16, 0x3e, 0x0a, 0x0b, 0x0c]));
+        assert_eq!(parse_mac("00:16:3e:0a:0b"), None);
     }
 
     #[test]

@@ -4,7 +4,13 @@
 //!   PIIX3 with its IDE function, CMOS, ACPI PM, COM1) behind one bus, answering the
 //!   ioreqs Xen forwards; its devices are synchronous state machines:
 //!   [`pci`] (config spaces, i440FX, PIIX3), [`ide`] (ATA disk and ATAPI CD-ROM, PIO),
-//!   [`uart`] (16550A), [`cmos`] (NVRAM above Xen's RTC), [`pm`] (PM1a control, GPE0).
+//!   [`uart`] (16550A), [`cmos`] (NVRAM above Xen's RTC), [`pm`] (PM1a control, GPE0),
+//!   [`i8042`] (the keyboard controller, for reset).
+//! - [`block`]: the block layer: drives named and numbered as libxl and QEMU do, trays,
+//!   locks, media that are the stub domain's own PV disks, and fdsets.
+//! - [`vm`]: the VM as QMP sees it: the run state (running or paused, STOP/RESUME),
+//!   the block layer and the events they cause; [`vm::Vm`] implements the `qmp` crate's
+//!   `Monitor` trait, which the QMP session dispatches commands to.
 //! - [`service`]: the stub domain's device model as libxl runs it: the ioreq server,
 //!   block workers on the PV disks, the serial console, QMP over libvchan, hot-plug,
 //!   readiness, save and restore, as separate tasks.
@@ -16,8 +22,10 @@
 
 extern crate alloc;
 
+pub mod block;
 pub mod cmos;
 pub mod dm_args;
+pub mod i8042;
 pub mod ide;
 pub mod machine;
 pub mod nic;
@@ -28,3 +36,4 @@ pub mod service;
 pub mod state_file;
 pub mod task;
 pub mod uart;
+pub mod vm;

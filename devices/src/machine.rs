@@ -11,10 +11,12 @@
 //! | PCI 00:01.0 | PIIX3 ISA bridge: PIRQ routing to Xen ([`pci::piix3`]) |
 //! | PCI 00:01.1 | PIIX3 IDE, legacy ports, PIO ([`ide`]) |
 //! | 0xcf8-0xcfb | the config-address latch (read back) and, at 0xcf9, PIIX3 reset control |
+//! | 0x60, 0x64 | the 8042 keyboard controller, reset through it, no keyboard or mouse ([`i8042`]) |
 //! | 0x70-0x71 | CMOS NVRAM above what Xen's RTC serves ([`cmos`]) |
 //! | 0x1f0-0x1f7, 0x3f6, 0x170-0x177, 0x376 | IDE channels, IRQs 14 and 15 |
 //! | 0x3f8-0x3ff | COM1 16550A, IRQ 4 ([`uart`]) |
 //! | 0xb004, 0xafe0-0xafe3 | ACPI PM1a control and GPE0 as hvmloader's FADT has them ([`pm`]) |
+//! | PCI 00:03.0, 00:04.0, ... | the NICs ([`nic`]): their BARs claimed where the guest puts them, INTA |
 //!
 //! The machine is a synchronous state machine: [`Machine::handle_ioreq`] answers one
 //! request (with `rep` and pointer semantics) against guest memory and returns the
@@ -24,6 +26,7 @@
 //! (bad size, a `rep` larger than a page, memory the guest does not have) is answered
 //! (reads as all-ones) and logged at a bounded rate, never a panic.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec;
@@ -33,7 +36,10 @@ use xen_seams::hvm::ioreq_type as kind;
 use xen_seams::hvm::{GuestMemory, IoRangeKind, Ioreq, ShutdownReason};
 
 use crate::cmos::Cmos;
+use crate::i8042::{self, ControllerRequest, I8042};
 use crate::ide::{DriveSpec, IdeController};
+use crate::nic::Nic;
+use crate::pci::BarKind;
 use crate::pci::piix3::{Piix3Isa, ResetControl};
 use crate::pci::{ConfigSpace, i440fx};
 use crate::pm::{AcpiPm, PmRequest};
@@ -62,6 +68,12 @@ pub enum Effect {
     LinkRoute { link: u8, isa_irq: u8 },
     /// shut the guest down (ACPI S5 poweroff, PIIX3 reset)
     Shutdown(ShutdownReason),
+    /// drive INTx pin `intx` (0 = INTA) of PCI device `device`
+    PciIntx { device: u8, intx: u8, level: bool },
+    /// claim a range for the ioreq server (a BAR the guest placed and enabled)
+    Claim { kind: IoRangeKind, first: u64, last: u64 },
+    /// give a claimed range back (the BAR moved or its decoding was turned off)
+    Release { kind: IoRangeKind, first: u64, last: u64 },
 }
 
 /// PCI functions on bus 0, as `device << 3 | function`.
@@ -72,6 +84,10 @@ pub const PIIX3_IDE_DEVFN: u8 = 0x09;
 /// ISA IRQs of the legacy devices.
 pub const IDE_PRIMARY_IRQ: u8 = 14;
 pub const IDE_SECONDARY_IRQ: u8 = 15;
+
+/// The first PCI slot of the NICs: 00:02.0 is the Xen platform device's in a qemu-xen
+/// machine, so NICs start at 00:03.0 (QEMU's order with `vga = "none"`).
+pub const FIRST_NIC_SLOT: u8 = 3;
 
 /// The longest `rep` one ioreq may carry: Xen never lets one cross a page.
 const MAX_REP_BYTES: u64 = 4096;
@@ -84,6 +100,19 @@ pub struct MachineStats {
     pub malformed: u64,
 }
 
+/// A NIC on the PCI bus, and the BAR ranges claimed for it.
+struct NicSlot {
+    /// PCI device number on bus 0 (function 0)
+    device: u8,
+    card: Box<dyn Nic>,
+    /// per BAR, the range the ioreq server holds for it
+    claimed: [Option<(BarKind, u64, u64)>; 6],
+    /// the INTA level Xen was last told
+    intx_level: bool,
+    /// the guest touched the card's registers since the network task last looked
+    touched: bool,
+}
+
 /// The guest's machine.
 pub struct Machine {
     config_address: u32,
@@ -92,11 +121,15 @@ pub struct Machine {
     ide_function: ConfigSpace,
     reset_control: ResetControl,
     cmos: Cmos,
+    keyboard_controller: I8042,
     pm: AcpiPm,
     com1: Option<Uart16550>,
     ide: IdeController,
+    nics: Vec<NicSlot>,
     /// the ISA levels last sent to Xen
     isa_levels: [bool; 16],
+    /// the time of the request being answered (the NICs' timers)
+    now_ns: u64,
     effects: VecDeque<Effect>,
     log: LogLimiter,
     stats: MachineStats,
@@ -114,19 +147,58 @@ impl Machine {
             ide_function: crate::pci::piix3::piix3_ide_function(),
             reset_control: ResetControl::new(),
             cmos: Cmos::new(&config.boot_order, config.ram_mib),
+            keyboard_controller: I8042::new(),
             pm: AcpiPm::new(),
             com1: config.com1.then(|| Uart16550::new(SERIAL_OUTPUT_LIMIT_BYTES)),
             ide: IdeController::new(config.ide),
+            nics: Vec::new(),
             isa_levels: [false; 16],
+            now_ns: 0,
             effects: VecDeque::new(),
             log: LogLimiter::new(),
             stats: MachineStats::default(),
         }
     }
 
+    /// Puts `card` on the next free PCI slot (from [`FIRST_NIC_SLOT`]); returns its
+    /// device number. Its BARs are claimed once the guest places and enables them.
+    pub fn add_nic(&mut self, card: Box<dyn Nic>) -> u8 {
+        let device = FIRST_NIC_SLOT + self.nics.len() as u8;
+        self.nics.push(NicSlot { device, card, claimed: [None; 6], intx_level: false, touched: false });
+        device
+    }
+
+    /// NIC `index` (in the order added).
+    pub fn nic(&self, index: usize) -> Option<&dyn Nic> {
+        self.nics.get(index).map(|slot| &*slot.card)
+    }
+
+    /// NIC `index`, for the network task. Call [`sync_irqs`](Self::sync_irqs) after.
+    pub fn nic_mut(&mut self, index: usize) -> Option<&mut (dyn Nic + 'static)> {
+        self.nics.get_mut(index).map(|slot| &mut *slot.card)
+    }
+
+    pub fn nr_nics(&self) -> usize {
+        self.nics.len()
+    }
+
+    /// The NICs whose registers the guest touched since the last call (a bit per
+    /// index): their network tasks have frames to take or room to fill.
+    pub fn take_touched_nics(&mut self) -> u64 {
+        let mut touched = 0;
+        for (index, slot) in self.nics.iter_mut().enumerate() {
+            if core::mem::take(&mut slot.touched) && index < 64 {
+                touched |= 1 << index;
+            }
+        }
+        touched
+    }
+
     /// What the ioreq server must claim (kind, first, last), before the guest runs.
     pub fn claims(&self) -> Vec<(IoRangeKind, u64, u64)> {
         let mut claims = vec![
+            (IoRangeKind::Port, 0x60, 0x60),
+            (IoRangeKind::Port, 0x64, 0x64),
             (IoRangeKind::Port, 0x70, 0x71),
             (IoRangeKind::Port, 0x170, 0x177),
             (IoRangeKind::Port, 0x1f0, 0x1f7),
@@ -141,6 +213,10 @@ impl Machine {
         }
         for devfn in [HOST_BRIDGE_DEVFN, PIIX3_ISA_DEVFN, PIIX3_IDE_DEVFN] {
             claims.push((IoRangeKind::PciConfig, u64::from(devfn), u64::from(devfn)));
+        }
+        for slot in &self.nics {
+            let devfn = u64::from(slot.device) << 3;
+            claims.push((IoRangeKind::PciConfig, devfn, devfn));
         }
         claims
     }
@@ -184,6 +260,8 @@ impl Machine {
         let mut levels = [None; 16];
         levels[usize::from(IDE_PRIMARY_IRQ)] = Some(self.ide.irq_level(0));
         levels[usize::from(IDE_SECONDARY_IRQ)] = Some(self.ide.irq_level(1));
+        levels[usize::from(i8042::KEYBOARD_IRQ)] = Some(self.keyboard_controller.keyboard_irq_level());
+        levels[usize::from(i8042::AUX_IRQ)] = Some(self.keyboard_controller.aux_irq_level());
         if let Some(uart) = &self.com1 {
             levels[usize::from(Uart16550::COM1_IRQ)] = Some(uart.irq_level());
         }
@@ -195,11 +273,19 @@ impl Machine {
                 self.effects.push_back(Effect::IsaIrq { irq: irq as u8, level });
             }
         }
+        for slot in &mut self.nics {
+            let level = slot.card.irq_level();
+            if level != slot.intx_level {
+                slot.intx_level = level;
+                self.effects.push_back(Effect::PciIntx { device: slot.device, intx: 0, level });
+            }
+        }
     }
 
-    /// Answers one ioreq; returns the `data` the vCPU gets back.
-    pub fn handle_ioreq(&mut self, req: &Ioreq, memory: &impl GuestMemory) -> u64 {
+    /// Answers one ioreq at time `now_ns`; returns the `data` the vCPU gets back.
+    pub fn handle_ioreq(&mut self, req: &Ioreq, memory: &dyn GuestMemory, now_ns: u64) -> u64 {
         self.stats.ioreqs += 1;
+        self.now_ns = now_ns;
         let answer = match req.kind {
             kind::PIO => self.pio(req, memory),
             kind::COPY => self.mmio(req, memory),
@@ -250,7 +336,7 @@ impl Machine {
         Some((count, req.data.min(last)))
     }
 
-    fn pio(&mut self, req: &Ioreq, memory: &impl GuestMemory) -> u64 {
+    fn pio(&mut self, req: &Ioreq, memory: &dyn GuestMemory) -> u64 {
         let size = req.size;
         if !matches!(size, 1 | 2 | 4) || req.addr > 0xffff {
             return self.malformed(req, "port access", req.addr);
@@ -258,9 +344,9 @@ impl Machine {
         let port = req.addr as u16;
         if !req.data_is_ptr() {
             return if req.is_read() {
-                u64::from(self.port_read(port, size as u8))
+                u64::from(self.port_read(port, size as u8, memory))
             } else {
-                self.port_write(port, size as u8, req.data as u32);
+                self.port_write(port, size as u8, req.data as u32, memory);
                 req.data
             };
         }
@@ -276,7 +362,7 @@ impl Machine {
         };
         if req.is_read() {
             for k in 0..count {
-                let value = self.port_read(port, size as u8).to_le_bytes();
+                let value = self.port_read(port, size as u8, memory).to_le_bytes();
                 let start = at(k);
                 buffer[start..start + size as usize].copy_from_slice(&value[..size as usize]);
             }
@@ -291,32 +377,140 @@ impl Machine {
                 let start = at(k);
                 let mut value = [0u8; 4];
                 value[..size as usize].copy_from_slice(&buffer[start..start + size as usize]);
-                self.port_write(port, size as u8, u32::from_le_bytes(value));
+                self.port_write(port, size as u8, u32::from_le_bytes(value), memory);
             }
         }
         req.data
     }
 
-    /// MMIO: no device of this machine has an MMIO range yet; nothing is claimed, so
-    /// Xen sends none. One that arrives anyway reads as all-ones.
-    fn mmio(&mut self, req: &Ioreq, memory: &impl GuestMemory) -> u64 {
+    /// MMIO: the NICs' memory BARs. `rep movs` moves elements between guest RAM and
+    /// the device, `rep stos` writes one value `count` times; an address no BAR covers
+    /// reads as all-ones.
+    fn mmio(&mut self, req: &Ioreq, memory: &dyn GuestMemory) -> u64 {
         if !matches!(req.size, 1 | 2 | 4 | 8) {
             return self.malformed(req, "MMIO size", req.size.into());
         }
-        if req.data_is_ptr() && req.is_read() {
-            let Some((count, lowest)) = Self::rep_span(req) else {
+        let size = u64::from(req.size);
+        if !req.data_is_ptr() {
+            let count = u64::from(req.count.max(1));
+            if count.checked_mul(size).is_none_or(|bytes| bytes > MAX_REP_BYTES) {
                 return self.malformed(req, "rep count", u64::from(req.count));
-            };
-            let ones = vec![0xffu8; (count * u64::from(req.size)) as usize];
-            if let Err(e) = memory.write(lowest, &ones) {
-                return self.malformed(req, "rep movs into guest memory", memory_error_gfn(e));
+            }
+            if req.is_read() {
+                return self.mmio_access(req.addr, req.size as u8, None, memory);
+            }
+            for k in 0..count {
+                let Some(address) = Self::element(req.addr, k, size, req.df()) else { break };
+                self.mmio_access(address, req.size as u8, Some(req.data), memory);
             }
             return req.data;
         }
-        if self.log.allow() {
-            log::warn!("ioreq: MMIO at {:#x} (size {}) that no device claims", req.addr, req.size);
+        let Some((count, lowest)) = Self::rep_span(req) else {
+            return self.malformed(req, "rep count", u64::from(req.count));
+        };
+        let mut buffer = vec![0u8; (count * size) as usize];
+        let at = |k: u64| (Self::element(req.data, k, size, req.df()).unwrap_or(lowest) - lowest) as usize;
+        if req.is_read() {
+            for k in 0..count {
+                let Some(address) = Self::element(req.addr, k, size, req.df()) else { break };
+                let value = self.mmio_access(address, req.size as u8, None, memory).to_le_bytes();
+                let start = at(k);
+                buffer[start..start + size as usize].copy_from_slice(&value[..size as usize]);
+            }
+            if let Err(e) = memory.write(lowest, &buffer) {
+                return self.malformed(req, "rep movs into guest memory", memory_error_gfn(e));
+            }
+        } else {
+            if let Err(e) = memory.read(lowest, &mut buffer) {
+                return self.malformed(req, "rep movs from guest memory", memory_error_gfn(e));
+            }
+            for k in 0..count {
+                let Some(address) = Self::element(req.addr, k, size, req.df()) else { break };
+                let start = at(k);
+                let mut value = [0u8; 8];
+                value[..size as usize].copy_from_slice(&buffer[start..start + size as usize]);
+                self.mmio_access(address, req.size as u8, Some(u64::from_le_bytes(value)), memory);
+            }
         }
-        if req.is_read() && !req.data_is_ptr() { all_ones(req.size) } else { req.data }
+        req.data
+    }
+
+    /// One MMIO access at `address`: a read (`value` None) returns what the device
+    /// answers; 8-byte accesses are split into two 4-byte ones (NIC registers are 32-bit).
+    fn mmio_access(&mut self, address: u64, size: u8, value: Option<u64>, memory: &dyn GuestMemory) -> u64 {
+        if size == 8 {
+            let low = self.mmio_access(address, 4, value.map(|v| v & 0xffff_ffff), memory);
+            let high = self.mmio_access(address.wrapping_add(4), 4, value.map(|v| v >> 32), memory);
+            return low | (high << 32);
+        }
+        let now = self.now_ns;
+        let hit = self.nics.iter_mut().find_map(|slot| {
+            slot.claimed
+                .iter()
+                .enumerate()
+                .find_map(|(bar, claim)| match claim {
+                    Some((BarKind::Memory32 { .. }, base, len)) if (*base..base + len).contains(&address) => {
+                        Some((bar, address - base))
+                    }
+                    _ => None,
+                })
+                .map(|(bar, offset)| (slot, bar, offset))
+        });
+        match (hit, value) {
+            (Some((slot, bar, offset)), None) => {
+                slot.touched = true;
+                u64::from(slot.card.read(bar, offset, size, memory, now))
+            }
+            (Some((slot, bar, offset)), Some(v)) => {
+                slot.touched = true;
+                slot.card.write(bar, offset, size, v as u32, memory, now);
+                v
+            }
+            (None, _) => {
+                if self.log.allow() {
+                    log::warn!("ioreq: MMIO at {address:#x} (size {size}) that no device decodes");
+                }
+                all_ones(size.into())
+            }
+        }
+    }
+
+    /// The NIC whose I/O BAR covers `port`: (index, BAR, offset).
+    fn nic_port(&self, port: u16) -> Option<(usize, usize, u64)> {
+        let port = u64::from(port);
+        self.nics.iter().enumerate().find_map(|(index, slot)| {
+            slot.claimed.iter().enumerate().find_map(|(bar, claim)| match claim {
+                Some((BarKind::Io, base, len)) if (*base..base + len).contains(&port) => {
+                    Some((index, bar, port - base))
+                }
+                _ => None,
+            })
+        })
+    }
+
+    /// After a config write to a NIC: claims and releases BAR ranges to match what the
+    /// guest has placed and enabled (released first, so a moved BAR never overlaps itself).
+    fn update_nic_bars(&mut self, index: usize) {
+        let Some(slot) = self.nics.get_mut(index) else { return };
+        for bar in 0..6 {
+            let now = slot.card.config().bar_region(bar);
+            if now == slot.claimed[bar] {
+                continue;
+            }
+            let range = |(kind, base, len): (BarKind, u64, u64)| {
+                let kind = if kind == BarKind::Io { IoRangeKind::Port } else { IoRangeKind::Memory };
+                (kind, base, base + len - 1)
+            };
+            if let Some(old) = slot.claimed[bar] {
+                let (kind, first, last) = range(old);
+                self.effects.push_back(Effect::Release { kind, first, last });
+            }
+            if let Some(new) = now {
+                let (kind, first, last) = range(new);
+                self.effects.push_back(Effect::Claim { kind, first, last });
+            }
+            slot.claimed[bar] = now;
+        }
     }
 
     fn pci_config(&mut self, req: &Ioreq) -> u64 {
@@ -345,7 +539,10 @@ impl Machine {
             HOST_BRIDGE_DEVFN => self.host_bridge.read(reg, size),
             PIIX3_ISA_DEVFN => self.isa.config_read(reg, size),
             PIIX3_IDE_DEVFN => self.ide_function.read(reg, size),
-            _ => all_ones(size.into()) as u32,
+            _ => match self.nics.iter().find(|slot| slot.device << 3 == devfn) {
+                Some(slot) => slot.card.config_read(reg, size),
+                None => all_ones(size.into()) as u32,
+            },
         }
     }
 
@@ -361,35 +558,48 @@ impl Machine {
                 }
             }
             PIIX3_IDE_DEVFN => self.ide_function.write(reg, size, value),
-            _ => {}
+            _ => {
+                if let Some(index) = self.nics.iter().position(|slot| slot.device << 3 == devfn) {
+                    self.nics[index].card.config_write(reg, size, value);
+                    self.update_nic_bars(index);
+                }
+            }
         }
     }
 
-    /// A port read of `size` (1, 2 or 4) bytes.
-    pub fn port_read(&mut self, port: u16, size: u8) -> u32 {
+    /// A port read of `size` (1, 2 or 4) bytes (`memory` for a NIC's DMA).
+    pub fn port_read(&mut self, port: u16, size: u8, memory: &dyn GuestMemory) -> u32 {
         match port {
             0xcf8..=0xcfb => match (port, size) {
                 (0xcf8, 4) => self.config_address,
                 (0xcf9, 1) => self.reset_control.read().into(),
                 _ => all_ones(size.into()) as u32,
             },
+            0x60 | 0x64 => self.bytewise_read(port, size, |m, p| m.keyboard_controller.read(p)),
             0x70..=0x71 => self.bytewise_read(port, size, |m, p| m.cmos.read(p)),
             0x1f0..=0x1f7 | 0x3f6 | 0x170..=0x177 | 0x376 => self.ide.read(port, size),
             0x3f8..=0x3ff if self.com1.is_some() => {
                 self.bytewise_read(port, size, |m, p| m.com1.as_mut().map_or(0xff, |u| u.read((p - 0x3f8) as u8)))
             }
             AcpiPm::PM1A_CNT..=0xb005 | AcpiPm::GPE0_BLK..=0xafe3 => self.pm.read(port, size),
-            _ => {
-                if self.log.allow() {
-                    log::warn!("ioreq: read of port {port:#x} that no device has");
+            _ => match self.nic_port(port) {
+                Some((index, bar, offset)) => {
+                    let now = self.now_ns;
+                    self.nics[index].touched = true;
+                    self.nics[index].card.read(bar, offset, size, memory, now)
                 }
-                all_ones(size.into()) as u32
-            }
+                None => {
+                    if self.log.allow() {
+                        log::warn!("ioreq: read of port {port:#x} that no device has");
+                    }
+                    all_ones(size.into()) as u32
+                }
+            },
         }
     }
 
-    /// A port write of `size` (1, 2 or 4) bytes.
-    pub fn port_write(&mut self, port: u16, size: u8, value: u32) {
+    /// A port write of `size` (1, 2 or 4) bytes (`memory` for a NIC's DMA).
+    pub fn port_write(&mut self, port: u16, size: u8, value: u32, memory: &dyn GuestMemory) {
         match port {
             0xcf8..=0xcfb => match (port, size) {
                 (0xcf8, 4) => self.config_address = value,
@@ -400,6 +610,11 @@ impl Machine {
                 // Linux's type-1 probe writes a byte to 0xcfb: ignored, as on PIIX.
                 _ => {}
             },
+            0x60 | 0x64 => self.bytewise_write(port, size, value, |m, p, v| {
+                if let Some(ControllerRequest::Reset) = m.keyboard_controller.write(p, v) {
+                    m.effects.push_back(Effect::Shutdown(ShutdownReason::Reboot));
+                }
+            }),
             0x70..=0x71 => self.bytewise_write(port, size, value, |m, p, v| m.cmos.write(p, v)),
             0x1f0..=0x1f7 | 0x3f6 | 0x170..=0x177 | 0x376 => self.ide.write(port, size, value),
             0x3f8..=0x3ff if self.com1.is_some() => self.bytewise_write(port, size, value, |m, p, v| {
@@ -413,11 +628,18 @@ impl Machine {
                     self.effects.push_back(Effect::Shutdown(ShutdownReason::Poweroff));
                 }
             }
-            _ => {
-                if self.log.allow() {
-                    log::warn!("ioreq: write of port {port:#x} that no device has");
+            _ => match self.nic_port(port) {
+                Some((index, bar, offset)) => {
+                    let now = self.now_ns;
+                    self.nics[index].touched = true;
+                    self.nics[index].card.write(bar, offset, size, value, memory, now);
                 }
-            }
+                None => {
+                    if self.log.allow() {
+                        log::warn!("ioreq: write of port {port:#x} that no device has");
+                    }
+                }
+            },
         }
     }
 
@@ -474,8 +696,10 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
         fn invalidate(&self) {}
     }
 
-    const PORTS: [u16; 16] =
-        [0x1f0, 0x1f1, 0x1f2, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x177, 0x376, 0x3f8, 0x3fd, 0x70, 0x71, 0xcf8, 0xcf9, 0xb004];
+    const PORTS: [u16; 18] = [
+        0x1f0, 0x1f1, 0x1f2, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x177, 0x376, 0x3f8, 0x3fd, 0x70, 0x71, 0xcf8, 0xcf9, 0xb004,
+        0x60, 0x64,
+    ];
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
     ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 2048, read_only: false });
     ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(4096) });
@@ -491,7 +715,7 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
             req.kind = [ioreq_type::PIO, ioreq_type::PCI_CONFIG, ioreq_type::COPY][usize::from(bytes[1] % 3)];
             req.size = [1, 2, 4][usize::from(bytes[2] % 3)];
             req.addr = match req.kind {
-                ioreq_type::PIO => u64::from(PORTS[usize::from(bytes[3] % 16)]),
+                ioreq_type::PIO => u64::from(PORTS[usize::from(bytes[3]) % PORTS.len()]),
                 ioreq_type::PCI_CONFIG => (u64::from(bytes[4] % 12) << 32) | u64::from(bytes[5]),
                 _ => req.addr,
             };
@@ -499,7 +723,7 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
             req.data =
                 if req.data_is_ptr() { u64::from(u16::from_le_bytes([bytes[8], bytes[9]])) << 4 } else { req.data };
         }
-        machine.handle_ioreq(&req, &ram);
+        machine.handle_ioreq(&req, &ram, n as u64 * 1000);
         answered += 1;
         while let Some(request) = machine.ide_mut().take_request() {
             let outcome = match (n % 2, request.op) {

@@ -76,15 +76,15 @@ fn pci(devfn: u8, reg: u16, size: u32, read: bool, data: u64) -> Ioreq {
 #[test]
 fn hvmloader_finds_the_i440fx_piix3_and_ide_functions() {
     let (mut m, ram) = (machine(), Ram::new(4096));
-    let id = |m: &mut Machine, devfn| m.handle_ioreq(&pci(devfn, 0, 4, true, 0), &ram);
+    let id = |m: &mut Machine, devfn| m.handle_ioreq(&pci(devfn, 0, 4, true, 0), &ram, 0);
     assert_eq!(id(&mut m, 0x00), 0x1237_8086);
     assert_eq!(id(&mut m, 0x08), 0x7000_8086);
     assert_eq!(id(&mut m, 0x09), 0x7010_8086);
     assert_eq!(id(&mut m, 0x10), 0xffff_ffff, "nothing at 00:02.0");
     // SeaBIOS walks functions 1-7 only behind a multi-function header.
-    assert_eq!(m.handle_ioreq(&pci(0x08, 0x0e, 1, true, 0), &ram) & 0x80, 0x80);
+    assert_eq!(m.handle_ioreq(&pci(0x08, 0x0e, 1, true, 0), &ram, 0) & 0x80, 0x80);
     // hvmloader routes PIRQA-D to IRQs 5, 10, 11, 5 with one dword write.
-    m.handle_ioreq(&pci(0x08, 0x60, 4, false, 0x050b_0a05), &ram);
+    m.handle_ioreq(&pci(0x08, 0x60, 4, false, 0x050b_0a05), &ram, 0);
     let routes: Vec<Effect> = m.take_effects().into_iter().collect();
     assert_eq!(
         routes,
@@ -96,36 +96,55 @@ fn hvmloader_finds_the_i440fx_piix3_and_ide_functions() {
         ]
     );
     // ...and enables IDE decoding, which Linux's ata_piix then reads back.
-    m.handle_ioreq(&pci(0x09, 0x40, 2, false, 0x8000), &ram);
-    m.handle_ioreq(&pci(0x09, 0x42, 2, false, 0x8000), &ram);
-    assert_eq!(m.handle_ioreq(&pci(0x09, 0x40, 4, true, 0), &ram), 0x8000_8000);
+    m.handle_ioreq(&pci(0x09, 0x40, 2, false, 0x8000), &ram, 0);
+    m.handle_ioreq(&pci(0x09, 0x42, 2, false, 0x8000), &ram, 0);
+    assert_eq!(m.handle_ioreq(&pci(0x09, 0x40, 4, true, 0), &ram, 0), 0x8000_8000);
     // Class codes: a PIO-only IDE controller (prog-if 0), bridges.
-    assert_eq!(m.handle_ioreq(&pci(0x09, 0x08, 4, true, 0), &ram) >> 8, 0x01_01_00);
+    assert_eq!(m.handle_ioreq(&pci(0x09, 0x08, 4, true, 0), &ram, 0) >> 8, 0x01_01_00);
 }
 
 #[test]
 fn the_config_address_latch_reads_back_and_byte_probes_are_ignored() {
     let (mut m, ram) = (machine(), Ram::new(4096));
     // Linux's pci_check_type1: byte 0x01 to 0xcfb, then the latch must read back.
-    m.handle_ioreq(&pio(0xcfb, 1, false, 0x01), &ram);
-    m.handle_ioreq(&pio(0xcf8, 4, false, 0x8000_0000), &ram);
-    assert_eq!(m.handle_ioreq(&pio(0xcf8, 4, true, 0), &ram), 0x8000_0000);
+    m.handle_ioreq(&pio(0xcfb, 1, false, 0x01), &ram, 0);
+    m.handle_ioreq(&pio(0xcf8, 4, false, 0x8000_0000), &ram, 0);
+    assert_eq!(m.handle_ioreq(&pio(0xcf8, 4, true, 0), &ram, 0), 0x8000_0000);
     assert!(m.take_effects().is_empty(), "no reset from the probe");
     // ACPI's reset register: 6 to 0xcf9 reboots.
-    m.handle_ioreq(&pio(0xcf9, 1, false, 0x06), &ram);
+    m.handle_ioreq(&pio(0xcf9, 1, false, 0x06), &ram, 0);
+    assert_eq!(m.take_effects().pop_front(), Some(Effect::Shutdown(ShutdownReason::Reboot)));
+}
+
+/// Linux's reboot without ACPI's reset register (Xen's FADT leaves it unflagged):
+/// `kb_wait` reads 0x64 until the input buffer is empty, then 0xfe reboots; the
+/// keyboard controller's ports are claimed so Xen does not answer them with 0xff.
+#[test]
+fn keyboard_controller_reset_reboots_and_its_interrupts_reach_xen() {
+    let (mut m, ram) = (machine(), Ram::new(4096));
+    assert!(m.claims().contains(&(IoRangeKind::Port, 0x60, 0x60)));
+    assert!(m.claims().contains(&(IoRangeKind::Port, 0x64, 0x64)));
+    assert_eq!(m.handle_ioreq(&pio(0x64, 1, true, 0), &ram, 0) & 0x02, 0);
+    // A byte for the (absent) keyboard: a timeout reply on IRQ 1, gone once read.
+    m.handle_ioreq(&pio(0x60, 1, false, 0xf2), &ram, 0);
+    assert_eq!(m.take_effects().pop_front(), Some(Effect::IsaIrq { irq: 1, level: true }));
+    assert_eq!(m.handle_ioreq(&pio(0x64, 1, true, 0), &ram, 0) & 0x41, 0x41);
+    assert_eq!(m.handle_ioreq(&pio(0x60, 1, true, 0), &ram, 0), 0xfe);
+    assert_eq!(m.take_effects().pop_front(), Some(Effect::IsaIrq { irq: 1, level: false }));
+    m.handle_ioreq(&pio(0x64, 1, false, 0xfe), &ram, 0);
     assert_eq!(m.take_effects().pop_front(), Some(Effect::Shutdown(ShutdownReason::Reboot)));
 }
 
 #[test]
 fn cmos_boot_order_and_acpi_poweroff() {
     let (mut m, ram) = (machine(), Ram::new(4096));
-    m.handle_ioreq(&pio(0x70, 1, false, 0x3d), &ram);
+    m.handle_ioreq(&pio(0x70, 1, false, 0x3d), &ram, 0);
     // "dc": CD first (3), then the disk (2).
-    assert_eq!(m.handle_ioreq(&pio(0x71, 1, true, 0), &ram), 0x23);
+    assert_eq!(m.handle_ioreq(&pio(0x71, 1, true, 0), &ram, 0), 0x23);
     // hvmloader's acpi_enable_sci needs SCI_EN set.
-    assert_eq!(m.handle_ioreq(&pio(0xb004, 2, true, 0), &ram) & 1, 1);
+    assert_eq!(m.handle_ioreq(&pio(0xb004, 2, true, 0), &ram, 0) & 1, 1);
     // Linux's S5: SLP_TYP 0 | SLP_EN.
-    m.handle_ioreq(&pio(0xb004, 2, false, 0x2000), &ram);
+    m.handle_ioreq(&pio(0xb004, 2, false, 0x2000), &ram, 0);
     assert_eq!(m.take_effects().pop_front(), Some(Effect::Shutdown(ShutdownReason::Poweroff)));
 }
 
@@ -143,16 +162,16 @@ fn rep_outs_and_ins_move_guest_memory_in_both_directions() {
         kind: ioreq_type::PIO,
         ..Ioreq::default()
     };
-    m.handle_ioreq(&outs, &ram);
+    m.handle_ioreq(&outs, &ram, 0);
     assert_eq!(m.com1_mut().unwrap().take_output(16), b"hi\n");
     // `std; rep outsb` goes downwards from the last byte.
     let down = Ioreq { data: 0x1002, bits: Ioreq::make_bits(1, true, false, true), ..outs };
-    m.handle_ioreq(&down, &ram);
+    m.handle_ioreq(&down, &ram, 0);
     assert_eq!(m.com1_mut().unwrap().take_output(16), b"\nih");
     // `rep insb` of the CMOS data port: the same byte count times, into memory.
-    m.handle_ioreq(&pio(0x70, 1, false, 0x3d), &ram);
+    m.handle_ioreq(&pio(0x70, 1, false, 0x3d), &ram, 0);
     let ins = Ioreq { addr: 0x71, data: 0x2000, count: 4, bits: Ioreq::make_bits(1, true, true, false), ..outs };
-    m.handle_ioreq(&ins, &ram);
+    m.handle_ioreq(&ins, &ram, 0);
     let mut got = [0u8; 4];
     ram.read(0x2000, &mut got).unwrap();
     assert_eq!(got, [0x23; 4]);
@@ -163,20 +182,20 @@ fn malformed_requests_are_answered_without_effect() {
     let (mut m, ram) = (machine(), Ram::new(8192));
     // Sizes Xen never sends, a rep larger than a page, memory the guest lacks, a
     // pointer that wraps, an unknown type: answered (reads all-ones), counted.
-    assert_eq!(m.handle_ioreq(&pio(0x70, 3, true, 0), &ram), 0xff_ffff);
+    assert_eq!(m.handle_ioreq(&pio(0x70, 3, true, 0), &ram, 0), 0xff_ffff);
     let huge = Ioreq { data: 0, count: 5000, bits: Ioreq::make_bits(1, true, true, false), ..pio(0x71, 1, true, 0) };
-    m.handle_ioreq(&huge, &ram);
+    m.handle_ioreq(&huge, &ram, 0);
     let outside = Ioreq { data: 1 << 30, count: 2, ..huge };
-    m.handle_ioreq(&outside, &ram);
+    m.handle_ioreq(&outside, &ram, 0);
     let wraps = Ioreq { data: u64::MAX - 1, count: 4, ..huge };
-    m.handle_ioreq(&wraps, &ram);
+    m.handle_ioreq(&wraps, &ram, 0);
     let odd = Ioreq { kind: 42, ..pio(0x70, 1, true, 0) };
-    assert_eq!(m.handle_ioreq(&odd, &ram), 0xff);
+    assert_eq!(m.handle_ioreq(&odd, &ram, 0), 0xff);
     assert_eq!(m.stats().malformed, 5);
     assert_eq!(ram.0.borrow().iter().filter(|b| **b != 0).count(), 0, "nothing was written");
     // IOREQ_TYPE_INVALIDATE drops the cached mappings.
     let invalidate = Ioreq { kind: ioreq_type::INVALIDATE, count: 0, size: 4, data: u64::MAX, ..Ioreq::default() };
-    m.handle_ioreq(&invalidate, &ram);
+    m.handle_ioreq(&invalidate, &ram, 0);
     assert_eq!(*ram.1.borrow(), 1);
 }
 
@@ -214,7 +233,13 @@ fn guest_config() -> Config {
         restore: false,
         save_console: false,
         vcpus: 2,
-        guest: Some(GuestConfig { domid: GUEST, boot_order: "dc".into(), ram_mib: 16, serial_console: None }),
+        guest: Some(GuestConfig {
+            domid: GUEST,
+            boot_order: "dc".into(),
+            ram_mib: 16,
+            serial_console: None,
+            nics: Vec::new(),
+        }),
         lifetime: Some(Duration::from_secs(60)),
     }
 }
@@ -336,11 +361,11 @@ fn the_guest_reads_and_writes_its_disk_through_ioreqs_block_workers_and_blkback(
     let log = backend.log();
     let guest = world.hvm_guest(GUEST, 1, 16 << 20);
     let mut config = guest_config();
-    config.drives = vec![qmp::block::DriveConfig {
+    config.drives = vec![devices::block::DriveConfig {
         devid: 768,
-        kind: qmp::block::DriveKind::HardDisk,
+        kind: devices::block::DriveKind::HardDisk,
         read_only: false,
-        medium: Some(qmp::block::MediumSource { filename: "/dev/xvda".into(), format: Some("host_device".into()) }),
+        medium: Some(devices::block::MediumSource { filename: "/dev/xvda".into(), format: Some("host_device".into()) }),
     }];
     let mut executor = Executor::new(&world);
     executor.spawn_background("blkback", backend.run());
@@ -392,6 +417,7 @@ fn the_guest_reads_and_writes_its_disk_through_ioreqs_block_workers_and_blkback(
 #[test]
 fn linux_tty_io_on_an_edge_triggered_irq4() {
     let mut m = machine();
+    let ram = Ram::new(4096);
     let base = 0x3f8u16;
     let mut level = false;
     // Rising edges of IRQ 4 since the last call.
@@ -410,12 +436,12 @@ fn linux_tty_io_on_an_edge_triggered_irq4() {
     };
     // serial8250_do_startup, then the tty's settings: FIFO on (trigger 8), OUT2,
     // RX and line-status interrupts on.
-    m.port_write(base + 2, 1, 0x07);
-    m.port_write(base + 2, 1, 0x81);
-    m.port_write(base + 3, 1, 0x03);
-    m.port_write(base + 4, 1, 0x0b);
+    m.port_write(base + 2, 1, 0x07, &ram);
+    m.port_write(base + 2, 1, 0x81, &ram);
+    m.port_write(base + 3, 1, 0x03, &ram);
+    m.port_write(base + 4, 1, 0x0b, &ram);
     let mut ier = 0x05u32;
-    m.port_write(base + 1, 1, ier);
+    m.port_write(base + 1, 1, ier, &ram);
     edges(&mut m);
     let text: Vec<u8> = (0..200).map(|i| b'a' + (i % 26) as u8).collect();
     let mut pending: &[u8] = &text;
@@ -424,7 +450,7 @@ fn linux_tty_io_on_an_edge_triggered_irq4() {
     let mut input: &[u8] = b"echo command from dom0\n";
     // start_tx
     ier |= 0x02;
-    m.port_write(base + 1, 1, ier);
+    m.port_write(base + 1, 1, ier, &ram);
     let mut rounds = 0;
     while (!pending.is_empty() || !input.is_empty() || received.len() < 23) && rounds < 1000 {
         rounds += 1;
@@ -437,24 +463,24 @@ fn linux_tty_io_on_an_edge_triggered_irq4() {
         }
         // serial8250_handle_irq, as long as IIR says an interrupt is pending.
         loop {
-            let iir = m.port_read(base + 2, 1);
+            let iir = m.port_read(base + 2, 1, &ram);
             if iir & 1 != 0 {
                 break;
             }
-            let mut lsr = m.port_read(base + 5, 1);
+            let mut lsr = m.port_read(base + 5, 1, &ram);
             while lsr & 0x01 != 0 {
-                received.push(m.port_read(base, 1) as u8);
-                lsr = m.port_read(base + 5, 1);
+                received.push(m.port_read(base, 1, &ram) as u8);
+                lsr = m.port_read(base + 5, 1, &ram);
             }
             if lsr & 0x20 != 0 && ier & 0x02 != 0 {
                 for _ in 0..16 {
                     let Some((&byte, rest)) = pending.split_first() else { break };
-                    m.port_write(base, 1, byte.into());
+                    m.port_write(base, 1, byte.into(), &ram);
                     pending = rest;
                 }
                 if pending.is_empty() {
                     ier &= !0x02;
-                    m.port_write(base + 1, 1, ier);
+                    m.port_write(base + 1, 1, ier, &ram);
                 }
             }
         }
@@ -544,4 +570,121 @@ fn the_serial_console_carries_a_line_each_way() {
     stopped.unwrap_or_else(|stuck| panic!("{stuck}"));
     assert_eq!(received.take().unwrap(), typed);
     assert!(line.borrow().from_guest.ends_with(b"ok\n"), "{:?}", String::from_utf8_lossy(&line.borrow().from_guest));
+}
+
+/// A card for the machine's NIC plumbing: one I/O BAR (256 bytes) and one memory BAR
+/// (4 KiB) over 256 byte registers; INTA while register 0 is non-zero.
+struct FakeNic {
+    config: devices::pci::ConfigSpace,
+    registers: [u8; 256],
+}
+
+impl FakeNic {
+    fn new() -> FakeNic {
+        use devices::pci::{BarKind, BarSpec, ConfigSpace};
+        let mut config = ConfigSpace::new(0x1234, 0x5678, 1, 0x02, 0x00, 0, 0);
+        config.set_bar(0, BarSpec { kind: BarKind::Io, size_bytes: 256 });
+        config.set_bar(1, BarSpec { kind: BarKind::Memory32 { prefetchable: false }, size_bytes: 4096 });
+        FakeNic { config, registers: [0; 256] }
+    }
+}
+
+impl devices::nic::Nic for FakeNic {
+    fn config(&self) -> &devices::pci::ConfigSpace {
+        &self.config
+    }
+    fn config_read(&self, reg: u16, size: u8) -> u32 {
+        self.config.read(reg, size)
+    }
+    fn config_write(&mut self, reg: u16, size: u8, value: u32) {
+        self.config.write(reg, size, value)
+    }
+    fn read(&mut self, _bar: usize, offset: u64, _size: u8, _mem: &dyn GuestMemory, _now: u64) -> u32 {
+        u32::from(self.registers[(offset & 0xff) as usize])
+    }
+    fn write(&mut self, _bar: usize, offset: u64, _size: u8, value: u32, _mem: &dyn GuestMemory, _now: u64) {
+        self.registers[(offset & 0xff) as usize] = value as u8;
+    }
+    fn irq_level(&self) -> bool {
+        self.registers[0] != 0
+    }
+    fn take_tx_frame(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    fn receive(&mut self, _frame: &[u8], _mem: &dyn GuestMemory, _now: u64) -> devices::nic::RxOutcome {
+        devices::nic::RxOutcome::NoBuffer
+    }
+    fn can_receive(&self) -> bool {
+        false
+    }
+    fn set_link_up(&mut self, _up: bool, _now: u64) {}
+    fn next_deadline_ns(&self) -> Option<u64> {
+        None
+    }
+    fn tick(&mut self, _now: u64) {}
+    fn stats(&self) -> devices::nic::NicStats {
+        devices::nic::NicStats::default()
+    }
+    fn reset(&mut self) {}
+}
+
+/// A NIC's BARs are claimed where hvmloader puts them once decoding is on, moved
+/// claims are released first, port and MMIO accesses reach the card, and its INTA is
+/// driven through Xen.
+#[test]
+fn nic_bars_are_claimed_where_the_guest_puts_them() {
+    let (mut m, ram) = (machine(), Ram::new(4096));
+    let device = m.add_nic(Box::new(FakeNic::new()));
+    assert_eq!(device, 3);
+    let devfn = device << 3;
+    assert!(m.claims().contains(&(IoRangeKind::PciConfig, 0x18, 0x18)));
+    let cfg = |m: &mut Machine, reg: u16, size: u32, value: Option<u64>| match value {
+        Some(v) => m.handle_ioreq(&pci(devfn, reg, size, false, v), &ram, 0),
+        None => m.handle_ioreq(&pci(devfn, reg, size, true, 0), &ram, 0),
+    };
+    assert_eq!(cfg(&mut m, 0, 4, None), 0x5678_1234);
+    // hvmloader: size the BARs with decoding off, place them, then turn decoding on.
+    cfg(&mut m, 0x10, 4, Some(0xffff_ffff));
+    assert_eq!(cfg(&mut m, 0x10, 4, None) & 0xffff_ff00, 0xffff_ff00);
+    cfg(&mut m, 0x10, 4, Some(0xc100));
+    cfg(&mut m, 0x14, 4, Some(0xf000_0000));
+    assert!(m.take_effects().is_empty(), "nothing is claimed while decoding is off");
+    cfg(&mut m, 0x04, 2, Some(0x0007));
+    let claims: Vec<Effect> = m.take_effects().into_iter().collect();
+    assert_eq!(
+        claims,
+        [
+            Effect::Claim { kind: IoRangeKind::Port, first: 0xc100, last: 0xc1ff },
+            Effect::Claim { kind: IoRangeKind::Memory, first: 0xf000_0000, last: 0xf000_0fff },
+        ]
+    );
+    // Register accesses through both BARs; writing register 0 raises INTA.
+    m.handle_ioreq(&pio(0xc105, 1, false, 0x42), &ram, 0);
+    assert_eq!(m.handle_ioreq(&pio(0xc105, 1, true, 0), &ram, 0), 0x42);
+    let mmio_read = Ioreq {
+        addr: 0xf000_0005,
+        count: 1,
+        size: 4,
+        bits: Ioreq::make_bits(1, false, true, false),
+        kind: ioreq_type::COPY,
+        ..Ioreq::default()
+    };
+    assert_eq!(m.handle_ioreq(&mmio_read, &ram, 0), 0x42);
+    let mmio_write = Ioreq { addr: 0xf000_0000, data: 1, bits: Ioreq::make_bits(1, false, false, false), ..mmio_read };
+    m.handle_ioreq(&mmio_write, &ram, 0);
+    assert_eq!(m.take_effects().pop_front(), Some(Effect::PciIntx { device: 3, intx: 0, level: true }));
+    // Moving the I/O BAR releases the old range before claiming the new one.
+    cfg(&mut m, 0x10, 4, Some(0xc200));
+    let moved: Vec<Effect> = m.take_effects().into_iter().collect();
+    assert_eq!(
+        moved,
+        [
+            Effect::Release { kind: IoRangeKind::Port, first: 0xc100, last: 0xc1ff },
+            Effect::Claim { kind: IoRangeKind::Port, first: 0xc200, last: 0xc2ff },
+        ]
+    );
+    // Decoding off gives everything back.
+    cfg(&mut m, 0x04, 2, Some(0x0000));
+    assert_eq!(m.take_effects().len(), 2);
+    assert_eq!(m.handle_ioreq(&pio(0xc205, 1, true, 0), &ram, 0), 0xff);
 }

@@ -10,10 +10,10 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::time::Duration;
+use devices::block::{DriveConfig, DriveKind, MediumSource};
 use devices::dm_args::DmArgs;
 use devices::service::{self, Config};
 use qmp::Timestamp;
-use qmp::block::{DriveConfig, DriveKind, MediumSource};
 
 fn now() -> Timestamp {
     let (sec, nsec) = time::wallclock();
@@ -48,7 +48,7 @@ pub async fn run(cmdline: Cmdline<'_>) -> Result<bool, String> {
 fn plain_domu(cmdline: Cmdline<'_>, path: &str) -> Config {
     let mut drives = Vec::new();
     if let Some(devid) = cmdline.number("cd").map(|n| n as u32)
-        && let Some(index) = qmp::block::devid::disk_index(devid)
+        && let Some(index) = devices::block::devid::disk_index(devid)
     {
         // As libxl writes it: the medium is /dev/xvd<letter of the disk's index>.
         let letter = char::from(b'a' + index.min(25) as u8);

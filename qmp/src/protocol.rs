@@ -25,6 +25,9 @@
 //!   the session: [`Session::take_effect`] hands the work to the caller, messages that
 //!   arrive meanwhile wait (at most [`MAX_HELD_MESSAGES`]; more are refused in order),
 //!   and [`Session::complete`] writes the reply and runs what waited.
+//! - Commands other than `qmp_capabilities` go to [`commands::execute`], which runs them
+//!   against the caller's [`Monitor`]; after a `quit` that succeeded the session reads
+//!   nothing more.
 
 mod framer;
 
@@ -36,7 +39,7 @@ use alloc::vec::Vec;
 use serde::Serialize;
 
 use crate::args::Args;
-use crate::commands::{DeviceModel, Engine, Outcome, SlowEffect};
+use crate::commands::{self, Monitor, Outcome, SlowEffect};
 use crate::error::{ErrorClass, QmpError};
 use crate::json::{self, Object, Value};
 use framer::{Frame, Framer};
@@ -133,12 +136,13 @@ struct Waiting {
     id: Option<Value>,
     /// the work, until the caller takes it
     effect: Option<SlowEffect>,
-    quit_before: bool,
 }
 
 /// One client connection.
 #[derive(Debug)]
 pub struct Session {
+    /// what the greeting announced, and `query-version` reports
+    version: VersionInfo,
     framer: Framer,
     output: Vec<u8>,
     negotiated: bool,
@@ -154,6 +158,7 @@ impl Session {
     /// `{"QMP":{"version":{"qemu":{..},"package":".."},"capabilities":[]}}`.
     pub fn new(version: &VersionInfo) -> Session {
         let mut session = Session {
+            version: version.clone(),
             framer: Framer::new(),
             output: Vec::new(),
             negotiated: false,
@@ -166,10 +171,17 @@ impl Session {
         session
     }
 
-    /// Takes bytes from the client: runs every message they complete against `engine`
+    /// A new connection to `monitor`: drops the events nobody was connected to receive
+    /// and returns the session, whose output starts with the greeting.
+    pub fn open<M: Monitor + ?Sized>(monitor: &mut M, version: &VersionInfo) -> Session {
+        monitor.take_events();
+        Session::new(version)
+    }
+
+    /// Takes bytes from the client: runs every message they complete against `monitor`
     /// and queues the replies. Events the commands cause are stamped `now`. Nothing is
     /// read after `quit`.
-    pub fn feed<D: DeviceModel>(&mut self, engine: &mut Engine<D>, input: &[u8], now: Timestamp) {
+    pub fn feed<M: Monitor + ?Sized>(&mut self, monitor: &mut M, input: &[u8], now: Timestamp) {
         let mut frames = Vec::new();
         for &byte in input {
             if self.closed {
@@ -180,15 +192,15 @@ impl Session {
                 if self.waiting.is_some() || !self.held.is_empty() {
                     self.hold(frame);
                 } else {
-                    self.run_frame(engine, frame, now);
+                    self.run_frame(monitor, frame, now);
                 }
             }
         }
     }
 
-    fn run_frame<D: DeviceModel>(&mut self, engine: &mut Engine<D>, frame: Frame, now: Timestamp) {
+    fn run_frame<M: Monitor + ?Sized>(&mut self, monitor: &mut M, frame: Frame, now: Timestamp) {
         match frame {
-            Frame::Message(bytes) => self.handle(engine, &bytes, now),
+            Frame::Message(bytes) => self.handle(monitor, &bytes, now),
             Frame::Error(desc) => self.write_error(None, &QmpError::generic(desc)),
         }
     }
@@ -213,13 +225,13 @@ impl Session {
 
     /// The slow work is done (`Err` says why it failed): writes the waiting command's
     /// reply, then runs the messages that arrived meanwhile.
-    pub fn complete<D: DeviceModel>(&mut self, engine: &mut Engine<D>, result: Result<(), String>, now: Timestamp) {
+    pub fn complete<M: Monitor + ?Sized>(&mut self, monitor: &mut M, result: Result<(), String>, now: Timestamp) {
         let Some(waiting) = self.waiting.take() else { return };
-        let reply = engine.complete_effect(result, now);
-        self.finish(engine, waiting.id.as_ref(), reply, waiting.quit_before);
+        let reply = commands::complete_effect(monitor, result, now);
+        self.finish(monitor, waiting.id.as_ref(), reply, false);
         while self.waiting.is_none() && !self.closed {
             let Some(frame) = self.held.pop_front() else { break };
-            self.run_frame(engine, frame, now);
+            self.run_frame(monitor, frame, now);
         }
         if self.waiting.is_none() && self.held.is_empty() && self.refused > 0 {
             let refused = core::mem::take(&mut self.refused);
@@ -230,10 +242,10 @@ impl Session {
         }
     }
 
-    /// Moves the engine's pending events (from hooks such as the guest moving a tray)
+    /// Moves the monitor's pending events (from hooks such as the guest moving a tray)
     /// to the output; before negotiation they are dropped, as QEMU does.
-    pub fn deliver_events<D: DeviceModel>(&mut self, engine: &mut Engine<D>) {
-        for timed in engine.take_events() {
+    pub fn deliver_events<M: Monitor + ?Sized>(&mut self, monitor: &mut M) {
+        for timed in monitor.take_events() {
             if self.negotiated {
                 let event = &timed.event;
                 let timestamp = timed.timestamp;
@@ -287,7 +299,7 @@ impl Session {
         self.write(&ErrorReply { error, id });
     }
 
-    fn handle<D: DeviceModel>(&mut self, engine: &mut Engine<D>, bytes: &[u8], now: Timestamp) {
+    fn handle<M: Monitor + ?Sized>(&mut self, monitor: &mut M, bytes: &[u8], now: Timestamp) {
         let request = match json::from_slice(bytes) {
             Ok(Value::Object(request)) => request,
             Ok(_) => {
@@ -300,7 +312,7 @@ impl Session {
             }
         };
         let id = request.get("id");
-        let quit_before = engine.quit_requested();
+        let mut quits = false;
         let empty = Object::default();
         let result = check_request(&request).and_then(|(command, arguments)| {
             let arguments = arguments.unwrap_or(&empty);
@@ -312,7 +324,8 @@ impl Session {
                     "Expecting capabilities negotiation with 'qmp_capabilities'",
                 ))
             } else {
-                Ok(engine.execute(command, arguments, now))
+                quits = command == "quit";
+                Ok(commands::execute(monitor, &self.version, command, arguments, now))
             }
         });
         let result = match result {
@@ -320,28 +333,30 @@ impl Session {
             Ok(Outcome::Done(result)) => result,
             Ok(Outcome::Pending(effect)) => {
                 // Events so far (STOP) go out now; the reply waits for the effect.
-                self.deliver_events(engine);
-                self.waiting = Some(Waiting { id: id.cloned(), effect: Some(effect), quit_before });
+                self.deliver_events(monitor);
+                self.waiting = Some(Waiting { id: id.cloned(), effect: Some(effect) });
                 return;
             }
         };
-        self.finish(engine, id, result, quit_before);
+        let closes = quits && result.is_ok();
+        self.finish(monitor, id, result, closes);
     }
 
-    /// Writes a command's events and reply.
-    fn finish<D: DeviceModel>(
+    /// Writes a command's events and reply; after a `quit` that succeeded (`closes`)
+    /// the session reads nothing more.
+    fn finish<M: Monitor + ?Sized>(
         &mut self,
-        engine: &mut Engine<D>,
+        monitor: &mut M,
         id: Option<&Value>,
         result: Result<serde_json::Value, QmpError>,
-        quit_before: bool,
+        closes: bool,
     ) {
-        self.deliver_events(engine);
+        self.deliver_events(monitor);
         match result {
             Ok(value) => self.write(&ReturnReply { value: &value, id }),
             Err(error) => self.write_error(id, &error),
         }
-        if engine.quit_requested() && !quit_before {
+        if closes {
             self.closed = true;
         }
     }

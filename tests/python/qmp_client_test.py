@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
-"""QEMU's own QMP client library (qemu.qmp, from PyPI) against the QMP engine.
+"""QEMU's own QMP client library (qemu.qmp, from PyPI) against the device model's QMP.
 
-Starts the unix-socket adapter (qmp/examples/unix_server.rs, a simulated stub domain
-with a CD-ROM ide-5632 whose medium is /dev/fdset/<N> and a hard disk for devid 768),
-drives it with qemu.qmp.QMPClient the way a management tool would, and prints one
-line per check:
+Starts the unix-socket adapter (devices/examples/unix_server.rs: the device model's
+run state and block layer as a stub domain has them, with a CD-ROM ide-5632 whose
+medium is /dev/fdset/<N> and a hard disk for devid 768), drives it with
+qemu.qmp.QMPClient the way a management tool would, and prints one line per check:
 
     test qmp::python::<name> ... ok
     test qmp::python::<name> ... FAILED
 
 (cargo xtask test counts these lines). Exits 1 if any check failed.
 
-    cargo build -p qmp --features sim --example unix_server
+    cargo build -p devices --example unix_server
     target/py-venv/bin/python tests/python/qmp_client_test.py target/debug/examples/unix_server
 
 cargo xtask test runs it that way (it creates target/py-venv with a pinned qemu.qmp).
@@ -247,7 +247,7 @@ class Run:
         expect(qmp.runstate == Runstate.RUNNING, f"runstate {qmp.runstate}")
         expect(qmp.greeting is not None and qmp.greeting._asdict() == self.greeting,
                f"second greeting {qmp.greeting!r}")
-        # The engine outlives connections: the medium changed on the first one is there.
+        # The VM outlives connections: the medium changed on the first one is there.
         cd = block_info(await qmp.execute("query-block"), CD)
         expect((cd.get("inserted") or {}).get("file") == f"/dev/fdset/{self.cd_fdset}", f"{cd!r}")
         status = await qmp.execute("query-status")

@@ -34,9 +34,11 @@ struct Target {
 }
 
 const TARGETS: &[Target] = &[
-    Target { name: "qmp::fuzz::session_20s", dir: "qmp/fuzz", target: "session" },
+    Target { name: "devices::fuzz::qmp_session_20s", dir: "devices/fuzz", target: "qmp_session" },
     Target { name: "devices::fuzz::state_file_20s", dir: "devices/fuzz", target: "state_file" },
     Target { name: "devices::fuzz::ioreq_20s", dir: "devices/fuzz", target: "ioreq" },
+    Target { name: "devices::fuzz::rtl8139_20s", dir: "devices/fuzz", target: "rtl8139" },
+    Target { name: "devices::fuzz::e1000_20s", dir: "devices/fuzz", target: "e1000" },
 ];
 
 /// Runs the fuzz targets FILTER selects, counting one result each.

@@ -1,8 +1,9 @@
-//! The QMP engine against a real client on the host: QEMU's own Python client library
-//! (`qemu.qmp` from PyPI) through a unix-socket adapter. (QMP's libFuzzer run is in
-//! `fuzz`, with the other cargo-fuzz targets.)
+//! The device model's QMP against a real client on the host: QEMU's own Python client
+//! library (`qemu.qmp` from PyPI) through a unix-socket adapter. (QMP's libFuzzer run is
+//! in `fuzz`, with the other cargo-fuzz targets.)
 //!
-//! `qmp::python::*`: builds qmp's `unix_server` example, makes sure target/py-venv
+//! `qmp::python::*`: builds devices' `unix_server` example (a QMP session over the
+//! device model's `Vm`), makes sure target/py-venv
 //! holds [`QEMU_QMP`] (created on first use: python3's venv module, installing
 //! Debian's python3-venv if it is missing, then pip from PyPI), and runs
 //! tests/python/qmp_client_test.py, which prints one `test qmp::python::NAME ... ok`
@@ -32,7 +33,7 @@ pub fn host_tests(filter: &str, tally: &mut Tally) -> Result<()> {
     if !python {
         return Ok(());
     }
-    println!("== QMP engine with a real client (qemu.qmp)");
+    println!("== QMP with a real client (qemu.qmp)");
     python_client(filter, tally)
 }
 
@@ -79,11 +80,11 @@ pub(crate) fn run_limited(cmd: &mut Command, limit: Duration) -> Result<(), Stri
 
 fn python_client(filter: &str, tally: &mut Tally) -> Result<()> {
     let build = cargo()
-        .args(["build", "--quiet", "-p", "qmp", "--features", "sim", "--example", "unix_server"])
+        .args(["build", "--quiet", "-p", "devices", "--example", "unix_server"])
         .status()
         .context("starting cargo build")?;
     if !build.success() {
-        verdict(tally, "qmp::python::build_adapter", false, "cargo build of qmp's unix_server example failed");
+        verdict(tally, "qmp::python::build_adapter", false, "cargo build of devices' unix_server example failed");
         return Ok(());
     }
     let python = match ensure_venv() {

@@ -14,6 +14,9 @@
 //! timers (interrupt moderation); [`Nic::next_deadline_ns`] tells the glue when to call
 //! [`Nic::tick`].
 
+pub mod e1000;
+pub mod rtl8139;
+
 use alloc::vec::Vec;
 
 use xen_seams::hvm::GuestMemory;
@@ -89,4 +92,13 @@ pub trait Nic {
 
     /// A machine reset: the card back to its power-on state (its MAC kept).
     fn reset(&mut self);
+}
+
+/// A card of `model` with `mac` (what the argv's `-device` asks for).
+pub fn new_card(model: crate::dm_args::NicModel, mac: [u8; 6]) -> alloc::boxed::Box<dyn Nic> {
+    use crate::dm_args::NicModel;
+    match model {
+        NicModel::Rtl8139 => alloc::boxed::Box::new(rtl8139::Rtl8139::new(mac)),
+        NicModel::E1000 => alloc::boxed::Box::new(e1000::E1000::new(mac)),
+    }
 }

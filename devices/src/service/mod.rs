@@ -21,14 +21,18 @@
 //! the **QMP task** (one client at a time over libvchan; a state file for `xl save`
 //! is written and drained to console 1 before its reply), the **hot-plug task** (PV
 //! disks that dom0 attaches) and one **detach watcher per PV disk**. They share the
-//! machine and the QMP engine through `RefCell`s that are never held across an await.
+//! machine and the [`Vm`] (run state and block layer, which QMP commands reach) through
+//! `RefCell`s that are never held across an await. The IDE model follows the block
+//! layer: after every QMP command and disk change the service gives it the trays and
+//! media the block layer now has, and the eject requests QMP made; the guest's own tray
+//! commands go the other way, into the block layer.
 //!
 //! A client that misbehaves (stops reading, corrupts its ring, leaves mappings behind)
 //! loses its connection, not the device model; only failures of Xen itself (xenstore,
 //! grants, event channels, the ioreq server) end [`serve`] with a [`ServiceError`].
 //!
 //! **Placeholder** (the devices' saved state is later work): a state file carries an
-//! empty payload and a restore accepts only that.
+//! empty payload and a restore accepts only that ([`crate::vm`]).
 
 mod tasks;
 
@@ -44,17 +48,18 @@ use frontends::blkfront::{self, Disk, Options};
 use frontends::console::{Console, ConsoleError};
 use frontends::vchan::{Orders, Server, VchanError};
 use frontends::xenbus::{self, DeviceEvent, DeviceWatch};
-use qmp::block::{DriveChange, DriveConfig, DriveKind, PvDiskInfo};
-use qmp::{DeviceModel, DeviceModelError, Engine, EngineConfig, Timestamp};
+use qmp::Timestamp;
 use xen_seams::hvm::{DeviceModelHost, HvmControl, IoreqServer};
 use xen_seams::{DomId, Tx, Xen, XenstoreError};
 
-use crate::dm_args::DmArgs;
+use crate::block::{BlockError, DriveConfig, DriveKind, PvDiskInfo};
+use crate::dm_args::{DmArgs, NicConfig};
 use crate::ide::{BlockRequest, DriveId, DriveSpec};
 use crate::machine::{Effect, Machine, MachineConfig};
 use crate::ratelimit::LogLimiter;
 use crate::state_file;
 use crate::task::{Mailbox, Notify, Signal};
+use crate::vm::{Vm, VmConfig};
 
 /// PV console numbers libxl gives a stub domain.
 pub const SAVE_CONSOLE: u32 = 1;
@@ -65,6 +70,10 @@ pub const RESTORE_WAIT: Duration = Duration::from_secs(60);
 
 /// How long one disk request may take before the guest's command fails.
 pub const BLOCK_IO_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a NIC's network task waits before connecting its vif again after the
+/// backend went away (or was not there).
+pub const VIF_RETRY: Duration = Duration::from_secs(2);
 
 /// How often the device model logs what it has done (when something changed).
 pub const STATS_PERIOD: Duration = Duration::from_secs(30);
@@ -79,6 +88,8 @@ pub struct GuestConfig {
     pub ram_mib: u32,
     /// the PV console COM1 is wired to (`-serial /dev/hvc3` is console 3); None: no COM1
     pub serial_console: Option<u32>,
+    /// the NICs, each bridged to the stub domain's vif of the same devid
+    pub nics: Vec<NicConfig>,
 }
 
 /// What to serve, and where.
@@ -123,6 +134,7 @@ impl Config {
                 boot_order: args.boot_order.clone(),
                 ram_mib: args.ram_mib.unwrap_or(128),
                 serial_console,
+                nics: args.nics.clone(),
             }),
             lifetime: None,
         }
@@ -140,8 +152,8 @@ pub enum ServiceError {
     Console { number: u32, error: ConsoleError },
     #[error("restoring the device state: {0}")]
     Restore(String),
-    #[error("drive ide-{devid}: {why}")]
-    Drive { devid: u32, why: String },
+    #[error("drive ide-{devid}: {error}")]
+    Drive { devid: u32, error: BlockError },
     #[error("QMP's vchan server at {path}: {error}")]
     Vchan { path: String, error: VchanError },
     #[error("ioreq server for domain {guest}: {error}")]
@@ -186,84 +198,6 @@ pub async fn read_dm_argv<X: Xen>(xen: &X, guest: u32) -> Result<Vec<String>, Se
     Ok(argv)
 }
 
-/// The device model behind QMP: run state, dirty log, and the machine the QMP
-/// commands reach (tray changes, pause).
-pub struct Devices {
-    machine: Option<Rc<RefCell<Machine>>>,
-    /// on while the VM runs; ioreq tasks wait for it
-    running: Rc<Signal>,
-    dirty_log: bool,
-    /// drives whose guest QMP asked to eject a locked tray, for the QMP task
-    eject_requests: Vec<u32>,
-}
-
-impl Devices {
-    fn new(machine: Option<Rc<RefCell<Machine>>>, running: Rc<Signal>) -> Devices {
-        Devices { machine, running, dirty_log: false, eject_requests: Vec::new() }
-    }
-
-    /// Restores the devices from a saved payload. PLACEHOLDER: no device has state yet,
-    /// so only an empty payload is accepted.
-    pub fn load_payload(&mut self, payload: &[u8]) -> Result<(), DeviceModelError> {
-        if payload.is_empty() {
-            Ok(())
-        } else {
-            Err(DeviceModelError(format!(
-                "the saved state holds {} bytes for devices this device model does not have",
-                payload.len()
-            )))
-        }
-    }
-
-    pub fn paused(&self) -> bool {
-        !self.running.is_on()
-    }
-
-    pub fn dirty_log(&self) -> bool {
-        self.dirty_log
-    }
-
-    pub fn machine(&self) -> Option<&Rc<RefCell<Machine>>> {
-        self.machine.as_ref()
-    }
-}
-
-impl DeviceModel for Devices {
-    fn pause(&mut self) {
-        self.running.clear();
-        log::info!("device model: paused");
-    }
-    fn resume(&mut self) {
-        self.running.set();
-        log::info!("device model: running");
-    }
-    fn set_global_dirty_log(&mut self, enable: bool) {
-        // PLACEHOLDER until bus-master DMA: the PIO devices write guest memory only
-        // through `rep ins`, whose pages Xen itself tracks (the vCPU's own write).
-        self.dirty_log = enable;
-        log::info!("device model: global dirty log {}", if enable { "on" } else { "off" });
-    }
-    fn save_state(&mut self, _live: bool) -> Result<Vec<u8>, DeviceModelError> {
-        // PLACEHOLDER payload: empty until devices have state; the framing is real.
-        Ok(state_file::encode(&[]))
-    }
-    fn load_state(&mut self, file: &[u8]) -> Result<(), DeviceModelError> {
-        let payload = state_file::decode(file).map_err(|e| DeviceModelError(e.to_string()))?;
-        self.load_payload(&payload)
-    }
-    fn read_console(&mut self, console: u32) -> Result<Vec<u8>, DeviceModelError> {
-        Err(DeviceModelError(format!("console {console} carries no state file for xen-load-devices-state")))
-    }
-    fn quit(&mut self) {
-        log::info!("device model: quit");
-    }
-    fn drive_changed(&mut self, devid: u32, change: DriveChange) {
-        if let DriveChange::EjectRequested { .. } = change {
-            self.eject_requests.push(devid);
-        }
-    }
-}
-
 /// A CD drive's medium and tray as last given to the IDE model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct MediaState {
@@ -286,7 +220,8 @@ pub(crate) struct Shared<X: Xen + DeviceModelHost + 'static> {
     /// the guest's domid (0 without a guest)
     guest: DomId,
     now: fn() -> Timestamp,
-    engine: RefCell<Engine<Devices>>,
+    /// the run state and the block layer (drives, trays, media, fdsets)
+    vm: RefCell<Vm>,
     disks: RefCell<BTreeMap<u32, Rc<Disk<'static, X>>>>,
     machine: Option<Rc<RefCell<Machine>>>,
     server: Option<X::Server>,
@@ -299,6 +234,10 @@ pub(crate) struct Shared<X: Xen + DeviceModelHost + 'static> {
     /// COM1 has output, or has room for input the serial task holds
     serial_wake: Notify,
     serial_holds_input: Cell<bool>,
+    /// the NICs on the machine, by index, and what wakes each one's network task (the
+    /// guest touched its registers)
+    nics: Vec<NicConfig>,
+    nic_wake: Vec<Notify>,
     /// bytes the serial console brought in, and how many the guest's UART took
     serial_in_bytes: Cell<u64>,
     serial_taken_bytes: Cell<u64>,
@@ -327,8 +266,9 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
     /// work.
     fn after_machine_change(&self) {
         let Some(machine) = &self.machine else { return };
-        let (effects, requests, events, serial_work) = {
+        let (effects, requests, events, serial_work, touched_nics) = {
             let mut m = machine.borrow_mut();
+            let touched_nics = m.take_touched_nics();
             let effects = m.take_effects();
             let mut requests = Vec::new();
             while let Some(request) = m.ide_mut().take_request() {
@@ -339,8 +279,13 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
             let serial_work = m
                 .com1()
                 .is_some_and(|u| u.output_len() > 0 || (self.serial_holds_input.get() && u.receive_capacity() > 0));
-            (effects, requests, events, serial_work)
+            (effects, requests, events, serial_work, touched_nics)
         };
+        for (index, wake) in self.nic_wake.iter().enumerate() {
+            if index < 64 && touched_nics & (1 << index) != 0 {
+                wake.notify();
+            }
+        }
         self.apply(effects);
         for request in requests {
             let drive = request.drive;
@@ -380,6 +325,18 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
                     log::info!("device model: guest shutdown ({reason:?})");
                     control.remote_shutdown(reason)
                 }
+                Effect::PciIntx { device, intx, level } => control.set_pci_intx_level(device, intx, level),
+                Effect::Claim { kind, first, last } => match &self.server {
+                    Some(server) => {
+                        log::info!("device model: claiming {kind:?} {first:#x}-{last:#x}");
+                        server.map_range(kind, first, last)
+                    }
+                    None => Ok(()),
+                },
+                Effect::Release { kind, first, last } => match &self.server {
+                    Some(server) => server.unmap_range(kind, first, last),
+                    None => Ok(()),
+                },
             };
             if let Err(e) = result
                 && self.log.borrow_mut().allow()
@@ -389,18 +346,18 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
         }
     }
 
-    /// The guest locked, unlocked, opened or closed a CD tray: QMP's block layer follows.
+    /// The guest locked, unlocked, opened or closed a CD tray: the block layer follows.
     fn guest_tray_events(&self, events: Vec<crate::ide::IdeEvent>) {
         let now = (self.now)();
         {
-            let mut engine = self.engine.borrow_mut();
+            let mut vm = self.vm.borrow_mut();
             for event in events {
                 let (position, result) = match event {
                     crate::ide::IdeEvent::TrayLocked { drive, locked } => {
-                        (drive, self.drive(drive).map(|d| engine.guest_lock_tray(d.devid, locked)))
+                        (drive, self.drive(drive).map(|d| vm.guest_lock_tray(d.devid, locked)))
                     }
                     crate::ide::IdeEvent::TrayMoved { drive, open } => {
-                        (drive, self.drive(drive).map(|d| engine.guest_move_tray(d.devid, open, now)))
+                        (drive, self.drive(drive).map(|d| vm.guest_move_tray(d.devid, open, now)))
                     }
                 };
                 if let Some(Err(e)) = result {
@@ -413,9 +370,9 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
         self.qmp_events.notify();
     }
 
-    /// What QMP's block layer says each CD drive holds.
-    fn media_of(&self, engine: &Engine<Devices>, drive: &IdeDrive) -> MediaState {
-        let block = engine.block().drive(drive.devid);
+    /// What the block layer says a CD drive holds.
+    fn media_of(vm: &Vm, drive: &IdeDrive) -> MediaState {
+        let block = vm.block().drive(drive.devid);
         MediaState {
             medium_nr_sectors: block.and_then(|d| d.medium()).map(|m| m.size_bytes / 512),
             tray_open: block.is_some_and(|d| d.tray_open()),
@@ -423,9 +380,9 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
     }
 
     fn record_media(&self) {
-        let engine = self.engine.borrow();
+        let vm = self.vm.borrow();
         for drive in self.drives.iter().filter(|d| d.kind == DriveKind::CdRom) {
-            drive.synced.set(Some(self.media_of(&engine, drive)));
+            drive.synced.set(Some(Self::media_of(&vm, drive)));
         }
     }
 
@@ -433,18 +390,17 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
     /// the block layer now has, and the eject requests QMP made.
     fn sync_media(&self) {
         let Some(machine) = &self.machine else { return };
-        let ejects = {
-            let mut engine = self.engine.borrow_mut();
-            core::mem::take(&mut engine.device_model_mut().eject_requests)
-        };
-        let changes: Vec<(DriveId, MediaState, Option<MediaState>)> = {
-            let engine = self.engine.borrow();
-            self.drives
+        let (ejects, changes) = {
+            let mut vm = self.vm.borrow_mut();
+            let ejects = vm.take_eject_requests();
+            let changes: Vec<(DriveId, MediaState, Option<MediaState>)> = self
+                .drives
                 .iter()
                 .filter(|d| d.kind == DriveKind::CdRom)
-                .map(|d| (d.position, self.media_of(&engine, d), d.synced.get()))
+                .map(|d| (d.position, Self::media_of(&vm, d), d.synced.get()))
                 .filter(|(_, now, before)| Some(*now) != *before)
-                .collect()
+                .collect();
+            (ejects, changes)
         };
         {
             let mut m = machine.borrow_mut();
@@ -459,8 +415,8 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
                     m.ide_mut().set_tray_open(*position, false);
                 }
             }
-            for devid in ejects {
-                if let Some(d) = self.drives.iter().find(|d| d.devid == devid) {
+            for request in ejects {
+                if let Some(d) = self.drives.iter().find(|d| d.devid == request.devid) {
                     m.ide_mut().request_eject(d.position);
                 }
             }
@@ -482,7 +438,7 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
         match Disk::connect(self.xen, devid, Options::default()).await {
             Ok(disk) => {
                 let info = PvDiskInfo { read_only: disk.info().read_only, size_bytes: disk.info().capacity_bytes() };
-                let fdset = self.engine.borrow_mut().pv_disk_connected(devid, info);
+                let fdset = self.vm.borrow_mut().pv_disk_connected(devid, info);
                 log::info!(
                     "PV disk {devid}: {} bytes{} as fdset {fdset}",
                     info.size_bytes,
@@ -526,20 +482,16 @@ async fn read_state_file<X: Xen>(xen: &X, console: &Console<'_, X>) -> Result<(V
 }
 
 /// The IDE drive specs of the machine, from the drives and the PV disks behind them.
-fn machine_config(
-    guest: &GuestConfig,
-    engine: &Engine<Devices>,
-    drives: &[DriveConfig],
-) -> (MachineConfig, Vec<IdeDrive>) {
+fn machine_config(guest: &GuestConfig, vm: &Vm, drives: &[DriveConfig]) -> (MachineConfig, Vec<IdeDrive>) {
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
     let mut ide_drives = Vec::new();
     for drive in drives {
-        let Some(index) = qmp::block::devid::disk_index(drive.devid).filter(|i| *i < 4) else {
+        let Some(index) = crate::block::devid::disk_index(drive.devid).filter(|i| *i < 4) else {
             log::warn!("not emulated: drive ide-{} (not one of the four IDE positions)", drive.devid);
             continue;
         };
         let position = DriveId { channel: (index / 2) as u8, unit: (index % 2) as u8 };
-        let medium = engine.block().drive(drive.devid).and_then(|d| d.medium());
+        let medium = vm.block().drive(drive.devid).and_then(|d| d.medium());
         let spec = match drive.kind {
             DriveKind::HardDisk => match medium {
                 Some(m) => DriveSpec::HardDisk { nr_sectors: m.size_bytes / 512, read_only: m.read_only },
@@ -574,11 +526,8 @@ pub async fn serve<X>(xen: &'static X, config: &Config, now: fn() -> Timestamp) 
 where
     X: Xen + DeviceModelHost + 'static,
 {
-    let running = Rc::new(Signal::new(true));
-    let engine = Engine::new(
-        Devices::new(None, running.clone()),
-        EngineConfig { save_console: SAVE_CONSOLE, vcpus: config.vcpus, ..EngineConfig::default() },
-    );
+    let vm = Vm::new(VmConfig { save_console: SAVE_CONSOLE, vcpus: config.vcpus, ..VmConfig::default() });
+    let running = vm.running_signal();
 
     // The PV disks present now: the drives' media.
     let mut watch = DeviceWatch::new(xen, "vbd").await.map_err(ServiceError::DeviceWatch)?;
@@ -592,7 +541,7 @@ where
         xen,
         guest: config.guest.as_ref().map_or(0, |g| g.domid),
         now,
-        engine: RefCell::new(engine),
+        vm: RefCell::new(vm),
         disks: RefCell::new(BTreeMap::new()),
         machine: None,
         server: None,
@@ -603,6 +552,8 @@ where
         qmp_events: Notify::new(),
         serial_wake: Notify::new(),
         serial_holds_input: Cell::new(false),
+        nics: Vec::new(),
+        nic_wake: Vec::new(),
         serial_in_bytes: Cell::new(0),
         serial_taken_bytes: Cell::new(0),
         isa_raised: RefCell::new([0; 16]),
@@ -617,7 +568,7 @@ where
         match Disk::connect(xen, devid, Options::default()).await {
             Ok(disk) => {
                 let info = PvDiskInfo { read_only: disk.info().read_only, size_bytes: disk.info().capacity_bytes() };
-                let fdset = shared.engine.get_mut().pv_disk_connected(devid, info);
+                let fdset = shared.vm.get_mut().pv_disk_connected(devid, info);
                 log::info!(
                     "PV disk {devid}: {} bytes{} as fdset {fdset}",
                     info.size_bytes,
@@ -629,12 +580,12 @@ where
         }
     }
     for drive in &config.drives {
-        let engine = shared.engine.get_mut();
-        if let Err(e) = engine.add_drive(drive.clone()) {
+        let vm = shared.vm.get_mut();
+        if let Err(e) = vm.add_drive(drive.clone()) {
             // QEMU would refuse to start; an empty drive keeps the guest's other disks.
-            log::error!("drive ide-{}: {}; the drive starts empty", drive.devid, e.desc);
+            log::error!("drive ide-{}: {e}; the drive starts empty", drive.devid);
             let empty = DriveConfig { medium: None, ..drive.clone() };
-            engine.add_drive(empty).map_err(|e| ServiceError::Drive { devid: drive.devid, why: e.desc })?;
+            vm.add_drive(empty).map_err(|error| ServiceError::Drive { devid: drive.devid, error })?;
         }
     }
 
@@ -652,7 +603,7 @@ where
             .await
             .map_err(|error| ServiceError::Console { number: RESTORE_CONSOLE, error })?;
         let (payload, file_size) = read_state_file(xen, &console).await?;
-        shared.engine.get_mut().device_model_mut().load_payload(&payload).map_err(|e| ServiceError::Restore(e.0))?;
+        shared.vm.get_mut().load_payload(&payload).map_err(|e| ServiceError::Restore(e.to_string()))?;
         log::info!(
             "device model: restored {} bytes of device state from console {RESTORE_CONSOLE} ({file_size}-byte state file)",
             payload.len()
@@ -663,8 +614,17 @@ where
     // The guest's machine, and everything it claims registered before `running`.
     let mut serial_console = None;
     if let Some(guest) = &config.guest {
-        let (machine_config, drives) = machine_config(guest, shared.engine.get_mut(), &config.drives);
-        let machine = Rc::new(RefCell::new(Machine::new(machine_config)));
+        let (machine_config, drives) = machine_config(guest, shared.vm.get_mut(), &config.drives);
+        let mut machine = Machine::new(machine_config);
+        let mut nics = Vec::new();
+        for nic in &guest.nics {
+            let slot = machine.add_nic(crate::nic::new_card(nic.model, nic.mac));
+            log::info!("device model: {:?} at 00:{slot:02x}.0 for vif {}", nic.model, nic.devid);
+            shared.nic_wake.push(Notify::new());
+            nics.push(nic.clone());
+        }
+        shared.nics = nics;
+        let machine = Rc::new(RefCell::new(machine));
         let server = xen
             .create_ioreq_server(guest.domid)
             .map_err(|error| ServiceError::IoreqServer { guest: guest.domid, error })?;
@@ -683,7 +643,6 @@ where
             if guest.serial_console.is_some() { "on" } else { "off" },
             guest.boot_order
         );
-        shared.engine.get_mut().device_model_mut().machine = Some(machine.clone());
         shared.machine = Some(machine);
         shared.memory = Some(xen.guest_memory(guest.domid));
         shared.control = Some(xen.hvm_control(guest.domid));
@@ -716,6 +675,9 @@ where
     }
     if let Some(console) = serial_console {
         xen.spawn("serial", tasks::serial(shared.clone(), console));
+    }
+    for (index, nic) in shared.nics.iter().enumerate() {
+        xen.spawn("network", tasks::network(shared.clone(), index, nic.devid, nic.mac));
     }
     xen.spawn("hotplug", tasks::hotplug(shared.clone(), watch));
     xen.spawn("stats", tasks::stats(shared.clone()));

@@ -10,9 +10,10 @@ use core::time::Duration;
 
 use frontends::blkfront::Disk;
 use frontends::console::Console;
+use frontends::netfront::{NetError, Netfront};
 use frontends::vchan::{Server, VchanError};
 use frontends::xenbus::{DeviceEvent, DeviceWatch};
-use qmp::{Session, SlowEffect};
+use qmp::{Session, SlowEffect, VersionInfo};
 use xen_seams::Xen;
 use xen_seams::hvm::{DeviceModelHost, IoreqServer};
 
@@ -34,7 +35,7 @@ pub(super) async fn serve_vcpu<X: Xen + DeviceModelHost + 'static>(shared: Rc<Sh
             }
         };
         shared.running.wait().await;
-        let data = machine.borrow_mut().handle_ioreq(&request, memory);
+        let data = machine.borrow_mut().handle_ioreq(&request, memory, shared.xen.now_ns());
         shared.after_machine_change();
         if let Err(error) = server.respond(vcpu, data) {
             shared.fail(ServiceError::IoreqServer { guest: shared.guest, error });
@@ -54,8 +55,8 @@ pub(super) async fn block_worker<X: Xen + DeviceModelHost + 'static>(shared: Rc<
             Either::Second(()) => return,
         };
         let disk = {
-            let engine = shared.engine.borrow();
-            let medium = engine.block().drive(drive.devid).and_then(|d| d.medium()).map(|m| m.pv_devid);
+            let vm = shared.vm.borrow();
+            let medium = vm.block().drive(drive.devid).and_then(|d| d.medium()).map(|m| m.pv_devid);
             medium.and_then(|pv| shared.disks.borrow().get(&pv).cloned())
         };
         let outcome = match disk {
@@ -200,7 +201,7 @@ pub(super) async fn watch_detach<X: Xen + DeviceModelHost + 'static>(
     };
     log::info!("PV disk {devid}: detached ({reason})");
     shared.disks.borrow_mut().remove(&devid);
-    shared.engine.borrow_mut().pv_disk_disconnected(devid);
+    shared.vm.borrow_mut().pv_disk_disconnected(devid);
     shared.sync_media();
     shared.qmp_events.notify();
     // A worker may still hold the disk for a request that is failing now.
@@ -263,7 +264,7 @@ async fn serve_clients<X: Xen + DeviceModelHost + 'static>(
             }
             Err(e) => return Err(e),
         }
-        let mut session = shared.engine.borrow_mut().open_session();
+        let mut session = Session::open(&mut *shared.vm.borrow_mut(), &VersionInfo::default());
         match serve_client(shared, server, &mut session, save_console).await {
             Ok(ClientEnd::Left) => {}
             Ok(ClientEnd::Quit) => return Ok(()),
@@ -287,27 +288,59 @@ async fn serve_client<X: Xen + DeviceModelHost + 'static>(
     loop {
         let output = session.take_output();
         if !output.is_empty() {
-            server.write_all(&output).await?;
+            match server.write_all(&output).await {
+                Ok(()) => {}
+                Err(VchanError::Timeout) => {
+                    // The client stopped reading. Hanging up now would leave
+                    // vchan-socket-proxy with replies it can never deliver (it exits
+                    // when that client then closes, and libxl loses its QMP socket):
+                    // instead drop this client's replies and keep taking its input
+                    // until it goes away, then serve the next one.
+                    log::warn!(
+                        "QMP: client dropped: it read nothing for {} s; its replies are discarded until it leaves",
+                        server.write_timeout.as_secs()
+                    );
+                    return discard_until_closed(shared, server).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
         if session.is_closed() {
             return Ok(ClientEnd::Quit);
         }
         if let Some(effect) = session.take_effect() {
             let result = carry_out(effect, save_console).await;
-            session.complete(&mut shared.engine.borrow_mut(), result, (shared.now)());
+            session.complete(&mut *shared.vm.borrow_mut(), result, (shared.now)());
             shared.sync_media();
             continue;
         }
         match first(server.read(&mut buf), shared.qmp_events.wait()).await {
             Either::First(Ok(n)) => {
-                session.feed(&mut shared.engine.borrow_mut(), &buf[..n], (shared.now)());
+                session.feed(&mut *shared.vm.borrow_mut(), &buf[..n], (shared.now)());
                 shared.sync_media();
             }
             // Nothing arrived for a while: keep waiting.
             Either::First(Err(VchanError::Timeout)) => {}
             Either::First(Err(VchanError::Closed)) => return Ok(ClientEnd::Left),
             Either::First(Err(e)) => return Err(e),
-            Either::Second(()) => session.deliver_events(&mut shared.engine.borrow_mut()),
+            Either::Second(()) => session.deliver_events(&mut *shared.vm.borrow_mut()),
+        }
+    }
+}
+
+/// Reads and drops what a dropped client still sends until it closes (or the service
+/// stops).
+async fn discard_until_closed<X: Xen + DeviceModelHost + 'static>(
+    shared: &Shared<X>,
+    server: &mut Server<'static, X>,
+) -> Result<ClientEnd, VchanError> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match first(server.read(&mut buf), shared.stopping.wait()).await {
+            Either::First(Ok(_) | Err(VchanError::Timeout)) => {}
+            Either::First(Err(VchanError::Closed)) => return Ok(ClientEnd::Left),
+            Either::First(Err(e)) => return Err(e),
+            Either::Second(()) => return Ok(ClientEnd::Left),
         }
     }
 }
@@ -363,4 +396,148 @@ pub(super) async fn stats<X: Xen + DeviceModelHost + 'static>(shared: Rc<Shared<
             last = Some(now);
         }
     }
+}
+
+/// NIC `index`'s frames both ways between the emulated card and the stub domain's vif
+/// `devid` (same MAC): what the guest transmits goes to netfront (one frame waits while
+/// every tx buffer is in flight; the card itself holds a bounded queue), frames from
+/// the wire go into the guest's ring while it has room and are left in netfront's ring
+/// (back pressure on netback) while it has none. Without a working vif the card reports
+/// link down; the task connects again every [`VIF_RETRY`](super::VIF_RETRY).
+pub(super) async fn network<X: Xen + DeviceModelHost + 'static>(
+    shared: Rc<Shared<X>>,
+    index: usize,
+    devid: u32,
+    mac: [u8; 6],
+) {
+    let (Some(machine), Some(memory)) = (shared.machine.clone(), shared.memory.as_ref()) else { return };
+    let Some(wake) = shared.nic_wake.get(index) else { return };
+    let xen = shared.xen;
+    let set_link = |up: bool| {
+        let effects = {
+            let mut m = machine.borrow_mut();
+            if let Some(nic) = m.nic_mut(index) {
+                nic.set_link_up(up, xen.now_ns());
+            }
+            m.sync_irqs();
+            m.take_effects()
+        };
+        shared.apply(effects);
+    };
+    while !shared.stopping.is_on() {
+        let mut net = match Netfront::connect(xen, devid).await {
+            Ok(net) => net,
+            Err(e) => {
+                if shared.log.borrow_mut().allow() {
+                    log::warn!("NIC {index}: vif {devid} is not usable ({e}); the link is down");
+                }
+                set_link(false);
+                if let Either::Second(()) = first(xen.sleep(super::VIF_RETRY), shared.stopping.wait()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if net.mac() != mac {
+            log::warn!("NIC {index}: vif {devid}'s MAC {:02x?} differs from the card's {mac:02x?}", net.mac());
+        }
+        log::info!("NIC {index}: bridged to vif {devid}");
+        set_link(true);
+        let failure = bridge(&shared, &machine, memory, wake, index, &mut net).await;
+        set_link(false);
+        let _ = net.close().await;
+        match failure {
+            None => return,
+            Some(e) => {
+                log::warn!("NIC {index}: vif {devid} failed ({e}); the link is down until it is back");
+                if let Either::Second(()) = first(xen.sleep(super::VIF_RETRY), shared.stopping.wait()).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Moves frames until the service stops (None) or the vif fails (its error).
+async fn bridge<X: Xen + DeviceModelHost + 'static>(
+    shared: &Shared<X>,
+    machine: &core::cell::RefCell<crate::machine::Machine>,
+    memory: &X::Memory,
+    wake: &crate::task::Notify,
+    index: usize,
+    net: &mut Netfront<'static, X>,
+) -> Option<NetError> {
+    let xen = shared.xen;
+    let mut waiting_tx: Option<Vec<u8>> = None;
+    while !shared.stopping.is_on() {
+        // The guest's frames to the wire.
+        loop {
+            let frame = match waiting_tx.take() {
+                Some(frame) => Some(frame),
+                None => machine.borrow_mut().nic_mut(index).and_then(|nic| nic.take_tx_frame()),
+            };
+            let Some(frame) = frame else { break };
+            match net.send(&frame) {
+                Ok(()) => {}
+                Err(NetError::TxFull) => {
+                    waiting_tx = Some(frame);
+                    break;
+                }
+                Err(NetError::FrameSize { len }) => {
+                    if shared.log.borrow_mut().allow() {
+                        log::warn!("NIC {index}: a {len}-byte frame from the guest cannot be sent; dropped");
+                    }
+                }
+                Err(e) => return Some(e),
+            }
+        }
+        // The wire's frames to the guest, while its ring has room.
+        let mut room;
+        loop {
+            room = machine.borrow().nic(index).is_some_and(|nic| nic.can_receive());
+            if !room {
+                break;
+            }
+            let frame = match net.receive() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return Some(e),
+            };
+            if let Some(nic) = machine.borrow_mut().nic_mut(index) {
+                nic.receive(&frame, memory, xen.now_ns());
+            }
+        }
+        // Timers, interrupts.
+        let deadline = {
+            let mut m = machine.borrow_mut();
+            let now = xen.now_ns();
+            let mut deadline = None;
+            if let Some(nic) = m.nic_mut(index) {
+                if nic.next_deadline_ns().is_some_and(|d| d <= now) {
+                    nic.tick(now);
+                }
+                deadline = nic.next_deadline_ns();
+            }
+            m.sync_irqs();
+            let effects = m.take_effects();
+            drop(m);
+            shared.apply(effects);
+            deadline
+        };
+        let now = xen.now_ns();
+        let limit = deadline.map_or(Duration::from_secs(1), |d| Duration::from_nanos(d.saturating_sub(now)));
+        let limit = limit.min(Duration::from_secs(1));
+        if room {
+            // Woken by a frame from the wire, tx room, the guest, or a timer.
+            match first(net.wait(limit), first(wake.wait(), shared.stopping.wait())).await {
+                Either::First(Err(e)) => return Some(e),
+                Either::First(Ok(_)) | Either::Second(_) => {}
+            }
+        } else {
+            // The guest's ring is full: frames stay with netback until the guest reads.
+            let short = if waiting_tx.is_some() { limit.min(Duration::from_millis(10)) } else { limit };
+            let _ = first(xen.sleep(short), first(wake.wait(), shared.stopping.wait())).await;
+        }
+    }
+    None
 }

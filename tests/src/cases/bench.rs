@@ -28,9 +28,36 @@ pub fn all() -> Vec<Bench> {
         Bench { name: "vchan", limit: minutes(15), run: vchan },
         Bench { name: "guest-boot", limit: minutes(40), run: guest_boot },
         Bench { name: "stubdom-memory", limit: minutes(60), run: stubdom_memory },
+        Bench { name: "guest-net", limit: minutes(60), run: guest_net },
         // On the Xen 4.20 bed (cases::on_bed).
         Bench { name: "xen420-cd-insert", limit: minutes(30), run: crate::cases::xen420::bench_cd_insert },
     ]
+}
+
+/// TCP throughput through each emulated NIC (10 MiB each way, as
+/// xen::hvm::<model>_ping_and_tcp), our stub domain against dom0 qemu-xen with the same
+/// model, one round each.
+fn guest_net(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
+    use crate::cases::hvm::{STUBDOM_MEMORY_MIB, nic_test, our_stub_domain};
+    use crate::hvm_guest::DeviceModel;
+    let mut figures = Vec::new();
+    for (model, driver) in [("rtl8139", "8139too"), ("e1000", "e1000")] {
+        let ours = nic_test(
+            ctx,
+            &format!("bench-net-{model}"),
+            our_stub_domain(STUBDOM_MEMORY_MIB),
+            model,
+            driver,
+            "192.0.2.31",
+        )?;
+        let qemu =
+            nic_test(ctx, &format!("bench-net-qemu-{model}"), DeviceModel::Dom0Qemu, model, driver, "192.0.2.32")?;
+        figures.push((format!("guest-net-{model}-to-guest/image"), ours.to_guest_mb_per_s, "MB/s"));
+        figures.push((format!("guest-net-{model}-to-guest/qemu-dom0"), qemu.to_guest_mb_per_s, "MB/s"));
+        figures.push((format!("guest-net-{model}-from-guest/image"), ours.from_guest_mb_per_s, "MB/s"));
+        figures.push((format!("guest-net-{model}-from-guest/qemu-dom0"), qemu.from_guest_mb_per_s, "MB/s"));
+    }
+    Ok(figures)
 }
 
 /// The Linux test guest from `xl create` to its first serial byte (ISOLINUX) and to

@@ -29,6 +29,8 @@ pub fn tests() -> Vec<Test> {
             limit: Duration::from_secs(900),
             run: guest_reboot_is_honoured,
         },
+        Test { name: "xen::hvm::rtl8139_ping_and_tcp", limit: Duration::from_secs(900), run: rtl8139_ping_and_tcp },
+        Test { name: "xen::hvm::e1000_ping_and_tcp", limit: Duration::from_secs(900), run: e1000_ping_and_tcp },
     ]
 }
 
@@ -317,11 +319,19 @@ fn guest_reboot_is_honoured(ctx: &mut Ctx) -> Result<(), String> {
 
     // A new guest and a new stub domain, whose console 3 carries ISOLINUX's banner.
     let stub_name = format!("{name}-dm");
-    let (second_guest, second_stub) = proc::poll(Duration::from_secs(180), Duration::from_millis(500), || {
+    let rebuilt = proc::poll(Duration::from_secs(180), Duration::from_millis(500), || {
         let (g, s) = (xl::domid(name).ok()?, xl::domid(&stub_name).ok()?);
         (g != first_guest && s != first_stub).then_some((g, s))
-    })
-    .ok_or_else(|| with_device_model_log(name, format!("{name} was not rebuilt within 180 s of `reboot -f`")))?;
+    });
+    let Some((second_guest, second_stub)) = rebuilt else {
+        // What the guest said on its way down, for the report.
+        let _ = guest.shell.wait_for("@@never", Duration::from_secs(1));
+        let tail = guest.shell.transcript().tail(40);
+        return Err(with_device_model_log(
+            name,
+            format!("{name} was not rebuilt within 180 s of `reboot -f`; the guest's serial:\n{tail}"),
+        ));
+    };
     let xl_log = std::fs::read_to_string(format!("/var/log/xen/xl-{name}.log")).unwrap_or_default();
     expect_contains(&xl_log, &format!("Domain {first_guest} has shut down, reason code 1 "), "xl's log (1 is reboot)")?;
     if guest.shell.transcript().time_of("Kernel panic").is_some() {
@@ -338,6 +348,132 @@ fn guest_reboot_is_honoured(ctx: &mut Ctx) -> Result<(), String> {
         banner.as_secs_f64()
     );
     guest.destroy()
+}
+
+fn rtl8139_ping_and_tcp(ctx: &mut Ctx) -> Result<(), String> {
+    nic_ping_and_tcp(ctx, "hvm-rtl8139", "rtl8139", "8139too", "192.0.2.21").map(drop)
+}
+
+fn e1000_ping_and_tcp(ctx: &mut Ctx) -> Result<(), String> {
+    nic_ping_and_tcp(ctx, "hvm-e1000", "e1000", "e1000", "192.0.2.22").map(drop)
+}
+
+/// What a NIC test measured.
+pub struct NicFigures {
+    /// dom0 to the guest, MB/s
+    pub to_guest_mb_per_s: f64,
+    /// the guest to dom0, MB/s
+    pub from_guest_mb_per_s: f64,
+}
+
+/// The Linux guest with an emulated `model` NIC (driver `driver`), served by our stub
+/// domain and bridged to xenbr0 through the stub domain's vif: dom0 pings it 100 times
+/// without loss, sends it 10 MiB over TCP (the guest's sha256 of what it got must be
+/// dom0's) and receives 10 MiB from it (dom0 checks every byte).
+pub fn nic_ping_and_tcp(ctx: &mut Ctx, name: &str, model: &str, driver: &str, ip: &str) -> Result<NicFigures, String> {
+    nic_test(ctx, name, our_stub_domain(STUBDOM_MEMORY_MIB), model, driver, ip)
+}
+
+/// [`nic_ping_and_tcp`] with any device model (the benchmark's peer is dom0 qemu-xen).
+pub fn nic_test(
+    ctx: &mut Ctx,
+    name: &str,
+    device_model: DeviceModel,
+    model: &str,
+    driver: &str,
+    ip: &str,
+) -> Result<NicFigures, String> {
+    use crate::cases::net::{DOM0_IP, dom0_address};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    const BYTES: usize = 10 << 20;
+    dom0_address()?;
+    let cd = nonce_cd(&format!("/tmp/{name}-cd.iso"))?;
+    let mut config = HvmGuestConfig::new(name, device_model);
+    config.cdrom = Some(cd.path.clone());
+    let host: u8 = ip.rsplit('.').next().and_then(|n| n.parse().ok()).unwrap_or(99);
+    config.extra = format!("vif = [ \"bridge=xenbr0,model={model},mac=00:16:3e:5a:00:{host:02x}\" ]\n");
+    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    let figures = (|| {
+        guest.wait_created(Duration::from_secs(120))?;
+        wait_boot(&mut guest.shell, Duration::from_secs(600))?;
+        let short = Duration::from_secs(60);
+        guest.shell.run_ok(
+            &format!(
+                "modprobe {driver} && i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; \
+                 ip addr add {ip}/24 dev eth0 && ip link set eth0 up && \
+                 i=0; while [ \"$(cat /sys/class/net/eth0/carrier 2>/dev/null)\" != 1 ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; \
+                 cat /sys/class/net/eth0/carrier"
+            ),
+            short,
+        )?;
+        let ping = proc::run(
+            std::process::Command::new("ping").args(["-c", "100", "-A", "-W", "5", "-w", "180", ip]),
+            Duration::from_secs(200),
+        )?;
+        let summary = ping.stdout.lines().find(|l| l.contains("packets transmitted")).unwrap_or_default().to_string();
+        if !summary.contains("100 packets transmitted, 100 packets received") {
+            let driver_view = guest.shell.run("ip -s link show eth0; dmesg | tail -20", short).map(|o| o.text);
+            return Err(format!("ping: {summary:?}\n{}{}\nthe guest says:\n{driver_view:?}", ping.stdout, ping.stderr));
+        }
+
+        // dom0 to the guest: the guest's sha256 of what it received.
+        let seed = harness::nonce();
+        let data: Vec<u8> = seed.bytes().cycle().take(BYTES).collect();
+        guest.shell.run_ok("(nc -l -p 5001 | sha256sum > /tmp/rx.sum) >/dev/null 2>&1 &", short)?;
+        let target = format!("{ip}:5001").parse().map_err(|e| format!("{e}"))?;
+        let mut stream = proc::poll(Duration::from_secs(30), Duration::from_millis(300), || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(5)).ok()
+        })
+        .ok_or("nobody listens on the guest's port 5001")?;
+        let started = Instant::now();
+        stream.write_all(&data).map_err(|e| format!("sending to the guest: {e}"))?;
+        drop(stream);
+        let expected = sha256_hex(&data)?;
+        let digest = proc::poll(Duration::from_secs(300), Duration::from_millis(500), || {
+            let out = guest.shell.run("cat /tmp/rx.sum", Duration::from_secs(30)).ok()?;
+            out.text.split_whitespace().next().filter(|d| d.len() == 64).map(str::to_string)
+        })
+        .ok_or("the guest never finished receiving")?;
+        let to_guest = BYTES as f64 / started.elapsed().as_secs_f64() / 1e6;
+        if digest != expected {
+            return Err(format!("the guest received other bytes: sha256 {digest}, sent {expected}"));
+        }
+
+        // The guest to dom0: `yes SEED | head -c 10 MiB`, checked byte by byte.
+        let listener = TcpListener::bind("0.0.0.0:5002").map_err(|e| format!("listening: {e}"))?;
+        guest.shell.run_ok(
+            &format!("(yes {seed} | head -c {BYTES} | nc {DOM0_IP} 5002) >/dev/null 2>&1 &"),
+            short,
+        )?;
+        listener.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let accepted = proc::poll(Duration::from_secs(60), Duration::from_millis(200), || {
+            listener.set_nonblocking(true).ok()?;
+            listener.accept().ok()
+        })
+        .ok_or("the guest never connected to dom0's port 5002")?;
+        let mut from_guest = accepted.0;
+        from_guest.set_nonblocking(false).map_err(|e| e.to_string())?;
+        from_guest.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let mut received = vec![0u8; BYTES];
+        from_guest.read_exact(&mut received).map_err(|e| format!("receiving from the guest: {e}"))?;
+        let from_guest_rate = BYTES as f64 / started.elapsed().as_secs_f64() / 1e6;
+        let line: Vec<u8> = format!("{seed}\n").into_bytes();
+        let expected: Vec<u8> = line.iter().copied().cycle().take(BYTES).collect();
+        if received != expected {
+            let at = received.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(0);
+            return Err(format!("the guest's stream differs at byte {at}"));
+        }
+        println!(
+            "@@metric xen::hvm::{model}_ping_and_tcp| {summary}; 10 MiB to the guest at {to_guest:.2} MB/s, \
+             10 MiB from the guest at {from_guest_rate:.2} MB/s"
+        );
+        Ok(NicFigures { to_guest_mb_per_s: to_guest, from_guest_mb_per_s: from_guest_rate })
+    })()
+    .map_err(|e| with_device_model_log(name, e));
+    let _ = guest.destroy();
+    figures
 }
 
 /// `cargo xtask run`: the Linux test guest with our stub domain as its device model,

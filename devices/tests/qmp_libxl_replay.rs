@@ -7,12 +7,14 @@
 //! cd-insert and cd-eject follow libxl_disk.c (libxl_cdrom_insert and its callbacks),
 //! the save follows libxl_dom_save.c and libxl_qmp.c (libxl__qmp_suspend_save).
 
-mod common;
+mod qmp_common;
+use qmp_common as common;
 
 use common::{Client, LIBXL_FIRST_ID, libxl_command};
-use qmp::RunState;
-use qmp::block::DriveChange;
-use qmp::sim::{Call, HDC};
+use devices::state_file;
+use devices::vm::fuzz::{HDC, test_vm};
+use devices::vm::{EjectRequest, Vm, VmConfig};
+use qmp::{RunState, Session, VersionInfo};
 use serde_json::{Value, json};
 
 /// One libxl connection: sends commands with libxl's ids and checks each reply's id.
@@ -53,8 +55,8 @@ impl<'a> Libxl<'a> {
 
 #[test]
 fn greeting_is_qemus_shape_and_ends_with_crlf() {
-    let mut engine = qmp::sim::test_engine();
-    let mut session = engine.open_session();
+    let mut vm = test_vm();
+    let mut session = Session::open(&mut vm, &VersionInfo::default());
     let greeting = String::from_utf8(session.take_output()).unwrap();
     assert_eq!(
         greeting,
@@ -70,10 +72,10 @@ fn greeting_is_qemus_shape_and_ends_with_crlf() {
 fn replies_are_byte_exact_for_libxl() {
     let mut client = Client::new();
     let now = client.now;
-    let (session, engine) = (&mut client.session, &mut client.engine);
-    session.feed(engine, b"{\"execute\":\"qmp_capabilities\",\"id\":2020372736}\r\n", now);
+    let (session, vm) = (&mut client.session, &mut client.vm);
+    session.feed(vm, b"{\"execute\":\"qmp_capabilities\",\"id\":2020372736}\r\n", now);
     assert_eq!(session.take_output(), b"{\"return\":{},\"id\":2020372736}\r\n");
-    session.feed(engine, b"{\"execute\":\"query-version\",\"id\":2020372737}\r\n", now);
+    session.feed(vm, b"{\"execute\":\"query-version\",\"id\":2020372737}\r\n", now);
     let reply = String::from_utf8(session.take_output()).unwrap();
     assert!(reply.starts_with(r#"{"return":{"#), "{reply}");
     assert!(reply.ends_with("},\"id\":2020372737}\r\n"), "{reply}");
@@ -103,7 +105,7 @@ fn cd_insert_as_libxl_4_20_does_it() {
     assert_eq!(libxl.find_fdset(HDC), None);
 
     // 3. dom0 detaches the old PV disk and attaches the new one with the same devid.
-    assert!(libxl.client.engine.pv_disk_disconnected(HDC));
+    assert!(libxl.client.vm.pv_disk_disconnected(HDC));
 
     // 4. libxl polls query-fdsets every 200 ms until the stub domain has added the disk.
     assert_eq!(libxl.find_fdset(HDC), None);
@@ -126,7 +128,7 @@ fn cd_insert_as_libxl_4_20_does_it() {
     assert_eq!(info["inserted"]["drv"], "host_device");
     assert_eq!(info["inserted"]["ro"], true);
     assert_eq!(info["inserted"]["image"]["virtual-size"], 700u64 << 20);
-    assert_eq!(client.engine.block().drive(HDC).unwrap().medium().unwrap().pv_devid, HDC);
+    assert_eq!(client.vm.block().drive(HDC).unwrap().medium().unwrap().pv_devid, HDC);
 }
 
 #[test]
@@ -141,7 +143,7 @@ fn cd_eject_as_libxl_4_20_does_it() {
     assert_eq!(libxl.send("eject", Some(json!({ "id": "ide-5632" }))).tray_moves(), [true]);
     let old = libxl.find_fdset(HDC).unwrap();
     libxl.send("remove-fd", Some(json!({ "fdset-id": old }))).ok();
-    libxl.client.engine.pv_disk_disconnected(HDC);
+    libxl.client.vm.pv_disk_disconnected(HDC);
     libxl.client.connect_pv_disk(HDC, true, 0);
     assert!(libxl.find_fdset(HDC).is_some());
 
@@ -153,7 +155,7 @@ fn cd_eject_as_libxl_4_20_does_it() {
 #[test]
 fn cd_insert_when_the_guest_locked_the_tray() {
     let mut client = Client::new();
-    client.engine.guest_lock_tray(HDC, true).unwrap();
+    client.vm.guest_lock_tray(HDC, true).unwrap();
 
     // libxl's eject fails and libxl gives up on this cd-insert.
     let mut libxl = Libxl::connect(&mut client);
@@ -169,14 +171,10 @@ fn cd_insert_when_the_guest_locked_the_tray() {
     assert!(eject.events.is_empty());
     // The guest was asked to eject; it unlocks and opens the tray (an event to whoever
     // is connected).
-    let calls = &client.engine.device_model().calls;
-    assert_eq!(
-        calls.last(),
-        Some(&Call::DriveChanged { devid: HDC, change: DriveChange::EjectRequested { force: false } })
-    );
-    client.engine.guest_lock_tray(HDC, false).unwrap();
-    client.engine.guest_move_tray(HDC, true, client.now).unwrap();
-    client.session.deliver_events(&mut client.engine);
+    assert_eq!(client.vm.take_eject_requests(), [EjectRequest { devid: HDC, force: false }]);
+    client.vm.guest_lock_tray(HDC, false).unwrap();
+    client.vm.guest_move_tray(HDC, true, client.now).unwrap();
+    client.session.deliver_events(&mut client.vm);
     let events = client.read();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["data"]["tray-open"], true);
@@ -190,7 +188,7 @@ fn cd_insert_when_the_guest_locked_the_tray() {
     assert!(eject.events.is_empty());
     let old = libxl.find_fdset(HDC).unwrap();
     libxl.send("remove-fd", Some(json!({ "fdset-id": old }))).ok();
-    libxl.client.engine.pv_disk_disconnected(HDC);
+    libxl.client.vm.pv_disk_disconnected(HDC);
     libxl.client.connect_pv_disk(HDC, true, 1 << 20);
     let new = libxl.find_fdset(HDC).unwrap();
     let change = libxl.send(
@@ -206,6 +204,7 @@ fn save_as_libxl_4_20_does_it() {
     // xc_domain_save turns QEMU's log-dirty mode on (its own connection)...
     let mut libxl = Libxl::connect(&mut client);
     assert_eq!(libxl.send("xen-set-global-dirty-log", Some(json!({ "enable": true }))).ok(), &json!({}));
+    assert!(libxl.client.vm.dirty_log());
 
     // ...then, with the guest suspended, libxl__qmp_suspend_save: stop, and save to
     // fdset 1 (the stub domain's console 1) with `live` as QEMU >= 2.11 takes it.
@@ -214,6 +213,9 @@ fn save_as_libxl_4_20_does_it() {
     assert_eq!(stop.ok(), &json!({}));
     assert_eq!(stop.event_names(), ["STOP"]);
     assert!(stop.events[0].get("data").is_none(), "STOP has no data");
+    assert_eq!(libxl.client.vm.run_state(), RunState::Paused);
+    assert!(!libxl.client.vm.running_signal().is_on(), "the vCPUs' requests wait");
+    assert!(libxl.client.consoles.is_empty());
     let save = libxl.send("xen-save-devices-state", Some(json!({ "live": false, "filename": "/dev/fdset/1" })));
     assert_eq!(save.ok(), &json!({}));
     assert!(save.events.is_empty(), "already paused: no STOP/RESUME");
@@ -222,20 +224,13 @@ fn save_as_libxl_4_20_does_it() {
     let mut libxl = Libxl::connect(&mut client);
     libxl.send("xen-set-global-dirty-log", Some(json!({ "enable": false }))).ok();
 
-    let model = client.engine.device_model();
-    let state = model.state.clone();
-    assert_eq!(
-        model.calls,
-        [
-            Call::DirtyLog(true),
-            Call::Pause,
-            Call::SaveState { live: false },
-            Call::WriteConsole { console: 1, data: state.clone() },
-            Call::DirtyLog(false),
-        ]
-    );
-    assert_eq!(model.consoles[&1], state);
-    assert_eq!(client.engine.run_state(), RunState::Paused);
+    assert!(!client.vm.dirty_log());
+    // One state file, on console 1, framed as a restore reads it (an empty payload).
+    assert_eq!(client.consoles.keys().collect::<Vec<_>>(), [&1]);
+    let file = &client.consoles[&1];
+    assert_eq!(file, &state_file::encode(&[]));
+    assert_eq!(state_file::decode(file).unwrap(), Vec::<u8>::new());
+    assert_eq!(client.vm.run_state(), RunState::Paused);
 }
 
 #[test]
@@ -282,11 +277,10 @@ fn xl_save_first_reads_the_online_vcpus_with_query_cpus_fast() {
 
 #[test]
 fn query_cpus_fast_lists_every_vcpu_of_the_command_line() {
-    let config = qmp::EngineConfig { vcpus: 4, ..qmp::EngineConfig::default() };
-    let mut engine = qmp::Engine::new(qmp::sim::SimDeviceModel::default(), config);
-    let mut session = engine.open_session();
+    let mut vm = Vm::new(VmConfig { vcpus: 4, ..VmConfig::default() });
+    let mut session = Session::open(&mut vm, &VersionInfo::default());
     let now = qmp::Timestamp::new(0, 0);
-    session.feed(&mut engine, b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-cpus-fast\",\"id\":7}", now);
+    session.feed(&mut vm, b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-cpus-fast\",\"id\":7}", now);
     let output = String::from_utf8(session.take_output()).unwrap();
     let reply: Value = serde_json::from_str(output.trim_end().lines().last().unwrap()).unwrap();
     let indexes: Vec<i64> =

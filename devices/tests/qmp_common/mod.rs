@@ -1,18 +1,27 @@
-//! A QMP client for the tests: it talks to a session in bytes and reads the replies back.
+//! A QMP client for the tests: it talks in bytes to a session over the device model's
+//! [`Vm`], reads the replies back, and plays the service's part for slow work (the
+//! state file's write to a console goes into [`Client::consoles`]).
 #![allow(dead_code)]
 
-use qmp::block::PvDiskInfo;
-use qmp::sim::{SimDeviceModel, run_effects, test_engine};
-use qmp::{Engine, Session, Timestamp};
+use std::collections::BTreeMap;
+
+use devices::block::PvDiskInfo;
+use devices::vm::Vm;
+use devices::vm::fuzz::test_vm;
+use qmp::{Session, SlowEffect, Timestamp, VersionInfo};
 use serde_json::Value;
 
 /// libxl's first QMP id on every connection (0x786c7100, "xlq\0"; libxl_qmp.c).
 pub const LIBXL_FIRST_ID: i64 = 0x786c7100;
 
 pub struct Client {
-    pub engine: Engine<SimDeviceModel>,
+    pub vm: Vm,
     pub session: Session,
     pub now: Timestamp,
+    /// what was written to each PV console (state files)
+    pub consoles: BTreeMap<u32, Vec<u8>>,
+    /// console writes fail with this reason
+    pub fail_console_write: Option<String>,
 }
 
 /// What one command produced: events first (as QEMU sends them), then the reply.
@@ -71,15 +80,43 @@ pub fn libxl_command(execute: &str, id: i64, arguments: Option<Value>) -> String
     }
 }
 
+/// Carries out the slow work `session` waits for, if any, and completes it (what the
+/// service's QMP task does between reading and writing): state files go to `consoles`.
+pub fn run_effects(
+    session: &mut Session,
+    vm: &mut Vm,
+    consoles: &mut BTreeMap<u32, Vec<u8>>,
+    fail_console_write: Option<&str>,
+    now: Timestamp,
+) {
+    while let Some(effect) = session.take_effect() {
+        let SlowEffect::WriteStateFile { console, data } = effect;
+        let result = match fail_console_write {
+            Some(reason) => Err(reason.to_string()),
+            None => {
+                consoles.entry(console).or_default().extend_from_slice(&data);
+                Ok(())
+            }
+        };
+        session.complete(vm, result, now);
+    }
+}
+
 impl Client {
-    /// A client of the engine with hda and hdc ([`test_engine`]); the greeting is read.
+    /// A client of the VM with hda and hdc ([`test_vm`]); the greeting is read.
     pub fn new() -> Client {
-        Client::with_engine(test_engine())
+        Client::with_vm(test_vm())
     }
 
-    pub fn with_engine(mut engine: Engine<SimDeviceModel>) -> Client {
-        let session = engine.open_session();
-        let mut client = Client { engine, session, now: Timestamp::new(1_700_000_000, 0) };
+    pub fn with_vm(mut vm: Vm) -> Client {
+        let session = Session::open(&mut vm, &VersionInfo::default());
+        let mut client = Client {
+            vm,
+            session,
+            now: Timestamp::new(1_700_000_000, 0),
+            consoles: BTreeMap::new(),
+            fail_console_write: None,
+        };
         let greeting = client.read();
         assert_eq!(greeting.len(), 1);
         assert!(greeting[0].get("QMP").is_some());
@@ -93,10 +130,10 @@ impl Client {
         client
     }
 
-    /// A new connection to the same engine (as vchan-socket-proxy makes for each libxl
+    /// A new connection to the same VM (as vchan-socket-proxy makes for each libxl
     /// operation); returns the greeting.
     pub fn reconnect(&mut self) -> Value {
-        self.session = self.engine.open_session();
+        self.session = Session::open(&mut self.vm, &VersionInfo::default());
         let mut greeting = self.read();
         assert_eq!(greeting.len(), 1);
         greeting.remove(0)
@@ -116,8 +153,9 @@ impl Client {
     /// Sends raw bytes and returns every line the session answered.
     pub fn send(&mut self, bytes: &[u8]) -> Vec<Value> {
         let now = self.tick();
-        self.session.feed(&mut self.engine, bytes, now);
-        run_effects(&mut self.session, &mut self.engine, now);
+        self.session.feed(&mut self.vm, bytes, now);
+        let fail = self.fail_console_write.as_deref();
+        run_effects(&mut self.session, &mut self.vm, &mut self.consoles, fail, now);
         self.read()
     }
 
@@ -174,8 +212,15 @@ impl Client {
         None
     }
 
-    /// Connects a PV disk through the engine's hook.
+    /// Connects a PV disk through the VM's hook.
     pub fn connect_pv_disk(&mut self, devid: u32, read_only: bool, size_bytes: u64) -> i64 {
-        self.engine.pv_disk_connected(devid, PvDiskInfo { read_only, size_bytes })
+        self.vm.pv_disk_connected(devid, PvDiskInfo { read_only, size_bytes })
+    }
+
+    /// Delivers the events hooks caused (as the service does when the guest moved a
+    /// tray) and returns what the session wrote.
+    pub fn deliver_events(&mut self) -> Vec<Value> {
+        self.session.deliver_events(&mut self.vm);
+        self.read()
     }
 }

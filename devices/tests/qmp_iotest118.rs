@@ -9,12 +9,13 @@
 //! blockdev-add / blockdev-insert-medium / blockdev-remove-medium are left out: libxl
 //! does not use those commands and this server does not offer them.
 
-mod common;
+mod qmp_common;
+use qmp_common as common;
 
 use common::Client;
-use qmp::block::{DriveChange, DriveConfig, DriveKind, MediumSource, PvDiskInfo};
-use qmp::sim::{Call, HDC, SimDeviceModel};
-use qmp::{Engine, EngineConfig};
+use devices::block::{DriveConfig, DriveKind, GuestTrayError, MediumSource, PvDiskInfo};
+use devices::vm::fuzz::HDC;
+use devices::vm::{Vm, VmConfig};
 use serde_json::{Value, json};
 
 const ID: &str = "ide-5632";
@@ -29,16 +30,16 @@ struct Case {
 
 /// A CD-ROM hdc, filled from PV disk hdc or empty, and PV disk NEW_DISK as "new".
 fn setup(filled: bool, root_read_only: bool, old_disk_read_only: bool, new_disk_read_only: bool) -> Case {
-    let mut engine = Engine::new(SimDeviceModel::new(), EngineConfig::default());
+    let mut vm = Vm::new(VmConfig::default());
     let size_bytes = 1440 << 10;
-    let old = engine.pv_disk_connected(HDC, PvDiskInfo { read_only: old_disk_read_only, size_bytes });
-    let new = engine.pv_disk_connected(NEW_DISK, PvDiskInfo { read_only: new_disk_read_only, size_bytes });
+    let old = vm.pv_disk_connected(HDC, PvDiskInfo { read_only: old_disk_read_only, size_bytes });
+    let new = vm.pv_disk_connected(NEW_DISK, PvDiskInfo { read_only: new_disk_read_only, size_bytes });
     let old_img = format!("/dev/fdset/{old}");
     let medium = MediumSource { filename: old_img.clone(), format: Some("raw".into()) };
     let config =
         DriveConfig { devid: HDC, kind: DriveKind::CdRom, read_only: root_read_only, medium: filled.then_some(medium) };
-    engine.add_drive(config).unwrap();
-    let mut client = Client::with_engine(engine);
+    vm.add_drive(config).unwrap();
+    let mut client = Client::with_vm(vm);
     client.negotiate();
     Case { client, old_img: filled.then_some(old_img), new_img: format!("/dev/fdset/{new}") }
 }
@@ -180,22 +181,16 @@ fn device_name_still_works() {
 
 fn locked() -> Case {
     let mut case = general(true);
-    case.client.engine.guest_lock_tray(HDC, true).unwrap();
+    case.client.vm.guest_lock_tray(HDC, true).unwrap();
     assert_eq!(case.info()["locked"], true);
     case
 }
 
+/// The eject requests waiting for the IDE model (each one's `force`); all for hdc.
 fn eject_requests(case: &Case) -> Vec<bool> {
-    case.client
-        .engine
-        .device_model()
-        .calls
-        .iter()
-        .filter_map(|call| match call {
-            Call::DriveChanged { change: DriveChange::EjectRequested { force }, .. } => Some(*force),
-            _ => None,
-        })
-        .collect()
+    let requests = case.client.vm.eject_requests();
+    assert!(requests.iter().all(|request| request.devid == HDC), "{requests:?}");
+    requests.iter().map(|request| request.force).collect()
 }
 
 #[test]
@@ -216,9 +211,9 @@ fn locked_tray_refuses_eject_without_force_and_asks_the_guest() {
     assert_eq!(case.filename(), case.old_img.clone());
 
     // The guest honours the request: it unlocks and opens the tray; eject then succeeds.
-    case.client.engine.guest_lock_tray(HDC, false).unwrap();
-    case.client.engine.guest_move_tray(HDC, true, case.client.now).unwrap();
-    case.client.session.deliver_events(&mut case.client.engine);
+    case.client.vm.guest_lock_tray(HDC, false).unwrap();
+    case.client.vm.guest_move_tray(HDC, true, case.client.now).unwrap();
+    case.client.session.deliver_events(&mut case.client.vm);
     let events = case.client.read();
     assert_eq!(events[0]["data"], json!({ "device": ID, "id": ID, "tray-open": true }));
     let eject = case.client.command("eject", Some(json!({ "id": ID })));
@@ -262,9 +257,9 @@ fn change_medium_on_a_locked_tray_fails_and_changes_nothing() {
 #[test]
 fn guest_cannot_open_a_locked_tray() {
     let mut case = locked();
-    let moved = case.client.engine.guest_move_tray(HDC, true, case.client.now);
-    assert_eq!(moved, Err(qmp::block::GuestTrayError::Locked));
-    case.client.session.deliver_events(&mut case.client.engine);
+    let moved = case.client.vm.guest_move_tray(HDC, true, case.client.now);
+    assert_eq!(moved, Err(GuestTrayError::Locked));
+    case.client.session.deliver_events(&mut case.client.vm);
     assert!(case.client.read().is_empty());
 }
 

@@ -2,11 +2,14 @@
 //! ids of every JSON type, negotiation rules, and a few thousand random and mutated
 //! inputs through the fuzz driver. After every error the session must still answer.
 
-mod common;
+mod qmp_common;
+use qmp_common as common;
 
 use common::{Client, lines};
+use devices::vm::fuzz::{HDC, Rng, fuzz_qmp_session, test_vm};
+use qmp::check::StreamSummary;
 use qmp::protocol::{MAX_MESSAGE_BYTES, MAX_NESTING};
-use qmp::sim::{Rng, fuzz_one, test_engine};
+use qmp::{RunState, Session, VersionInfo};
 use serde_json::{Value, json};
 
 /// A session that has seen `bad` still runs a command afterwards.
@@ -28,12 +31,12 @@ const SEQUENCE: &[u8] = b"{\"execute\":\"qmp_capabilities\",\"id\":1}\r\n\
 {\"execute\":\"query-fdsets\",\"id\":6}";
 
 fn run_split(cuts: &[usize]) -> Vec<u8> {
-    let mut engine = test_engine();
-    let mut session = engine.open_session();
+    let mut vm = test_vm();
+    let mut session = Session::open(&mut vm, &VersionInfo::default());
     let now = qmp::Timestamp::new(5, 6);
     let mut start = 0;
     for &cut in cuts.iter().chain([SEQUENCE.len()].iter()) {
-        session.feed(&mut engine, &SEQUENCE[start..cut], now);
+        session.feed(&mut vm, &SEQUENCE[start..cut], now);
         start = cut;
     }
     session.take_output()
@@ -83,7 +86,7 @@ fn ids_of_every_json_type_are_echoed() {
     }
     // object ids keep their member order on the wire
     let now = client.now;
-    client.session.feed(&mut client.engine, br#"{"id":{"z":1,"a":2},"execute":"cont"}"#, now);
+    client.session.feed(&mut client.vm, br#"{"id":{"z":1,"a":2},"execute":"cont"}"#, now);
     assert_eq!(client.session.take_output(), b"{\"return\":{},\"id\":{\"z\":1,\"a\":2}}\r\n");
 }
 
@@ -95,7 +98,7 @@ fn negotiation_rules() {
         assert_eq!(exchange.error(), ("CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'"));
         assert_eq!(exchange.reply["id"], 9);
     }
-    assert_eq!(client.engine.run_state(), qmp::RunState::Running, "stop was not run");
+    assert_eq!(client.vm.run_state(), RunState::Running, "stop was not run");
     // bad arguments to qmp_capabilities are argument errors, not negotiation errors
     let bad = client.command("qmp_capabilities", Some(json!({ "enable": ["oob"] })));
     assert_eq!(bad.error(), ("GenericError", "Capability oob not available"));
@@ -113,12 +116,12 @@ fn negotiation_rules() {
 #[test]
 fn events_wait_for_negotiation() {
     let mut client = Client::new();
-    client.engine.guest_move_tray(qmp::sim::HDC, true, client.now).unwrap();
-    client.session.deliver_events(&mut client.engine);
+    client.vm.guest_move_tray(HDC, true, client.now).unwrap();
+    client.session.deliver_events(&mut client.vm);
     assert!(client.read().is_empty(), "no events before qmp_capabilities");
     client.negotiate();
-    client.engine.guest_move_tray(qmp::sim::HDC, false, qmp::Timestamp::new(42, 7)).unwrap();
-    client.session.deliver_events(&mut client.engine);
+    client.vm.guest_move_tray(HDC, false, qmp::Timestamp::new(42, 7)).unwrap();
+    client.session.deliver_events(&mut client.vm);
     let events = client.read();
     assert_eq!(
         events,
@@ -152,7 +155,7 @@ fn request_shape_errors() {
     // the id is echoed even when the rest of the request is wrong
     let reply = client.exchange(b"{\"id\":\"x\",\"execute\":\"stop\",\"extra\":1}").reply;
     assert_eq!(reply["id"], "x");
-    assert_eq!(client.engine.run_state(), qmp::RunState::Running);
+    assert_eq!(client.vm.run_state(), RunState::Running);
     assert_survives(&mut client);
 }
 
@@ -203,7 +206,7 @@ fn argument_errors_use_qemus_wording() {
     let missing = client.command("frobnicate", None);
     assert_eq!(missing.error(), ("CommandNotFound", "The command frobnicate has not been found"));
     // a failed save of a running VM still resumed it
-    assert_eq!(client.engine.run_state(), qmp::RunState::Running);
+    assert_eq!(client.vm.run_state(), RunState::Running);
     assert_survives(&mut client);
 }
 
@@ -258,9 +261,9 @@ fn quit_ends_the_session() {
     let mut client = Client::negotiated();
     let replies = client.send(b"{\"execute\":\"quit\",\"id\":1}{\"execute\":\"stop\",\"id\":2}");
     assert_eq!(replies, [json!({ "return": {}, "id": 1 })]);
-    assert!(client.session.is_closed() && client.engine.quit_requested());
+    assert!(client.session.is_closed() && client.vm.quit_requested());
     assert!(client.send(b"{\"execute\":\"stop\"}").is_empty());
-    assert_eq!(client.engine.device_model().calls, [qmp::sim::Call::Quit]);
+    assert_eq!(client.vm.run_state(), RunState::Running, "the stop after quit was not run");
 }
 
 #[test]
@@ -357,7 +360,7 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
 #[test]
 fn random_and_mutated_inputs_never_break_the_stream() {
     let mut rng = Rng::new(0x5eed);
-    let mut total = qmp::sim::StreamSummary::default();
+    let mut total = StreamSummary::default();
     for round in 0..4000 {
         let mut input = vec![rng.next_u64() as u8];
         match round % 4 {
@@ -373,7 +376,7 @@ fn random_and_mutated_inputs_never_break_the_stream() {
                 mutate(&mut rng, &mut input);
             }
         }
-        match fuzz_one(&input) {
+        match fuzz_qmp_session(&input) {
             Ok(summary) => {
                 total.returns += summary.returns;
                 total.errors += summary.errors;

@@ -22,6 +22,11 @@
 //!   read-only mode changes nothing), then opens the tray, swaps the medium and closes
 //!   the tray.
 //! - Every tray movement, by a command or by the guest, is a DEVICE_TRAY_MOVED event.
+//!
+//! What the layer cannot do itself it reports as [`Notice`]s: the [`Vm`](crate::vm::Vm)
+//! turns tray moves into QMP events and hands eject requests to the IDE model. Errors
+//! are [`BlockError`]s, whose messages are QEMU's wording where QEMU has one; QMP
+//! clients get them as they are.
 
 pub mod devid;
 pub mod fdset;
@@ -30,10 +35,67 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use serde::Serialize;
+use qmp::qapi::{BlockDeviceInfo, BlockInfo, BlockdevCacheInfo, DriveRef, ImageInfo, ReadOnlyMode};
+use qmp::{ErrorClass, QmpError};
 
-use crate::error::{ErrorClass, QmpError};
 use fdset::{FdSets, FdTarget};
+
+/// Why a block command, or a drive of the command line, failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    /// no drive has this `id` or `device` name (QMP class DeviceNotFound)
+    #[error("Device '{0}' not found")]
+    DeviceNotFound(String),
+    #[error("Device '{0}' is not removable")]
+    NotRemovable(String),
+    /// the guest locked the tray; it has been asked to open it
+    #[error("Device '{0}' is locked and force was not specified, wait for tray to open and try again")]
+    Locked(String),
+    #[error("Tray of device '{0}' is not open")]
+    TrayNotOpen(String),
+    #[error("Could not open '{filename}': {reason}")]
+    CouldNotOpen { filename: String, reason: OpenFailure },
+    #[error(
+        "Format '{0}' is not supported: this device model opens the stub domain's PV disks as 'raw' or \
+         'host_device' only"
+    )]
+    UnsupportedFormat(String),
+    #[error("devid {0} is not one of the first four disks, which IDE can emulate")]
+    NotAnIdeDisk(u32),
+    #[error("a drive for devid {0} or its IDE position already exists")]
+    DriveExists(u32),
+    /// `remove-fd` of a set, or of an entry of a set, that is not there
+    #[error("File descriptor named 'fdset-id:{fdset_id}{}' not found", fd_part(.fd))]
+    FdNotFound { fdset_id: i64, fd: Option<i64> },
+}
+
+fn fd_part(fd: &Option<i64>) -> String {
+    fd.map(|fd| format!(", fd:{fd}")).unwrap_or_default()
+}
+
+/// Why a filename did not open as a medium (the errno QEMU would report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenFailure {
+    #[error("No such file or directory")]
+    NoSuchFile,
+    #[error("Permission denied")]
+    PermissionDenied,
+    #[error("Invalid argument")]
+    InvalidArgument,
+    /// an fdset whose entries are none of our connected PV disks
+    #[error("not a PV disk of this stub domain")]
+    NotAPvDisk,
+}
+
+impl From<BlockError> for QmpError {
+    fn from(error: BlockError) -> QmpError {
+        let class = match error {
+            BlockError::DeviceNotFound(_) => ErrorClass::DeviceNotFound,
+            _ => ErrorClass::GenericError,
+        };
+        QmpError::new(class, error.to_string())
+    }
+}
 
 /// What kind of IDE drive libxl asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,36 +123,11 @@ impl Format {
     }
 
     /// The format QMP names; None (no `format`) means `raw`, what probing would find.
-    pub fn parse(name: Option<&str>) -> Result<Format, QmpError> {
+    pub fn parse(name: Option<&str>) -> Result<Format, BlockError> {
         match name {
             None | Some("raw") => Ok(Format::Raw),
             Some("host_device") => Ok(Format::HostDevice),
-            Some(other) => Err(QmpError::generic(format!(
-                "Format '{other}' is not supported: this device model opens the stub \
-                 domain's PV disks as 'raw' or 'host_device' only"
-            ))),
-        }
-    }
-}
-
-/// `blockdev-change-medium`'s `read-only-mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadOnlyMode {
-    /// the drive's current mode (the last medium's, or the command line's)
-    Retain,
-    ReadOnly,
-    ReadWrite,
-}
-
-impl ReadOnlyMode {
-    /// QAPI's BlockdevChangeReadOnlyMode values, in schema order.
-    pub const NAMES: [&'static str; 3] = ["retain", "read-only", "read-write"];
-
-    pub fn from_index(index: usize) -> ReadOnlyMode {
-        match index {
-            1 => ReadOnlyMode::ReadOnly,
-            2 => ReadOnlyMode::ReadWrite,
-            _ => ReadOnlyMode::Retain,
+            Some(other) => Err(BlockError::UnsupportedFormat(other.to_string())),
         }
     }
 }
@@ -226,32 +263,6 @@ pub struct Notice {
     pub change: DriveChange,
 }
 
-/// Which drive a QMP command names: by `id` (the guest device) or by `device` (the
-/// block backend, deprecated since QEMU 2.8 but still accepted).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DriveRef<'a> {
-    Id(&'a str),
-    Device(&'a str),
-}
-
-impl<'a> DriveRef<'a> {
-    /// Exactly one of `device` and `id`, as QEMU's qmp_get_blk demands.
-    pub fn from_args(device: Option<&'a str>, id: Option<&'a str>) -> Result<DriveRef<'a>, QmpError> {
-        match (device, id) {
-            (None, Some(id)) => Ok(DriveRef::Id(id)),
-            (Some(device), None) => Ok(DriveRef::Device(device)),
-            _ => Err(QmpError::generic("Need exactly one of 'device' and 'id'")),
-        }
-    }
-
-    /// The name as the client gave it, for messages.
-    pub fn name(&self) -> &'a str {
-        match *self {
-            DriveRef::Id(name) | DriveRef::Device(name) => name,
-        }
-    }
-}
-
 /// Why a guest's tray operation was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestTrayError {
@@ -263,77 +274,6 @@ pub enum GuestTrayError {
     Locked,
 }
 
-/// Why the tray did not open.
-enum OpenTrayError {
-    NotRemovable(QmpError),
-    /// the guest has been asked to open it
-    Locked(QmpError),
-}
-
-impl From<OpenTrayError> for QmpError {
-    fn from(error: OpenTrayError) -> QmpError {
-        match error {
-            OpenTrayError::NotRemovable(error) | OpenTrayError::Locked(error) => error,
-        }
-    }
-}
-
-/// `query-block`'s BlockInfo.
-#[derive(Clone, Debug, Serialize)]
-pub struct BlockInfo {
-    pub device: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub qdev: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub removable: bool,
-    pub locked: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inserted: Option<BlockDeviceInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tray_open: Option<bool>,
-    #[serde(rename = "io-status")]
-    pub io_status: &'static str,
-}
-
-/// `query-block`'s BlockDeviceInfo (the members QEMU 9.2 always sends).
-#[derive(Clone, Debug, Serialize)]
-pub struct BlockDeviceInfo {
-    pub file: String,
-    pub ro: bool,
-    pub drv: &'static str,
-    pub backing_file_depth: u32,
-    pub encrypted: bool,
-    pub detect_zeroes: &'static str,
-    pub bps: u64,
-    pub bps_rd: u64,
-    pub bps_wr: u64,
-    pub iops: u64,
-    pub iops_rd: u64,
-    pub iops_wr: u64,
-    pub image: ImageInfo,
-    pub write_threshold: u64,
-    pub cache: BlockdevCacheInfo,
-}
-
-/// `query-block`'s ImageInfo.
-#[derive(Clone, Debug, Serialize)]
-pub struct ImageInfo {
-    pub filename: String,
-    pub format: &'static str,
-    #[serde(rename = "virtual-size")]
-    pub virtual_size: u64,
-}
-
-/// `query-block`'s BlockdevCacheInfo (libxl's `cache=writeback`).
-#[derive(Clone, Debug, Serialize)]
-pub struct BlockdevCacheInfo {
-    pub writeback: bool,
-    pub direct: bool,
-    #[serde(rename = "no-flush")]
-    pub no_flush: bool,
-}
-
 /// The drives, the connected PV disks and the fdsets.
 #[derive(Clone, Debug, Default)]
 pub struct BlockLayer {
@@ -342,12 +282,8 @@ pub struct BlockLayer {
     fdsets: FdSets,
 }
 
-fn not_removable(name: &str) -> QmpError {
-    QmpError::generic(format!("Device '{name}' is not removable"))
-}
-
-fn could_not_open(filename: &str, reason: &str) -> QmpError {
-    QmpError::generic(format!("Could not open '{filename}': {reason}"))
+fn could_not_open(filename: &str, reason: OpenFailure) -> BlockError {
+    BlockError::CouldNotOpen { filename: filename.to_string(), reason }
 }
 
 impl BlockLayer {
@@ -378,18 +314,11 @@ impl BlockLayer {
     }
 
     /// Creates a drive, opening its initial medium (whose PV disk must be connected).
-    pub fn add_drive(&mut self, config: DriveConfig) -> Result<(), QmpError> {
-        let index = devid::disk_index(config.devid).filter(|index| *index < 4).ok_or_else(|| {
-            QmpError::generic(format!(
-                "devid {} is not one of the first four disks, which IDE can emulate",
-                config.devid
-            ))
-        })?;
+    pub fn add_drive(&mut self, config: DriveConfig) -> Result<(), BlockError> {
+        let index =
+            devid::disk_index(config.devid).filter(|index| *index < 4).ok_or(BlockError::NotAnIdeDisk(config.devid))?;
         if self.drives.iter().any(|drive| drive.devid == config.devid || drive.index == index) {
-            return Err(QmpError::generic(format!(
-                "a drive for devid {} or its IDE position already exists",
-                config.devid
-            )));
+            return Err(BlockError::DriveExists(config.devid));
         }
         let medium = match &config.medium {
             None => None,
@@ -439,22 +368,22 @@ impl BlockLayer {
 
     /// Opens `filename` as a medium: resolves it to a connected PV disk and checks the
     /// format and the access mode.
-    pub fn open_medium(&self, filename: &str, format: Option<&str>, read_only: bool) -> Result<Medium, QmpError> {
+    pub fn open_medium(&self, filename: &str, format: Option<&str>, read_only: bool) -> Result<Medium, BlockError> {
         let format = Format::parse(format)?;
         let pv_devid = self.resolve(filename, read_only)?;
-        let info = self.pv_disk(pv_devid).ok_or_else(|| could_not_open(filename, "No such file or directory"))?;
+        let info = self.pv_disk(pv_devid).ok_or_else(|| could_not_open(filename, OpenFailure::NoSuchFile))?;
         if info.read_only && !read_only {
-            return Err(could_not_open(filename, "Permission denied"));
+            return Err(could_not_open(filename, OpenFailure::PermissionDenied));
         }
         Ok(Medium { pv_devid, filename: filename.to_string(), format, read_only, size_bytes: info.size_bytes })
     }
 
     /// The PV disk a filename names: `/dev/fdset/N` (an entry for a connected PV disk,
     /// a writable one if `read_only` is false) or `/dev/xvdX` (the PV disk for letter X).
-    fn resolve(&self, filename: &str, read_only: bool) -> Result<u32, QmpError> {
+    fn resolve(&self, filename: &str, read_only: bool) -> Result<u32, BlockError> {
         if let Some(number) = filename.strip_prefix("/dev/fdset/") {
-            let id = parse_fdset_id(number).ok_or_else(|| could_not_open(filename, "Invalid argument"))?;
-            let set = self.fdsets.get(id).ok_or_else(|| could_not_open(filename, "No such file or directory"))?;
+            let id = parse_fdset_id(number).ok_or_else(|| could_not_open(filename, OpenFailure::InvalidArgument))?;
+            let set = self.fdsets.get(id).ok_or_else(|| could_not_open(filename, OpenFailure::NoSuchFile))?;
             let disks: Vec<u32> = set
                 .fds
                 .iter()
@@ -464,13 +393,13 @@ impl BlockLayer {
                 })
                 .collect();
             if disks.is_empty() {
-                return Err(could_not_open(filename, "not a PV disk of this stub domain"));
+                return Err(could_not_open(filename, OpenFailure::NotAPvDisk));
             }
             let usable = disks
                 .iter()
                 .copied()
                 .find(|devid| read_only || self.pv_disk(*devid).is_some_and(|info| !info.read_only));
-            return usable.ok_or_else(|| could_not_open(filename, "Permission denied"));
+            return usable.ok_or_else(|| could_not_open(filename, OpenFailure::PermissionDenied));
         }
         if let Some(index) = filename.strip_prefix("/dev/").and_then(devid::xvd_index) {
             return self
@@ -478,21 +407,18 @@ impl BlockLayer {
                 .iter()
                 .find(|(devid, _)| devid::disk_index(*devid) == Some(index))
                 .map(|(devid, _)| *devid)
-                .ok_or_else(|| could_not_open(filename, "No such file or directory"));
+                .ok_or_else(|| could_not_open(filename, OpenFailure::NoSuchFile));
         }
-        Err(could_not_open(filename, "No such file or directory"))
+        Err(could_not_open(filename, OpenFailure::NoSuchFile))
     }
 
     /// The drive a command names.
-    fn find(&self, target: DriveRef<'_>) -> Result<usize, QmpError> {
+    fn find(&self, target: DriveRef<'_>) -> Result<usize, BlockError> {
         let found = match target {
             DriveRef::Id(id) => self.drives.iter().position(|drive| drive.qdev_id().as_deref() == Some(id)),
             DriveRef::Device(name) => self.drives.iter().position(|drive| drive.device_name() == name),
         };
-        found.ok_or_else(|| {
-            let desc = format!("Device '{}' not found", target.name());
-            QmpError::new(ErrorClass::DeviceNotFound, desc)
-        })
+        found.ok_or_else(|| BlockError::DeviceNotFound(target.name().to_string()))
     }
 
     fn set_tray(&mut self, at: usize, open: bool, notices: &mut Vec<Notice>) {
@@ -503,17 +429,17 @@ impl BlockLayer {
         }
     }
 
-    /// QEMU's do_open_tray.
+    /// QEMU's do_open_tray. [`BlockError::Locked`]: the guest has been asked to open it.
     fn open_tray_at(
         &mut self,
         at: usize,
         name: &str,
         force: bool,
         notices: &mut Vec<Notice>,
-    ) -> Result<(), OpenTrayError> {
+    ) -> Result<(), BlockError> {
         let drive = &mut self.drives[at];
         if !drive.removable() {
-            return Err(OpenTrayError::NotRemovable(not_removable(name)));
+            return Err(BlockError::NotRemovable(name.to_string()));
         }
         if drive.tray_open {
             return Ok(());
@@ -530,35 +456,32 @@ impl BlockLayer {
             self.set_tray(at, true, notices);
             return Ok(());
         }
-        Err(OpenTrayError::Locked(QmpError::generic(format!(
-            "Device '{name}' is locked and force was not specified, \
-             wait for tray to open and try again"
-        ))))
+        Err(BlockError::Locked(name.to_string()))
     }
 
     /// QEMU's blockdev_remove_medium.
-    fn remove_medium_at(&mut self, at: usize, name: &str) -> Result<(), QmpError> {
+    fn remove_medium_at(&mut self, at: usize, name: &str) -> Result<(), BlockError> {
         let drive = &mut self.drives[at];
         if !drive.removable() {
-            return Err(not_removable(name));
+            return Err(BlockError::NotRemovable(name.to_string()));
         }
         if !drive.tray_open {
-            return Err(QmpError::generic(format!("Tray of device '{name}' is not open")));
+            return Err(BlockError::TrayNotOpen(name.to_string()));
         }
         drive.take_medium();
         Ok(())
     }
 
-    fn close_tray_at(&mut self, at: usize, name: &str, notices: &mut Vec<Notice>) -> Result<(), QmpError> {
+    fn close_tray_at(&mut self, at: usize, name: &str, notices: &mut Vec<Notice>) -> Result<(), BlockError> {
         if !self.drives[at].removable() {
-            return Err(not_removable(name));
+            return Err(BlockError::NotRemovable(name.to_string()));
         }
         self.set_tray(at, false, notices);
         Ok(())
     }
 
     /// `eject`: open the tray (see the module notes on locks) and remove the medium.
-    pub fn eject(&mut self, target: DriveRef<'_>, force: bool, notices: &mut Vec<Notice>) -> Result<(), QmpError> {
+    pub fn eject(&mut self, target: DriveRef<'_>, force: bool, notices: &mut Vec<Notice>) -> Result<(), BlockError> {
         let at = self.find(target)?;
         self.open_tray_at(at, target.name(), force, notices)?;
         self.remove_medium_at(at, target.name())
@@ -566,16 +489,21 @@ impl BlockLayer {
 
     /// `blockdev-open-tray`: a locked tray without `force` only asks the guest, and that
     /// is a success.
-    pub fn open_tray(&mut self, target: DriveRef<'_>, force: bool, notices: &mut Vec<Notice>) -> Result<(), QmpError> {
+    pub fn open_tray(
+        &mut self,
+        target: DriveRef<'_>,
+        force: bool,
+        notices: &mut Vec<Notice>,
+    ) -> Result<(), BlockError> {
         let at = self.find(target)?;
         match self.open_tray_at(at, target.name(), force, notices) {
-            Ok(()) | Err(OpenTrayError::Locked(_)) => Ok(()),
-            Err(error) => Err(error.into()),
+            Ok(()) | Err(BlockError::Locked(_)) => Ok(()),
+            Err(error) => Err(error),
         }
     }
 
     /// `blockdev-close-tray`.
-    pub fn close_tray(&mut self, target: DriveRef<'_>, notices: &mut Vec<Notice>) -> Result<(), QmpError> {
+    pub fn close_tray(&mut self, target: DriveRef<'_>, notices: &mut Vec<Notice>) -> Result<(), BlockError> {
         let at = self.find(target)?;
         self.close_tray_at(at, target.name(), notices)
     }
@@ -588,7 +516,7 @@ impl BlockLayer {
         format: Option<&str>,
         mode: ReadOnlyMode,
         notices: &mut Vec<Notice>,
-    ) -> Result<(), QmpError> {
+    ) -> Result<(), BlockError> {
         let at = self.find(target)?;
         let drive = &self.drives[at];
         let current = drive.medium.as_ref().map_or(drive.root_read_only, |medium| medium.read_only);
@@ -723,9 +651,10 @@ mod tests {
     fn drives_are_found_by_id_or_device_and_missing_ones_are_device_not_found() {
         let mut layer = layer_with_cd();
         let mut notices = Vec::new();
-        let error = layer.eject(DriveRef::Id("ide-768"), false, &mut notices).unwrap_err();
+        let error = QmpError::from(layer.eject(DriveRef::Id("ide-768"), false, &mut notices).unwrap_err());
         assert_eq!(error.class, ErrorClass::DeviceNotFound);
         assert_eq!(error.desc, "Device 'ide-768' not found");
+        assert_eq!(QmpError::from(BlockError::NotRemovable("ide0-hd0".into())).class, ErrorClass::GenericError);
         layer.eject(DriveRef::Device("ide-5632"), false, &mut notices).unwrap();
         assert_eq!(notices, [Notice { devid: HDC, change: DriveChange::TrayMoved { open: true } }]);
         assert_eq!(
@@ -738,8 +667,8 @@ mod tests {
     fn formats_other_than_raw_and_host_device_are_refused() {
         let layer = layer_with_cd();
         assert!(layer.open_medium("/dev/xvdc", Some("raw"), true).is_ok());
-        let error = layer.open_medium("/dev/xvdc", Some("qcow2"), true).unwrap_err();
-        assert!(error.desc.starts_with("Format 'qcow2' is not supported"), "{}", error.desc);
+        let error = layer.open_medium("/dev/xvdc", Some("qcow2"), true).unwrap_err().to_string();
+        assert!(error.starts_with("Format 'qcow2' is not supported"), "{error}");
     }
 
     #[test]
@@ -750,17 +679,17 @@ mod tests {
         assert_eq!(by_fdset.unwrap().pv_devid, 51760);
         assert_eq!(layer.open_medium("/dev/xvdd", None, false).unwrap().pv_devid, 51760);
         for (name, reason) in [
-            ("/dev/fdset/9", "No such file or directory"),
-            ("/dev/fdset/-1", "Invalid argument"),
-            ("/dev/fdset/", "Invalid argument"),
-            ("/dev/xvdq", "No such file or directory"),
-            ("/srv/image.iso", "No such file or directory"),
+            ("/dev/fdset/9", OpenFailure::NoSuchFile),
+            ("/dev/fdset/-1", OpenFailure::InvalidArgument),
+            ("/dev/fdset/", OpenFailure::InvalidArgument),
+            ("/dev/xvdq", OpenFailure::NoSuchFile),
+            ("/srv/image.iso", OpenFailure::NoSuchFile),
         ] {
             let error = layer.open_medium(name, None, true).unwrap_err();
-            assert_eq!(error.desc, format!("Could not open '{name}': {reason}"));
+            assert_eq!(error.to_string(), format!("Could not open '{name}': {reason}"));
         }
         assert_eq!(
-            layer.open_medium("/dev/fdset/0", None, false).unwrap_err().desc,
+            layer.open_medium("/dev/fdset/0", None, false).unwrap_err().to_string(),
             "Could not open '/dev/fdset/0': Permission denied"
         );
     }

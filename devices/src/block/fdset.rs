@@ -15,13 +15,12 @@
 //! - Sets survive client disconnects (QEMU closes unused descriptors when a monitor
 //!   disconnects; these are the stub domain's own devices, not a client's).
 
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use serde::Serialize;
+use qmp::qapi::{FdsetFdInfo, FdsetInfo};
 
-use crate::error::QmpError;
+use super::BlockError;
 
 /// The fdset libxl names as the device model's save file: the stub domain's console 1.
 pub const SAVE_FDSET: i64 = 1;
@@ -57,22 +56,6 @@ pub struct FdSet {
 #[derive(Clone, Debug, Default)]
 pub struct FdSets {
     sets: Vec<FdSet>,
-}
-
-/// `query-fdsets`'s FdsetInfo.
-#[derive(Serialize)]
-pub struct FdsetInfo<'a> {
-    #[serde(rename = "fdset-id")]
-    pub fdset_id: i64,
-    pub fds: Vec<FdsetFdInfo<'a>>,
-}
-
-/// `query-fdsets`'s FdsetFdInfo.
-#[derive(Serialize)]
-pub struct FdsetFdInfo<'a> {
-    pub fd: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub opaque: Option<&'a str>,
 }
 
 impl FdSets {
@@ -122,14 +105,8 @@ impl FdSets {
     }
 
     /// `remove-fd`: one entry (with `fd`) or the whole set.
-    pub fn remove(&mut self, id: i64, fd: Option<i64>) -> Result<(), QmpError> {
-        let not_found = || {
-            let name = match fd {
-                Some(fd) => format!("fdset-id:{id}, fd:{fd}"),
-                None => format!("fdset-id:{id}"),
-            };
-            QmpError::generic(format!("File descriptor named '{name}' not found"))
-        };
+    pub fn remove(&mut self, id: i64, fd: Option<i64>) -> Result<(), BlockError> {
+        let not_found = || BlockError::FdNotFound { fdset_id: id, fd };
         let at = self.sets.iter().position(|set| set.id == id).ok_or_else(not_found)?;
         match fd {
             None => self.sets[at].fds.clear(),
@@ -201,8 +178,11 @@ mod tests {
     fn remove_reports_as_qemu_does() {
         let mut sets = FdSets::new();
         sets.add(2, FdTarget::PvDisk(768), Some("stub-devid:768".to_string()));
-        assert_eq!(sets.remove(7, None).unwrap_err().desc, "File descriptor named 'fdset-id:7' not found");
-        assert_eq!(sets.remove(2, Some(9)).unwrap_err().desc, "File descriptor named 'fdset-id:2, fd:9' not found");
+        assert_eq!(sets.remove(7, None).unwrap_err().to_string(), "File descriptor named 'fdset-id:7' not found");
+        assert_eq!(
+            sets.remove(2, Some(9)).unwrap_err().to_string(),
+            "File descriptor named 'fdset-id:2, fd:9' not found"
+        );
         sets.remove(2, Some(3)).unwrap();
         assert!(sets.get(2).is_none());
     }

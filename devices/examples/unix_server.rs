@@ -1,24 +1,27 @@
-//! The QMP engine on a unix socket, for driving it with real QMP clients on the host
-//! (tests/python/qmp_client_test.py, or `qmp-shell PATH` by hand).
+//! The device model's QMP on a unix socket, for driving it with real QMP clients on the
+//! host (tests/python/qmp_client_test.py, or `qmp-shell PATH` by hand).
 //!
-//!     cargo run -p qmp --features sim --example unix_server -- /tmp/qmp.sock
+//!     cargo run -p devices --example unix_server -- /tmp/qmp.sock
 //!
-//! One shared [`Engine`] over a [`SimDeviceModel`], set up as a stub domain for an HVM
-//! guest with a CD-ROM `ide-5632` (PV disk 5632 connected, medium `/dev/fdset/<its
-//! fdset>` as `host_device`) and a hard disk `ide-768` (PV disk 768, `/dev/xvda`).
-//! Connections are served one at a time, each with a fresh [`Session`] (as the image
-//! serves vchan-socket-proxy's clients); the next waits in the listen backlog. The
-//! program exits after `quit`, or when stdin reaches end of file (its parent went away).
-//! It prints `listening on PATH` on stdout once the socket accepts connections.
+//! One shared [`Vm`] (the device model's run state and block layer, as the image has
+//! it), set up as a stub domain for an HVM guest with a CD-ROM `ide-5632` (PV disk 5632
+//! connected, medium `/dev/fdset/<its fdset>` as `host_device`) and a hard disk
+//! `ide-768` (PV disk 768, `/dev/xvda`). Connections are served one at a time, each with
+//! a fresh [`Session`] (as the image serves vchan-socket-proxy's clients); the next
+//! waits in the listen backlog. A state file `xen-save-devices-state` writes is
+//! discarded. The program exits after `quit`, or when stdin reaches end of file (its
+//! parent went away). It prints `listening on PATH` on stdout once the socket accepts
+//! connections.
 
 use std::io::{BufRead, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use qmp::block::{DriveConfig, DriveKind, MediumSource, PvDiskInfo};
-use qmp::sim::{HDA, HDC, SimDeviceModel};
-use qmp::{Engine, EngineConfig, Session, Timestamp};
+use devices::block::{DriveConfig, DriveKind, MediumSource, PvDiskInfo};
+use devices::vm::fuzz::{HDA, HDC};
+use devices::vm::{Vm, VmConfig};
+use qmp::{Session, Timestamp, VersionInfo};
 
 fn main() {
     let mut args = std::env::args_os().skip(1);
@@ -40,11 +43,11 @@ fn now() -> Timestamp {
     Timestamp::new(since.as_secs() as i64, i64::from(since.subsec_micros()))
 }
 
-/// The engine a stub domain for a guest with `hda` and a CD in `hdc` starts with.
-fn stub_domain_engine() -> Result<Engine<SimDeviceModel>, String> {
-    let mut engine = Engine::new(SimDeviceModel::new(), EngineConfig::default());
-    let cd_fdset = engine.pv_disk_connected(HDC, PvDiskInfo { read_only: true, size_bytes: 650 << 20 });
-    engine.pv_disk_connected(HDA, PvDiskInfo { read_only: false, size_bytes: 8 << 30 });
+/// The VM a stub domain for a guest with `hda` and a CD in `hdc` starts with.
+fn stub_domain_vm() -> Result<Vm, String> {
+    let mut vm = Vm::new(VmConfig::default());
+    let cd_fdset = vm.pv_disk_connected(HDC, PvDiskInfo { read_only: true, size_bytes: 650 << 20 });
+    vm.pv_disk_connected(HDA, PvDiskInfo { read_only: false, size_bytes: 8 << 30 });
     let host_device = || Some(String::from("host_device"));
     let cd = DriveConfig {
         devid: HDC,
@@ -58,13 +61,13 @@ fn stub_domain_engine() -> Result<Engine<SimDeviceModel>, String> {
         read_only: false,
         medium: Some(MediumSource { filename: String::from("/dev/xvda"), format: host_device() }),
     };
-    engine.add_drive(cd).map_err(|error| format!("adding ide-{HDC}: {error:?}"))?;
-    engine.add_drive(disk).map_err(|error| format!("adding ide-{HDA}: {error:?}"))?;
-    Ok(engine)
+    vm.add_drive(cd).map_err(|error| format!("adding ide-{HDC}: {error}"))?;
+    vm.add_drive(disk).map_err(|error| format!("adding ide-{HDA}: {error}"))?;
+    Ok(vm)
 }
 
 fn serve(path: &Path) -> Result<(), String> {
-    let mut engine = stub_domain_engine()?;
+    let mut vm = stub_domain_vm()?;
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|error| format!("bind {}: {error}", path.display()))?;
 
@@ -82,12 +85,12 @@ fn serve(path: &Path) -> Result<(), String> {
     for (number, stream) in listener.incoming().enumerate() {
         let stream = stream.map_err(|error| format!("accept: {error}"))?;
         eprintln!("unix_server: connection {} opened", number + 1);
-        let mut session = engine.open_session();
-        match converse(&mut engine, &mut session, stream) {
+        let mut session = Session::open(&mut vm, &VersionInfo::default());
+        match converse(&mut vm, &mut session, stream) {
             Ok(()) => eprintln!("unix_server: connection {} closed", number + 1),
             Err(error) => eprintln!("unix_server: connection {} failed: {error}", number + 1),
         }
-        if engine.quit_requested() {
+        if vm.quit_requested() {
             eprintln!("unix_server: quit");
             return Ok(());
         }
@@ -96,7 +99,7 @@ fn serve(path: &Path) -> Result<(), String> {
 }
 
 /// Moves bytes between one client and its session until the client hangs up or quits.
-fn converse(engine: &mut Engine<SimDeviceModel>, session: &mut Session, stream: UnixStream) -> std::io::Result<()> {
+fn converse(vm: &mut Vm, session: &mut Session, stream: UnixStream) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = std::io::BufReader::with_capacity(64 * 1024, stream);
     writer.write_all(&session.take_output())?;
@@ -106,8 +109,11 @@ fn converse(engine: &mut Engine<SimDeviceModel>, session: &mut Session, stream: 
             return Ok(());
         }
         let len = input.len();
-        session.feed(engine, input, now());
+        session.feed(vm, input, now());
         reader.consume(len);
+        while session.take_effect().is_some() {
+            session.complete(vm, Ok(()), now());
+        }
         writer.write_all(&session.take_output())?;
         if session.is_closed() {
             // After `quit` QEMU reads nothing more and closes the connection.
