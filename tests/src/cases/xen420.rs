@@ -51,7 +51,24 @@ const SHORT: Duration = Duration::from_secs(60);
 /// `xl create` with the shipped image, the argv's drives on libxl's QMP socket, `xl
 /// save` through console 1 and `xl restore` through console 2.
 fn create_save_restore(ctx: &mut Ctx) -> Result<(), String> {
-    crate::cases::stubdom::device_model(ctx)
+    crate::cases::stubdom::device_model(ctx).map_err(with_xen_logs)
+}
+
+/// `error` with the last lines of every log in /var/log/xen (libxl's, the device
+/// models' and the dom0 QEMU's that serves a stub domain's consoles).
+fn with_xen_logs(error: String) -> String {
+    let mut text = error;
+    let mut paths: Vec<_> = std::fs::read_dir("/var/log/xen")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    paths.sort();
+    for path in paths {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        text.push_str(&format!("\n{} (last lines):\n", path.display()));
+        text.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    text
 }
 
 /// A copy of the guest CD with fresh nonce bytes and `padding_mib` MiB of zeros after
@@ -266,7 +283,7 @@ fn boot_guest(
         guest.shell.wait_init(Duration::from_secs(600))?;
         guest.shell.run_ok("waitdev /dev/sr0 30", SHORT).map(drop)
     })();
-    booted.map_err(|e| with_device_model_log(name, e))?;
+    booted.map_err(|e| with_xen_logs(with_device_model_log(name, e)))?;
     Ok(guest)
 }
 
