@@ -100,6 +100,11 @@ mod boot {
             panic!("xenstore set-up failed: {e}");
         }
         log::info!("memory: {:?}", mm::stats());
+        match executor::block_on(console::connect_xenbus_backend()) {
+            Ok(true) => log::info!("console 0: told dom0's xenbus console backend we are connected"),
+            Ok(false) => {}
+            Err(e) => log::warn!("console 0: cannot read or write console/state: {e}"),
+        }
 
         // A self-test named on the command line, or else the device model if this
         // start asks for one (as a stub domain, or `qmp.path=`), or else nothing.
