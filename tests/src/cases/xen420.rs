@@ -293,6 +293,15 @@ fn boot_guest(
     config.cdrom = Some(cd.to_string());
     config.hda = hda.map(str::to_string);
     let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    // (once more if dom0's QEMU missed libxl's post-start QMP limit: see create_save_restore)
+    if let Err(e) = guest.wait_created(Duration::from_secs(120)) {
+        if !e.contains(DOM0_QEMU_TIMEOUT) {
+            return Err(with_xen_logs(with_device_model_log(name, e)));
+        }
+        println!("@@note {name}: dom0's QEMU missed libxl's QMP limit; again");
+        let _ = guest.destroy();
+        guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    }
     let booted = (|| {
         guest.wait_created(Duration::from_secs(120))?;
         guest.shell.wait_init(Duration::from_secs(600))?;
