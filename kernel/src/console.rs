@@ -138,6 +138,28 @@ pub fn flush() {
     }
 }
 
+/// Tells a xenbus-style backend of console 0 that the frontend is connected.
+///
+/// Dom0's QEMU 8.2 and later (Debian 13's 10.0, the console backend of a stub domain
+/// on Xen 4.20) serves console 0 as a xenbus device: it maps the ring at once but
+/// reads it only once the frontend's `console/state` says Initialised or Connected.
+/// No PV frontend writes that node for console 0 (libxl creates none; that QEMU
+/// writes Initialising, 1, itself), so without this the stub domain's log stays
+/// empty. Writes Connected (4) only over QEMU's 1; with xenconsoled or an older QEMU
+/// the node is absent and nothing is written. Returns whether it wrote.
+pub async fn connect_xenbus_backend() -> Result<bool, crate::xs::Error> {
+    const STATE: &str = "console/state";
+    match crate::xs::read_string(crate::xs::NO_TX, STATE).await {
+        Ok(state) if state == "1" => {
+            crate::xs::write(crate::xs::NO_TX, STATE, b"4").await?;
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(e) if e.is_missing() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs `f` on the console even if the lock is held: for the fatal path only, when
 /// the holder was interrupted by a fault and will never run again.
 pub fn with_console_for_fatal(f: impl FnOnce(&mut Console)) {

@@ -59,6 +59,15 @@ mod boot {
     use xen_abi::sched::ShutdownReason;
     use xen_abi::start_info::StartInfo;
 
+    /// Console 0's xenbus handshake where dom0's backend wants one (console.rs).
+    async fn connect_console() {
+        match console::connect_xenbus_backend().await {
+            Ok(true) => log::info!("console 0: told dom0's xenbus console backend we are connected"),
+            Ok(false) => {}
+            Err(e) => log::warn!("console 0: cannot read or write console/state: {e}"),
+        }
+    }
+
     /// First Rust code; `_start` passes the start_info pointer Xen gave in rsi.
     #[unsafe(no_mangle)]
     extern "C" fn kernel_main(start_info: *const StartInfo) -> ! {
@@ -103,10 +112,25 @@ mod boot {
 
         // A self-test named on the command line, or else the device model if this
         // start asks for one (as a stub domain, or `qmp.path=`), or else nothing.
+        // (One block_on for everything: the tasks it spawns, xenstore's among them,
+        // end with it.)
         let (what, outcome) = if cmdline.value("selftest").is_some() {
-            ("selftest", executor::block_on(selftest::run(cmdline)))
+            (
+                "selftest",
+                executor::block_on(async {
+                    connect_console().await;
+                    selftest::run(cmdline).await
+                }),
+            )
         } else {
-            ("device model", executor::block_on(device_model::run(cmdline)).map(drop))
+            (
+                "device model",
+                executor::block_on(async {
+                    connect_console().await;
+                    device_model::run(cmdline).await
+                })
+                .map(drop),
+            )
         };
         match outcome {
             Ok(()) => {}

@@ -1,12 +1,15 @@
 //! xen-suite: the real-Xen tests, run inside the test bed's dom0.
 //!
 //! `cargo xtask test` boots Xen + dom0 under QEMU with this program and the image in
-//! dom0's initramfs; dom0's /init runs `xen-suite run [FILTER]`. Each test drives
+//! dom0's initramfs; dom0's /init runs `xen-suite run [FILTER [BED]]` (FILTER: names
+//! contain it, or one of its `|`-separated parts), BED (4.17 or
+//! 4.20) naming the release the test bed runs: only that release's tests run
+//! ([`cases::on_bed`]). Each test drives
 //! `xl` and judges what Xen and the guest really did (shutdown reason, guest console
 //! log written by xenconsoled, hypervisor log). Results go to dom0's console, which
 //! is the test bed's serial port, as `test xen::NAME ... ok|FAILED`; xtask reads them
 //! from there. Lines starting with `@@` carry guest console logs and failure details.
-//! `xen-suite bench` runs the throughput comparisons (`cargo xtask bench`) and prints
+//! `xen-suite bench [FILTER [BED]]` runs the comparisons (`cargo xtask bench`) and prints
 //! `@@bench <name>| <value> <unit>`; `xen-suite demo` is `cargo xtask run`'s job.
 
 mod cases;
@@ -29,14 +32,27 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Some("list-benches") => {
+            for b in cases::bench::all() {
+                println!("{}", b.name);
+            }
+            ExitCode::SUCCESS
+        }
         Some("run") => {
             let filter = args.get(1).map(String::as_str).unwrap_or("");
-            let (passed, failed) = harness::run(&cases::all(), filter);
+            let bed = args.get(2).map(String::as_str).unwrap_or("");
+            // FILTER may be several, separated by '|' (xtask's full run names its tests).
+            let tests: Vec<_> = cases::all()
+                .into_iter()
+                .filter(|t| cases::on_bed(t.name, bed) && filter.split('|').any(|f| t.name.contains(f)))
+                .collect();
+            let (passed, failed) = harness::run(&tests, "");
             if failed == 0 && passed > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Some("bench") => {
             let filter = args.get(1).map(String::as_str).unwrap_or("");
-            if cases::bench::run(filter) == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            let bed = args.get(2).map(String::as_str).unwrap_or("");
+            if cases::bench::run(filter, bed) == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Some("demo") => match cases::hvm::demo() {
             Ok(()) => ExitCode::SUCCESS,
@@ -46,7 +62,7 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: xen-suite list | run [FILTER] | bench [FILTER] | demo");
+            eprintln!("usage: xen-suite list | list-benches | run [FILTER [BED]] | bench [FILTER [BED]] | demo");
             ExitCode::from(2)
         }
     }

@@ -103,3 +103,13 @@ pub fn list_xen_tests(suite: &Path) -> Result<Vec<String>> {
     }
     Ok(String::from_utf8(out.stdout)?.lines().map(str::to_string).collect())
 }
+
+/// The names of the benchmarks, asked from the suite binary itself.
+pub fn list_benches(suite: &Path) -> Result<Vec<String>> {
+    let out =
+        Command::new(suite).arg("list-benches").output().with_context(|| format!("running {}", suite.display()))?;
+    if !out.status.success() {
+        bail!("{} list-benches failed", suite.display());
+    }
+    Ok(String::from_utf8(out.stdout)?.lines().map(str::to_string).collect())
+}

@@ -1,14 +1,18 @@
-//! The real-Xen test bed: Debian 12's Xen 4.17 and a Debian dom0 booted inside
-//! qemu-system-x86_64 (TCG), built from installed Debian packages.
+//! The real-Xen test beds: Xen and a Debian dom0 booted inside qemu-system-x86_64
+//! (TCG), built from Debian packages. Two releases ([`Release`]): Debian 12's Xen 4.17,
+//! whose dom0 userland is the host's installed packages, and Debian 13's Xen 4.20, whose
+//! dom0 userland comes from a trixie root made with mmdebstrap (trixie.rs); dom0's
+//! kernel is the host's (bookworm's) in both.
 //!
 //! dom0's initramfs is two gzip'd cpio archives back to back (Linux unpacks both):
 //! a large base (busybox, Xen's toolstack, dom0's QEMU, firmware, kernel modules,
-//! the Linux PV domU and the Linux HVM guest's CD), rebuilt only when the packages
-//! or files it is made from change, and a small overlay with
+//! the Linux PV domU (4.17 only) and the Linux HVM guest's CD), rebuilt only when the
+//! packages or files it is made from change, and a small overlay with
 //! the project's files (/init, /suite/xen-suite, /suite/rust-stubdom and
 //! /suite/rust-stubdom-selftest) made every run.
 //! Every boot is bounded by a host-side limit and a watchdog inside dom0; the serial
-//! log and the guests' console logs are left under target/testbed/logs/.
+//! log and the guests' console logs are left under the bed's directory (target/testbed/
+//! for 4.17, target/testbed420/ for 4.20), in logs/.
 
 use crate::host::run;
 use anyhow::{Context, Result, bail};
@@ -21,10 +25,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const DIR: &str = "target/testbed";
 /// Bump when the way the base initramfs is assembled changes.
 const BASE_LAYOUT: u32 = 5;
-const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
+/// The host's packages: the 4.17 bed's dom0 userland and hypervisor, the kernel both
+/// beds' dom0 (and the HVM guest) run, the tools that assemble the initramfs.
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "qemu-system-xen",
@@ -44,6 +48,111 @@ const PACKAGES: &[&str] = &[
     "syslinux-common",
     "xorriso",
 ];
+/// Host tools the 4.20 bed needs besides [`PACKAGES`] (not part of the 4.17 bed's inputs).
+const PACKAGES_420: &[&str] = &["mmdebstrap"];
+
+/// A Xen release the suite runs on, each with its own test bed and cache directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Debian 12's Xen 4.17, userland from the host: tests named `xen::...`.
+    Xen417,
+    /// Debian 13's Xen 4.20, userland from a trixie root: tests named `xen420::...`.
+    Xen420,
+}
+
+impl Release {
+    pub const ALL: [Release; 2] = [Release::Xen417, Release::Xen420];
+
+    /// "4.17" or "4.20".
+    pub fn version(self) -> &'static str {
+        match self {
+            Release::Xen417 => "4.17",
+            Release::Xen420 => "4.20",
+        }
+    }
+
+    /// The bed's cache and log directory.
+    pub fn dir(self) -> &'static Path {
+        Path::new(match self {
+            Release::Xen417 => "target/testbed",
+            Release::Xen420 => "target/testbed420",
+        })
+    }
+
+    /// The bed a real-Xen test or benchmark runs on: names that start with `xen420`
+    /// belong to 4.20 (tests/src/cases/mod.rs applies the same rule inside dom0).
+    pub fn of(name: &str) -> Release {
+        if name.starts_with("xen420") { Release::Xen420 } else { Release::Xen417 }
+    }
+
+    /// What dom0's /init passes to the suite as `suite.bed`.
+    fn bed_arg(self) -> &'static str {
+        self.version()
+    }
+
+    /// "Xen 4.17 + Debian 12 dom0", for progress lines.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Release::Xen417 => "Xen 4.17 + Debian 12 dom0",
+            Release::Xen420 => "Xen 4.20 + Debian 13 dom0 userland (Debian 12 kernel)",
+        }
+    }
+
+    /// Where dom0's files come from, building the trixie root if needed.
+    fn sysroot(self) -> Result<Sysroot> {
+        match self {
+            Release::Xen417 => Ok(Sysroot::host()),
+            Release::Xen420 => Ok(Sysroot { dir: crate::trixie::ensure_root(self.dir())? }),
+        }
+    }
+
+    fn xen_bin(self) -> String {
+        format!("/usr/lib/xen-{}/bin", self.version())
+    }
+}
+
+/// A tree dom0's files are copied from: the host's `/` or a root made for a release.
+/// Paths are named as they are inside the tree; its own tools (`ldd`) name libraries.
+pub struct Sysroot {
+    dir: PathBuf,
+}
+
+impl Sysroot {
+    pub fn host() -> Self {
+        Sysroot { dir: PathBuf::from("/") }
+    }
+
+    fn is_host(&self) -> bool {
+        self.dir == Path::new("/")
+    }
+
+    /// Where `path` (absolute, as inside the tree) is on this machine.
+    fn source(&self, path: &str) -> PathBuf {
+        self.dir.join(path.trim_start_matches('/'))
+    }
+
+    /// The shared libraries `file` (a path inside the tree) needs, as the tree's `ldd` names them.
+    fn libraries(&self, file: &str) -> Result<Vec<String>> {
+        let out = if self.is_host() {
+            Command::new("ldd").arg(file).output()?
+        } else {
+            Command::new("chroot").arg(&self.dir).args(["ldd", file]).output()?
+        };
+        Ok(ldd_paths(&String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// The absolute paths in `ldd` output.
+fn ldd_paths(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| match line.split_once("=> ") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+        })
+        .filter(|lib| lib.starts_with('/'))
+        .map(str::to_string)
+        .collect()
+}
 /// The C source of the Linux domU's vchan echo server.
 const VCHAN_ECHO_SOURCE: &str = "tests/dom0/vchan-echo.c";
 
@@ -75,9 +184,10 @@ fn installed_version(pkg: &str) -> Option<String> {
     status.ends_with(" installed").then(|| version.to_string())
 }
 
-/// Installs the Debian packages the test bed is made from, if any is missing.
+/// Installs the host's Debian packages the test beds are made from, if any is missing.
 pub fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| installed_version(p).is_none()).collect();
+    let missing: Vec<&str> =
+        PACKAGES.iter().chain(PACKAGES_420).copied().filter(|p| installed_version(p).is_none()).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -104,14 +214,15 @@ fn kernel_version() -> Result<String> {
     versions.pop().context("no /boot/vmlinuz-*: is linux-image-amd64 installed?")
 }
 
-/// The test bed's scratch directory and the kernel version dom0 (and the HVM guest) run.
+/// The 4.17 bed's scratch directory and the kernel version dom0 (and the HVM guest) run.
 pub fn scratch_and_kernel() -> Result<(PathBuf, String)> {
-    fs::create_dir_all(DIR)?;
-    Ok((PathBuf::from(DIR), kernel_version()?))
+    let dir = Release::Xen417.dir();
+    fs::create_dir_all(dir)?;
+    Ok((dir.to_path_buf(), kernel_version()?))
 }
 
-/// What the base initramfs is made from; a change means a rebuild.
-fn base_inputs(kver: &str) -> String {
+/// What a bed's base initramfs is made from; a change means a rebuild.
+fn base_inputs(release: Release, sys: &Sysroot, kver: &str) -> Result<String> {
     let mut s = format!("layout {BASE_LAYOUT}\nkernel {kver}\n");
     for file in ["tests/dom0/domU-init", VCHAN_ECHO_SOURCE].iter().chain(crate::guest::INPUT_FILES) {
         let text = fs::read_to_string(file).unwrap_or_default();
@@ -120,45 +231,57 @@ fn base_inputs(kver: &str) -> String {
     for p in PACKAGES {
         s.push_str(&format!("{p} {}\n", installed_version(p).unwrap_or_default()));
     }
-    s
+    if release == Release::Xen420 {
+        s.push_str(&format!("release 4.20 root:\n{}", crate::trixie::package_versions(&sys.dir)?));
+    }
+    Ok(s)
 }
 
-/// Copies `file` (and the target of a symlink) into `root`, with the shared
-/// libraries `ldd` names for it.
-fn copy_with_libs(root: &Path, file: &str) -> Result<()> {
-    copy_into(root, file)?;
-    let out = Command::new("ldd").arg(file).output()?;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let lib = match line.split_once("=> ") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
-        };
-        if let Some(lib) = lib.filter(|l| l.starts_with('/')) {
-            copy_into(root, lib)?;
-        }
+/// Copies `file` (and the target of a symlink) from `sys` into `root`, with the
+/// shared libraries the tree's `ldd` names for it.
+fn copy_with_libs(root: &Path, sys: &Sysroot, file: &str) -> Result<()> {
+    copy_into(root, sys, file)?;
+    for lib in sys.libraries(file)? {
+        copy_into(root, sys, &lib)?;
     }
     Ok(())
 }
 
-/// Copies one path into `root` at the same place; symlinks are kept and followed.
-fn copy_into(root: &Path, path: &str) -> Result<()> {
+/// Copies a program built on this machine to `dest` inside `root`, with the shared
+/// libraries this machine's `ldd` names for it taken from `sys` (a program built on
+/// Debian 12 runs on Debian 13's newer libraries of the same names).
+fn copy_program(root: &Path, sys: &Sysroot, program: &Path, dest: &str) -> Result<()> {
+    let out = Command::new("ldd").arg(program).output()?;
+    for lib in ldd_paths(&String::from_utf8_lossy(&out.stdout)) {
+        copy_into(root, sys, &lib)?;
+    }
+    let dest = root.join(dest.trim_start_matches('/'));
+    fs::create_dir_all(dest.parent().context("no parent directory")?)?;
+    fs::copy(program, &dest).with_context(|| format!("copying {}", program.display()))?;
+    Ok(())
+}
+
+/// Copies one path of `sys` into `root` at the same place; symlinks are kept and followed.
+fn copy_into(root: &Path, sys: &Sysroot, path: &str) -> Result<()> {
     let dest = root.join(path.trim_start_matches('/'));
     if dest.symlink_metadata().is_ok() {
         return Ok(());
     }
     fs::create_dir_all(dest.parent().unwrap())?;
-    let meta = fs::symlink_metadata(path).with_context(|| format!("{path} is missing"))?;
+    let source = sys.source(path);
+    let meta = fs::symlink_metadata(&source).with_context(|| format!("{} is missing", source.display()))?;
     if meta.file_type().is_symlink() {
         // Keep the link as it is and copy what it names, one hop at a time, so
-        // every path the link chain uses exists inside `root` too.
-        let target = fs::read_link(path)?;
+        // every path the link chain uses exists inside `root` too. (An absolute
+        // target names a path inside the tree.)
+        let target = fs::read_link(&source)?;
         symlink(&target, &dest)?;
         let next = Path::new(path).parent().unwrap().join(&target);
-        copy_into(root, next.to_str().context("non-UTF-8 path")?)?;
+        copy_into(root, sys, next.to_str().context("non-UTF-8 path")?)?;
     } else if meta.is_dir() {
-        run(Command::new("cp").arg("-a").arg(format!("{path}/.")).arg(&dest))?;
+        run(Command::new("cp").arg("-a").arg(format!("{}/.", source.display())).arg(&dest))?;
     } else {
-        fs::copy(path, &dest).with_context(|| format!("copying {path}"))?;
+        fs::copy(&source, &dest).with_context(|| format!("copying {}", source.display()))?;
     }
     Ok(())
 }
@@ -176,11 +299,12 @@ pub(crate) fn copy_modules(root: &Path, kver: &str, modules: &[&str]) -> Result<
             }
         }
     }
+    let host = Sysroot::host();
     for f in &files {
-        copy_into(root, f)?;
+        copy_into(root, &host, f)?;
     }
     for f in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
-        copy_into(root, &format!("/lib/modules/{kver}/{f}"))?;
+        copy_into(root, &host, &format!("/lib/modules/{kver}/{f}"))?;
     }
     run(Command::new("depmod").arg("-b").arg(root).arg(kver))
 }
@@ -218,15 +342,13 @@ fn build_domu_initramfs(dir: &Path, kver: &str, out: &Path) -> Result<()> {
         }
     }
     run(Command::new("mknod").args(["-m", "600"]).arg(root.join("dev/console")).args(["c", "5", "1"]))?;
-    copy_with_libs(&root, "/usr/bin/dd")?;
-    copy_with_libs(&root, "/usr/bin/date")?;
+    let host = Sysroot::host();
+    copy_with_libs(&root, &host, "/usr/bin/dd")?;
+    copy_with_libs(&root, &host, "/usr/bin/date")?;
     // The vchan benchmark's Linux peer: an echo server on Xen's libxenvchan.
     let echo = dir.join("vchan-echo");
     run(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&echo).arg(VCHAN_ECHO_SOURCE).arg("-lxenvchan"))?;
-    copy_with_libs(&root, echo.to_str().context("target path is not UTF-8")?)?;
-    // (copy_with_libs put it at its build path inside root: move it to /usr/bin)
-    fs::rename(root.join(&echo), root.join("usr/bin/vchan-echo"))?;
-    fs::remove_dir_all(root.join(DIR.split('/').next().unwrap_or(DIR)))?;
+    copy_program(&root, &host, &echo, "/usr/bin/vchan-echo")?;
     symlink("/usr/bin/dd", root.join("bin/dd"))?;
     fs::copy("tests/dom0/domU-init", root.join("init"))?;
     copy_modules(&root, kver, DOMU_MODULES)?;
@@ -235,17 +357,20 @@ fn build_domu_initramfs(dir: &Path, kver: &str, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds dom0's base initramfs unless an up-to-date one exists; returns its path.
-pub fn base_initramfs() -> Result<PathBuf> {
+/// Builds a bed's dom0 base initramfs unless an up-to-date one exists; returns its path.
+pub fn base_initramfs(release: Release) -> Result<PathBuf> {
     let kver = kernel_version()?;
-    let dir = Path::new(DIR);
+    let dir = release.dir();
+    fs::create_dir_all(dir)?;
+    let sys = release.sysroot()?;
     let out = dir.join("base-initrd.gz");
     let key_file = dir.join("base-inputs.txt");
-    let inputs = base_inputs(&kver);
+    let inputs = base_inputs(release, &sys, &kver)?;
     if out.exists() && fs::read_to_string(&key_file).ok().as_deref() == Some(&inputs) {
         return Ok(out);
     }
-    println!("xtask: building dom0's base initramfs from Debian packages (kernel {kver})");
+    let (v, xen_bin) = (release.version(), release.xen_bin());
+    println!("xtask: building the Xen {v} bed's dom0 base initramfs from Debian packages (kernel {kver})");
     let started = Instant::now();
     let root = dir.join("dom0-root");
     if root.exists() {
@@ -258,8 +383,10 @@ pub fn base_initramfs() -> Result<PathBuf> {
         fs::create_dir_all(root.join(d))?;
     }
     symlink("../run", root.join("var/run"))?;
-    fs::copy("/bin/busybox", root.join("bin/busybox"))?;
-    let applets = Command::new("/bin/busybox").arg("--list").output()?;
+    // (busybox-static: the 4.20 bed's runs on this machine too)
+    let busybox = sys.source("/bin/busybox");
+    fs::copy(&busybox, root.join("bin/busybox"))?;
+    let applets = Command::new(&busybox).arg("--list").output()?;
     for a in String::from_utf8_lossy(&applets.stdout).lines() {
         if a != "busybox" {
             symlink("busybox", root.join("bin").join(a))?;
@@ -272,18 +399,18 @@ pub fn base_initramfs() -> Result<PathBuf> {
 
     // bash for Xen's hotplug scripts; flock and losetup from util-linux (busybox's lack features they use).
     for f in ["/bin/bash", "/usr/bin/flock", "/sbin/losetup"] {
-        copy_with_libs(&root, f)?;
+        copy_with_libs(&root, &sys, f)?;
     }
     for b in
         ["xl", "xenstored", "xenconsoled", "xenconsole", "xen-init-dom0", "libxl-save-helper", "vchan-socket-proxy"]
     {
-        copy_with_libs(&root, &format!("{XEN_BIN}/{b}"))?;
+        copy_with_libs(&root, &sys, &format!("{xen_bin}/{b}"))?;
     }
     for b in ["xl", "xenstored", "xenconsoled", "xen-init-dom0"] {
-        symlink(format!("../lib/xen-4.17/bin/{b}"), root.join("usr/sbin").join(b))?;
+        symlink(format!("../lib/xen-{v}/bin/{b}"), root.join("usr/sbin").join(b))?;
     }
-    copy_with_libs(&root, "/usr/bin/xenstore")?;
-    for e in fs::read_dir("/usr/bin")? {
+    copy_with_libs(&root, &sys, "/usr/bin/xenstore")?;
+    for e in fs::read_dir(sys.source("/usr/bin"))? {
         let name = e?.file_name().into_string().unwrap_or_default();
         if name.starts_with("xenstore-") {
             let _ = symlink("xenstore", root.join("usr/bin").join(&name));
@@ -291,20 +418,22 @@ pub fn base_initramfs() -> Result<PathBuf> {
     }
     // libxl runs /usr/bin/vchan-socket-proxy for a stub domain's QMP: Debian's is a
     // link to a wrapper that picks the versioned binary.
-    copy_into(&root, "/usr/lib/xen-common/bin")?;
-    copy_into(&root, "/usr/bin/vchan-socket-proxy")?;
-    copy_into(&root, "/etc/xen")?;
+    copy_into(&root, &sys, "/usr/lib/xen-common/bin")?;
+    copy_into(&root, &sys, "/usr/bin/vchan-socket-proxy")?;
+    copy_into(&root, &sys, "/etc/xen")?;
     // HVM guests: dom0's device model, hvmloader and SeaBIOS.
-    copy_with_libs(&root, "/usr/libexec/xen-qemu-system-i386")?;
-    copy_into(&root, "/usr/lib/xen-4.17/boot/hvmloader")?;
-    copy_into(&root, "/usr/share/seabios/bios-256k.bin")?;
-    copy_into(&root, "/usr/share/qemu/keymaps")?;
-    copy_into(&root, "/usr/share/qemu/kvmvapic.bin")?;
+    copy_with_libs(&root, &sys, "/usr/libexec/xen-qemu-system-i386")?;
+    copy_into(&root, &sys, &format!("/usr/lib/xen-{v}/boot/hvmloader"))?;
+    copy_into(&root, &sys, "/usr/share/seabios/bios-256k.bin")?;
+    copy_into(&root, &sys, "/usr/share/qemu/keymaps")?;
+    copy_into(&root, &sys, "/usr/share/qemu/kvmvapic.bin")?;
     copy_modules(&root, &kver, DOM0_MODULES)?;
-    // The Linux PV domU the benchmarks compare against: its kernel and initramfs.
     fs::create_dir_all(root.join("guest"))?;
-    fs::copy(format!("/boot/vmlinuz-{kver}"), root.join("guest/linux-domU"))?;
-    build_domu_initramfs(dir, &kver, &root.join("guest/linux-domU-initrd.gz"))?;
+    if release == Release::Xen417 {
+        // The Linux PV domU the benchmarks compare against: its kernel and initramfs.
+        fs::copy(format!("/boot/vmlinuz-{kver}"), root.join("guest/linux-domU"))?;
+        build_domu_initramfs(dir, &kver, &root.join("guest/linux-domU-initrd.gz"))?;
+    }
     // The Linux HVM test guest's CD, booted by the HVM tests.
     let cd = crate::guest::build(dir, &kver, &root.join("guest"))?;
     println!("xtask: guest CD {} bytes (initramfs {} bytes)", fs::metadata(&cd.iso)?.len(), cd.initrd_len_bytes);
@@ -318,17 +447,19 @@ pub fn base_initramfs() -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Boot files for one run: Xen, dom0's kernel and the combined initramfs.
+/// Boot files for one run of a bed: Xen, dom0's kernel and the combined initramfs.
 pub struct Overlay {
+    release: Release,
     xen: PathBuf,
     vmlinuz: PathBuf,
     initrd: PathBuf,
 }
 
-/// Adds the project's files on top of the base initramfs.
-pub fn prepare_overlay(images: &crate::image::Images, suite: &Path) -> Result<Overlay> {
-    let base = base_initramfs()?;
-    let dir = Path::new(DIR);
+/// Adds the project's files on top of a bed's base initramfs.
+pub fn prepare_overlay(release: Release, images: &crate::image::Images, suite: &Path) -> Result<Overlay> {
+    let base = base_initramfs(release)?;
+    let sys = release.sysroot()?;
+    let dir = release.dir();
     let root = dir.join("overlay-root");
     if root.exists() {
         fs::remove_dir_all(&root)?;
@@ -337,9 +468,7 @@ pub fn prepare_overlay(images: &crate::image::Images, suite: &Path) -> Result<Ov
     fs::copy("tests/dom0/init", root.join("init"))?;
     fs::copy(&images.image, root.join("suite/rust-stubdom"))?;
     fs::copy(&images.selftest, root.join("suite/rust-stubdom-selftest"))?;
-    copy_with_libs(&root, fs::canonicalize(suite)?.to_str().unwrap())?;
-    let suite_in_root = root.join(fs::canonicalize(suite)?.to_str().unwrap().trim_start_matches('/'));
-    fs::rename(&suite_in_root, root.join("suite/xen-suite"))?;
+    copy_program(&root, &sys, suite, "/suite/xen-suite")?;
     let overlay = dir.join("overlay-initrd.gz");
     pack(&root, &overlay)?;
 
@@ -349,14 +478,15 @@ pub fn prepare_overlay(images: &crate::image::Images, suite: &Path) -> Result<Ov
     fs::write(&initrd, combined)?;
 
     let xen = dir.join("xen");
-    let gz = fs::File::open("/boot/xen-4.17-amd64.gz").context("/boot/xen-4.17-amd64.gz")?;
+    let xen_gz = sys.source(&format!("/boot/xen-{}-amd64.gz", release.version()));
+    let gz = fs::File::open(&xen_gz).with_context(|| xen_gz.display().to_string())?;
     // QEMU's multiboot loader wants Xen's ELF uncompressed.
     let status = Command::new("gzip").arg("-dc").stdin(gz).stdout(fs::File::create(&xen)?).status()?;
     if !status.success() {
         bail!("gunzip of Xen failed");
     }
     let vmlinuz = PathBuf::from(format!("/boot/vmlinuz-{}", kernel_version()?));
-    Ok(Overlay { xen, vmlinuz, initrd })
+    Ok(Overlay { release, xen, vmlinuz, initrd })
 }
 
 fn qemu_command(overlay: &Overlay, dom0_cmdline: &str) -> Command {
@@ -402,15 +532,17 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
     if filter.contains([' ', ',', '\'', '"']) {
         bail!("a test filter may not contain spaces, commas or quotes: {filter:?}");
     }
-    let log_dir = Path::new(DIR).join("logs");
+    let log_dir = overlay.release.dir().join("logs");
     if log_dir.exists() {
         fs::remove_dir_all(&log_dir)?;
     }
     fs::create_dir_all(&log_dir)?;
     // dom0's watchdog fires a little before the host gives up, so dom0 still says why.
     let wd = limit.as_secs().saturating_sub(30).max(60);
-    let dom0_cmdline =
-        format!("console=hvc0 earlyprintk=xen quiet loglevel=4 suite={mode} suite.filter={filter} suite.wd={wd}");
+    let dom0_cmdline = format!(
+        "console=hvc0 earlyprintk=xen quiet loglevel=4 suite={mode} suite.filter={filter} suite.bed={} suite.wd={wd}",
+        overlay.release.bed_arg()
+    );
     let mut cmd = qemu_command(overlay, &dom0_cmdline);
     cmd.args(["-serial", "stdio"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = KillOnDrop(cmd.spawn().context("starting qemu-system-x86_64")?);

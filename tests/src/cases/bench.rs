@@ -29,6 +29,8 @@ pub fn all() -> Vec<Bench> {
         Bench { name: "guest-boot", limit: minutes(40), run: guest_boot },
         Bench { name: "stubdom-memory", limit: minutes(60), run: stubdom_memory },
         Bench { name: "guest-net", limit: minutes(60), run: guest_net },
+        // On the Xen 4.20 bed (cases::on_bed).
+        Bench { name: "xen420-cd-insert", limit: minutes(30), run: crate::cases::xen420::bench_cd_insert },
     ]
 }
 
@@ -223,10 +225,11 @@ fn parse_blkbench(line: &str) -> Option<(f64, f64)> {
     }
 }
 
-/// Runs every benchmark whose name contains `filter`, each with a time limit.
-pub fn run(filter: &str) -> usize {
+/// Runs every benchmark of test bed `bed` whose name contains `filter`, each with a
+/// time limit.
+pub fn run(filter: &str, bed: &str) -> usize {
     let mut failed = 0;
-    for b in all().into_iter().filter(|b| b.name.contains(filter)) {
+    for b in all().into_iter().filter(|b| b.name.contains(filter) && super::on_bed(b.name, bed)) {
         println!("@@bench-start {}", b.name);
         let mut ctx = Ctx::default();
         let (tx, rx) = std::sync::mpsc::channel();

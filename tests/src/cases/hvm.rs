@@ -78,7 +78,7 @@ fn device_model_log(guest: &str) -> String {
     std::fs::read_to_string(format!("/var/log/xen/qemu-dm-{guest}.log")).unwrap_or_default()
 }
 
-fn with_device_model_log(guest: &str, error: String) -> String {
+pub fn with_device_model_log(guest: &str, error: String) -> String {
     let log = device_model_log(guest);
     let tail: Vec<&str> = log.lines().rev().take(40).collect();
     let cpu = xl::domid(guest).map(guest_cpu_report).unwrap_or_default();

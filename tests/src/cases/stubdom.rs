@@ -190,7 +190,7 @@ fn xl_verbose(args: &[&str], limit: Duration) -> Result<(), String> {
 /// - `xl save` runs libxl's QMP save sequence (the state file reaches the save image
 ///   through console 1), `xl restore` replays it into console 2 of a new stub domain,
 ///   which loads it and reports ready.
-fn device_model(ctx: &mut Ctx) -> Result<(), String> {
+pub fn device_model(ctx: &mut Ctx) -> Result<(), String> {
     patterned_disk("/tmp/stub-hda.img", 16)?;
     patterned_disk("/tmp/stub-cd.iso", 4)?;
     let disks = "disk = [ \"format=raw, vdev=hda, access=rw, target=/tmp/stub-hda.img\", \
