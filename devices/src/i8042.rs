@@ -126,6 +126,7 @@ pub enum ControllerRequest {
 
 /// A byte waiting at the data port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct OutputByte {
     value: u8,
     aux: bool,
@@ -134,6 +135,7 @@ struct OutputByte {
 
 /// The 8042 keyboard controller (no keyboard or mouse attached).
 #[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct I8042 {
     config: u8,
     output_port: u8,
@@ -145,6 +147,7 @@ pub struct I8042 {
     /// what the data port reads when nothing waits (the last byte read, as on a PC)
     last_read: u8,
     dropped_bytes: u64,
+    #[serde(skip)]
     log: LogLimiter,
 }
 
@@ -457,5 +460,19 @@ mod tests {
         assert_eq!(c.write(DATA_PORT, 0x00), None);
         assert_eq!(c.read(DATA_PORT), 0x43);
         assert_eq!(c.read(DATA_PORT), 0xfe);
+    }
+}
+
+/// Save/restore ([`crate::snapshot`]).
+impl I8042 {
+    /// Takes a saved controller whose output queue is within [`OUTPUT_QUEUE_BYTES`]
+    /// (its log limiter stays this one's).
+    pub fn load_state(&mut self, saved: I8042) -> Result<(), &'static str> {
+        if saved.output.len() > OUTPUT_QUEUE_BYTES {
+            return Err("its output queue is longer than the controller's");
+        }
+        let log = core::mem::take(&mut self.log);
+        *self = I8042 { log, ..saved };
+        Ok(())
     }
 }

@@ -133,6 +133,8 @@ pub struct Machine {
     effects: VecDeque<Effect>,
     log: LogLimiter,
     stats: MachineStats,
+    /// the drives as the argv gave them, for the saved state's layout
+    drive_layout: [[Option<DriveLayout>; 2]; 2],
 }
 
 /// Bytes the guest's serial output may queue before THRE stays clear.
@@ -150,13 +152,14 @@ impl Machine {
             keyboard_controller: I8042::new(),
             pm: AcpiPm::new(),
             com1: config.com1.then(|| Uart16550::new(SERIAL_OUTPUT_LIMIT_BYTES)),
-            ide: IdeController::new(config.ide),
+            ide: IdeController::new(config.ide.clone()),
             nics: Vec::new(),
             isa_levels: [false; 16],
             now_ns: 0,
             effects: VecDeque::new(),
             log: LogLimiter::new(),
             stats: MachineStats::default(),
+            drive_layout: config.ide.map(|channel| channel.map(|spec| spec.map(DriveLayout::of))),
         }
     }
 
@@ -656,6 +659,179 @@ impl Machine {
 }
 
 /// All-ones in the low `size` bytes.
+/// A drive of the machine's layout (what a restore must find where the save had it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DriveLayout {
+    HardDisk { nr_sectors: u64 },
+    CdRom,
+}
+
+impl DriveLayout {
+    fn of(spec: DriveSpec) -> DriveLayout {
+        match spec {
+            DriveSpec::HardDisk { nr_sectors, .. } => DriveLayout::HardDisk { nr_sectors },
+            DriveSpec::CdRom { .. } => DriveLayout::CdRom,
+        }
+    }
+}
+
+/// What the machine is made of, the first section of its saved state: a restore
+/// into a machine of another layout (another argv) is refused before anything loads.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Layout {
+    /// `[channel][unit]`
+    pub drives: [[Option<DriveLayout>; 2]; 2],
+    pub com1: bool,
+    /// each NIC's model as its section id, in slot order
+    pub nics: Vec<u16>,
+}
+
+/// The machine's own registers in its saved state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct MachineState {
+    config_address: u32,
+    /// the time of the save, to move the devices' timers to the restoring clock
+    saved_at_ns: u64,
+}
+
+/// Section versions of the machine's own sections and of the devices that have no
+/// version of their own (their state is their serde form).
+const LAYOUT_VERSION: u16 = 1;
+const MACHINE_VERSION: u16 = 1;
+const CONFIG_SPACE_VERSION: u16 = 1;
+const RESET_CONTROL_VERSION: u16 = 1;
+const CMOS_VERSION: u16 = 1;
+const I8042_VERSION: u16 = 1;
+const PM_VERSION: u16 = 1;
+const UART_VERSION: u16 = 1;
+
+/// Save/restore ([`crate::snapshot`]): every device's state as a section.
+impl Machine {
+    /// The layout the saved state records and a restore checks.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            drives: self.drive_layout,
+            com1: self.com1.is_some(),
+            nics: self.nics.iter().map(|slot| slot.card.save_state().0 as u16).collect(),
+        }
+    }
+
+    /// The devices' state at `now_ns`, as a state file's payload. Take it with the
+    /// machine quiet: no ioreq half-answered (the VM paused) and the IDE controller
+    /// [idle](IdeController::is_idle), so that no disk request is in it. Frames the
+    /// NICs hold for the glue are not saved.
+    pub fn save_state(&self, now_ns: u64) -> Vec<u8> {
+        use crate::snapshot::SectionId as Id;
+        let mut out = crate::snapshot::Writer::new();
+        out.section(Id::Layout, 0, LAYOUT_VERSION, &self.layout());
+        let own = MachineState { config_address: self.config_address, saved_at_ns: now_ns };
+        out.section(Id::Machine, 0, MACHINE_VERSION, &own);
+        out.section(Id::HostBridge, 0, CONFIG_SPACE_VERSION, &self.host_bridge);
+        out.section(Id::Piix3Isa, 0, CONFIG_SPACE_VERSION, &self.isa);
+        out.section(Id::IdeFunction, 0, CONFIG_SPACE_VERSION, &self.ide_function);
+        out.section(Id::ResetControl, 0, RESET_CONTROL_VERSION, &self.reset_control);
+        out.section(Id::Cmos, 0, CMOS_VERSION, &self.cmos);
+        out.section(Id::I8042, 0, I8042_VERSION, &self.keyboard_controller);
+        out.section(Id::AcpiPm, 0, PM_VERSION, &self.pm);
+        if let Some(uart) = &self.com1 {
+            out.section(Id::Uart, 0, UART_VERSION, uart);
+        }
+        out.section(Id::Ide, 0, IdeController::STATE_VERSION, &self.ide);
+        for (index, slot) in self.nics.iter().enumerate() {
+            let (id, version, body) = slot.card.save_state();
+            out.raw_section(id as u16, index as u16, version, &body);
+        }
+        out.finish()
+    }
+
+    /// Loads a saved state (from [`save_state`](Self::save_state)) into this machine,
+    /// built from the restoring argv, at `now_ns`, before the guest runs. The layout
+    /// must match; every section must be a version this model reads and a state its
+    /// device can take. Afterwards the NICs' BARs are claimed again and the interrupt
+    /// lines that are up are raised again, as [`Effect`]s for the caller. After an
+    /// error the machine may be partly loaded: it is not to run.
+    pub fn load_state(&mut self, payload: &[u8], now_ns: u64) -> Result<(), crate::snapshot::SnapshotError> {
+        use crate::snapshot::{SectionId as Id, SnapshotError, TimeBase, find};
+        let sections = crate::snapshot::sections(payload)?;
+        let layout: Layout = find(&sections, Id::Layout, 0)?.decode(LAYOUT_VERSION)?;
+        let ours = self.layout();
+        if layout != ours {
+            return Err(SnapshotError::LayoutMismatch(alloc::format!("saved {layout:?}, here {ours:?}")));
+        }
+        let expected = 10 + usize::from(ours.com1) + ours.nics.len();
+        if sections.len() != expected {
+            return Err(SnapshotError::invalid(
+                Id::Layout,
+                alloc::format!("{} sections where this machine has {expected}", sections.len()),
+            ));
+        }
+        let own: MachineState = find(&sections, Id::Machine, 0)?.decode(MACHINE_VERSION)?;
+        let time = TimeBase { saved_now_ns: own.saved_at_ns, now_ns };
+        let config_space = |id: Id, current: &ConfigSpace| -> Result<ConfigSpace, SnapshotError> {
+            let saved: ConfigSpace = find(&sections, id, 0)?.decode(CONFIG_SPACE_VERSION)?;
+            let mut config = current.clone();
+            config.load_state(&saved).map_err(|what| SnapshotError::invalid(id, what))?;
+            Ok(config)
+        };
+        let host_bridge = config_space(Id::HostBridge, &self.host_bridge)?;
+        let ide_function = config_space(Id::IdeFunction, &self.ide_function)?;
+        let mut isa = self.isa.clone();
+        let saved_isa: Piix3Isa = find(&sections, Id::Piix3Isa, 0)?.decode(CONFIG_SPACE_VERSION)?;
+        isa.load_state(&saved_isa).map_err(|what| SnapshotError::invalid(Id::Piix3Isa, what))?;
+        let reset_control: ResetControl = find(&sections, Id::ResetControl, 0)?.decode(RESET_CONTROL_VERSION)?;
+        let mut cmos = self.cmos.clone();
+        cmos.load_state(&find(&sections, Id::Cmos, 0)?.decode(CMOS_VERSION)?);
+        let mut keyboard_controller = self.keyboard_controller.clone();
+        keyboard_controller
+            .load_state(find(&sections, Id::I8042, 0)?.decode(I8042_VERSION)?)
+            .map_err(|what| SnapshotError::invalid(Id::I8042, what))?;
+        let pm: AcpiPm = find(&sections, Id::AcpiPm, 0)?.decode(PM_VERSION)?;
+        let com1 = match &self.com1 {
+            Some(_) => {
+                let mut uart = Uart16550::new(SERIAL_OUTPUT_LIMIT_BYTES);
+                uart.load_state(find(&sections, Id::Uart, 0)?.decode(UART_VERSION)?)
+                    .map_err(|what| SnapshotError::invalid(Id::Uart, what))?;
+                Some(uart)
+            }
+            None => None,
+        };
+        let ide: IdeController = find(&sections, Id::Ide, 0)?.decode(IdeController::STATE_VERSION)?;
+        // The fallible loads that change the machine: NICs, then IDE.
+        for (index, slot) in self.nics.iter_mut().enumerate() {
+            let instance = index as u16;
+            let section = sections
+                .iter()
+                .find(|s| s.instance == instance && matches!(s.id, Id::Rtl8139 | Id::E1000))
+                .ok_or(SnapshotError::Missing { device: "NIC" })?;
+            slot.card.load_state(section, time)?;
+        }
+        self.ide.load_state(ide)?;
+        self.config_address = own.config_address;
+        self.host_bridge = host_bridge;
+        self.isa = isa;
+        self.ide_function = ide_function;
+        self.reset_control = reset_control;
+        self.cmos = cmos;
+        self.keyboard_controller = keyboard_controller;
+        self.pm = pm;
+        self.com1 = com1;
+        self.now_ns = now_ns;
+        // Claims and interrupt lines again, for the new ioreq server and the caller.
+        self.effects.clear();
+        self.isa_levels = [false; 16];
+        for index in 0..self.nics.len() {
+            if let Some(slot) = self.nics.get_mut(index) {
+                slot.claimed = [None; 6];
+                slot.intx_level = false;
+                slot.touched = true;
+            }
+            self.update_nic_bars(index);
+        }
+        self.sync_irqs();
+        Ok(())
+    }
+}
+
 fn all_ones(size: u32) -> u64 {
     if size >= 8 { u64::MAX } else { (1u64 << (size * 8)) - 1 }
 }

@@ -38,11 +38,13 @@ const SLP_TYP_SUSPEND: u16 = 1;
 
 /// PM1a_CNT and the GPE0 block.
 #[derive(Clone, Debug, Default)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct AcpiPm {
     /// what the guest wrote, without SLP_EN
     pm1a_cnt: u16,
     gpe0_sts: u16,
     gpe0_en: u16,
+    #[serde(skip)]
     unsupported_sleep_logged: bool,
 }
 

@@ -98,6 +98,7 @@ const MEM32_SPACE_END: u64 = 0xffff_ffff;
 
 /// What a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub enum BarKind {
     /// I/O ports
     Io,
@@ -110,6 +111,7 @@ pub enum BarKind {
 
 /// A BAR's kind and size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct BarSpec {
     pub kind: BarKind,
     /// a power of two, at least 4 for I/O and 16 for memory (smaller or uneven sizes
@@ -120,9 +122,13 @@ pub struct BarSpec {
 /// A function's 256-byte config space: values, writable-bit masks, write-1-to-clear
 /// bits, BARs with sizing (write ~0, read back the size mask), COMMAND decode bits.
 #[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct ConfigSpace {
+    #[serde(with = "crate::snapshot::big_array")]
     bytes: [u8; CONFIG_LEN_BYTES],
+    #[serde(with = "crate::snapshot::big_array")]
     writable: [u8; CONFIG_LEN_BYTES],
+    #[serde(with = "crate::snapshot::big_array")]
     write_one_to_clear: [u8; CONFIG_LEN_BYTES],
     bars: [Option<BarSpec>; NR_BARS],
     rom_size_bytes: Option<u32>,
@@ -573,5 +579,23 @@ mod tests {
         assert_eq!(config.bar_spec(6), None);
         config.write(0x18, 4, !0);
         assert_eq!(config.read(0x18, 4), 0xffff_fffd);
+    }
+}
+
+/// Save/restore ([`crate::snapshot`]): a config space is saved whole.
+impl ConfigSpace {
+    /// Takes a saved config space's values: it must be of the same function (the same
+    /// IDs, writable bits and BARs); the masks stay this model's.
+    pub fn load_state(&mut self, saved: &ConfigSpace) -> Result<(), &'static str> {
+        let same_function = saved.writable == self.writable
+            && saved.write_one_to_clear == self.write_one_to_clear
+            && saved.bars == self.bars
+            && saved.rom_size_bytes == self.rom_size_bytes
+            && saved.bytes.get(..4) == self.bytes.get(..4);
+        if !same_function {
+            return Err("its config space is another PCI function's");
+        }
+        self.bytes = saved.bytes;
+        Ok(())
     }
 }
