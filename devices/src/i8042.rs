@@ -125,8 +125,7 @@ pub enum ControllerRequest {
 }
 
 /// A byte waiting at the data port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct OutputByte {
     value: u8,
     aux: bool,
@@ -134,8 +133,7 @@ struct OutputByte {
 }
 
 /// The 8042 keyboard controller (no keyboard or mouse attached).
-#[derive(Clone, Debug)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct I8042 {
     config: u8,
     output_port: u8,
@@ -320,6 +318,20 @@ impl I8042 {
     }
 }
 
+/// Save/restore ([`crate::snapshot`]).
+impl I8042 {
+    /// Takes a saved controller whose output queue is within [`OUTPUT_QUEUE_BYTES`]
+    /// (its log limiter stays this one's).
+    pub fn load_state(&mut self, saved: I8042) -> Result<(), &'static str> {
+        if saved.output.len() > OUTPUT_QUEUE_BYTES {
+            return Err("its output queue is longer than the controller's");
+        }
+        let log = core::mem::take(&mut self.log);
+        *self = I8042 { log, ..saved };
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,19 +472,5 @@ mod tests {
         assert_eq!(c.write(DATA_PORT, 0x00), None);
         assert_eq!(c.read(DATA_PORT), 0x43);
         assert_eq!(c.read(DATA_PORT), 0xfe);
-    }
-}
-
-/// Save/restore ([`crate::snapshot`]).
-impl I8042 {
-    /// Takes a saved controller whose output queue is within [`OUTPUT_QUEUE_BYTES`]
-    /// (its log limiter stays this one's).
-    pub fn load_state(&mut self, saved: I8042) -> Result<(), &'static str> {
-        if saved.output.len() > OUTPUT_QUEUE_BYTES {
-            return Err("its output queue is longer than the controller's");
-        }
-        let log = core::mem::take(&mut self.log);
-        *self = I8042 { log, ..saved };
-        Ok(())
     }
 }

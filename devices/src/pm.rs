@@ -37,8 +37,7 @@ const SLP_TYP_SOFT_OFF: u16 = 0;
 const SLP_TYP_SUSPEND: u16 = 1;
 
 /// PM1a_CNT and the GPE0 block.
-#[derive(Clone, Debug, Default)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct AcpiPm {
     /// what the guest wrote, without SLP_EN
     pm1a_cnt: u16,

@@ -241,7 +241,12 @@ impl LatestReader {
     }
 
     pub fn with_max_payload(max_payload_bytes: usize) -> LatestReader {
-        LatestReader { current: Reader::with_max_payload(max_payload_bytes), latest: None, closed: false, received_before: 0 }
+        LatestReader {
+            current: Reader::with_max_payload(max_payload_bytes),
+            latest: None,
+            closed: false,
+            received_before: 0,
+        }
     }
 
     /// Takes the next bytes. Errors only while no complete file has arrived (and then
@@ -500,7 +505,7 @@ mod tests {
         }
         // Before any complete file, an error is the reader's error.
         let mut reader = LatestReader::new();
-        assert!(matches!(reader.push(b"QEVM\0\0\0\x03"), Err(StateFileError::NotAStateFile(_))));
+        assert!(matches!(reader.push(b"QEVM\0\0\0\x03 more bytes"), Err(StateFileError::NotAStateFile(_))));
         assert!(reader.push(&encode(b"x")).is_err(), "and stays");
     }
 

@@ -63,8 +63,7 @@ pub(super) enum Media {
 }
 
 /// The task-file registers and their HOB copies.
-#[derive(Clone, Debug, Default)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct TaskFile {
     pub feature: u8,
     pub error: u8,
@@ -114,8 +113,7 @@ impl TaskFile {
 }
 
 /// What happens when the guest has finished the PIO window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum PioEnd {
     /// the data phase is over (IDENTIFY, or no transfer)
     Stop,
@@ -127,8 +125,7 @@ pub(super) enum PioEnd {
 }
 
 /// The request a drive waits for, with what its outcome must look like.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum Pending {
     AtaRead {
         nr_sectors: u32,
@@ -143,8 +140,7 @@ pub(super) enum Pending {
 }
 
 /// A READ SECTORS (EXT) in progress.
-#[derive(Clone, Copy, Debug)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct AtaRead {
     /// the sector the guest gets next
     pub next_lba: u64,
@@ -156,8 +152,7 @@ pub(super) struct AtaRead {
 }
 
 /// A WRITE SECTORS (EXT) in progress.
-#[derive(Clone, Copy, Debug)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct AtaWrite {
     /// first sector of the data gathered in `io`
     pub chunk_lba: u64,
@@ -170,8 +165,7 @@ pub(super) struct AtaWrite {
 }
 
 /// CD blocks still to fetch for an ATAPI read.
-#[derive(Clone, Copy, Debug)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct CdFetch {
     pub next_block: u64,
     pub nr_blocks: u64,
@@ -181,8 +175,7 @@ pub(super) struct CdFetch {
 
 /// An ATAPI data-in command in progress: reply bytes in `io[data_start..]` plus blocks
 /// still to fetch.
-#[derive(Clone, Copy, Debug)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct AtapiTransfer {
     /// bytes still to hand to the guest
     pub bytes_left: u64,
@@ -191,8 +184,7 @@ pub(super) struct AtapiTransfer {
     pub fetch: Option<CdFetch>,
 }
 
-#[derive(Clone, Copy, Debug)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) enum Transfer {
     None,
     AtaRead(AtaRead),

@@ -35,8 +35,7 @@ use channel::Channel;
 
 /// Which drive: channel 0 = primary (0x1f0-0x1f7, 0x3f6, IRQ 14), 1 = secondary
 /// (0x170-0x177, 0x376, IRQ 15); unit 0 = master, 1 = slave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct DriveId {
     pub channel: u8,
     pub unit: u8,
@@ -53,8 +52,7 @@ pub enum DriveSpec {
 
 /// Slow work the controller asks for; a worker does it on the PV disk and calls
 /// `IdeController::complete`. Sectors are 512-byte sectors of the backing PV disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BlockOp {
     Read {
         sector: u64,
@@ -324,9 +322,9 @@ impl IdeController {
     pub fn load_state(&mut self, mut saved: IdeController) -> Result<(), crate::snapshot::SnapshotError> {
         let mut changes = [[None, None], [None, None]];
         for ((now, then), change) in self.channels.iter().zip(saved.channels.iter_mut()).zip(changes.iter_mut()) {
-            *change = now.adopt_saved(then).map_err(|what| {
-                crate::snapshot::SnapshotError::invalid(crate::snapshot::SectionId::Ide, what)
-            })?;
+            *change = now
+                .adopt_saved(then)
+                .map_err(|what| crate::snapshot::SnapshotError::invalid(crate::snapshot::SectionId::Ide, what))?;
         }
         *self = saved;
         for (channel, units) in changes.into_iter().enumerate() {

@@ -518,7 +518,9 @@ async fn read_state_file<X: Xen>(xen: &X, console: &Console<'_, X>) -> Result<(V
         let complete = reader.latest().is_some();
         if now >= deadline {
             if complete {
-                log::warn!("device model: a later state file on console {RESTORE_CONSOLE} did not complete; the last complete one is taken");
+                log::warn!(
+                    "device model: a later state file on console {RESTORE_CONSOLE} did not complete; the last complete one is taken"
+                );
                 break;
             }
             return Err(ServiceError::Restore(format!(
@@ -539,9 +541,7 @@ async fn read_state_file<X: Xen>(xen: &X, console: &Console<'_, X>) -> Result<(V
         if n == 0 && complete && !reader.later_file_in_progress() {
             break;
         }
-        reader
-            .push(&buf[..n])
-            .map_err(|e| ServiceError::Restore(format!("console {RESTORE_CONSOLE}: {e}")))?;
+        reader.push(&buf[..n]).map_err(|e| ServiceError::Restore(format!("console {RESTORE_CONSOLE}: {e}")))?;
     }
     let received = reader.received();
     match reader.finish() {

@@ -312,7 +312,10 @@ async fn serve_client<X: Xen + DeviceModelHost + 'static>(
             let result = match effect {
                 // The Vm framed an empty payload: the devices' state is the machine's.
                 SlowEffect::WriteStateFile { console, data } => match shared.machine_state_file().await {
-                    Ok(file) => carry_out(SlowEffect::WriteStateFile { console, data: file.unwrap_or(data) }, save_console).await,
+                    Ok(file) => {
+                        carry_out(SlowEffect::WriteStateFile { console, data: file.unwrap_or(data) }, save_console)
+                            .await
+                    }
                     Err(e) => Err(e),
                 },
             };

@@ -165,8 +165,7 @@ fn array_index(offset: u32, first: u32, count: usize) -> Option<usize> {
 }
 
 /// The statistics counters, kept as QEMU keeps them (saturating at all ones).
-#[derive(Clone, Debug)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct StatRegs(#[serde(with = "crate::snapshot::big_array")] [u32; NR_STATS]);
 
 impl StatRegs {
@@ -234,8 +233,7 @@ impl StatRegs {
 }
 
 /// The MAC's registers (those with behaviour are named; the rest are stored).
-#[derive(Clone, Debug)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct MacRegs {
     ctrl: u32,
     /// STATUS less TXOFF, which follows the transmit unit
@@ -437,8 +435,7 @@ impl TxPort for Port<'_> {
 
 /// An 82540EM: PCI function, registers, EEPROM, PHY, both DMA engines, and the frames
 /// waiting for the glue.
-#[derive(Clone, Debug)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct E1000 {
     mac: [u8; 6],
     config: ConfigSpace,

@@ -93,8 +93,7 @@ enum Kind {
 }
 
 /// What a context descriptor set up (QEMU's e1000x_txd_props).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Offload {
     ipcss: u8,
     ipcso: u8,
@@ -141,8 +140,7 @@ impl Offload {
 }
 
 /// Why a packet was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum TxDrop {
     /// a buffer was outside guest RAM (already reported by [`TxPort::dma_read`])
     Dma,
@@ -166,8 +164,7 @@ pub(super) trait TxPort {
 }
 
 /// The packet being assembled and the offload contexts.
-#[derive(Clone, Debug)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Transmitter {
     /// the frame (or TSO segment) so far, at most [`TX_BUFFER_BYTES`]
     data: Vec<u8>,
