@@ -550,6 +550,13 @@ async fn read_state_file<X: Xen>(xen: &X, console: &Console<'_, X>) -> Result<(V
     }
 }
 
+fn log_restored(payload_bytes: usize, file_bytes: usize) {
+    log::info!(
+        "device model: restored {payload_bytes} bytes of device state from console {RESTORE_CONSOLE} \
+         ({file_bytes}-byte state file)"
+    );
+}
+
 /// The IDE drive specs of the machine, from the drives and the PV disks behind them.
 fn machine_config(guest: &GuestConfig, vm: &Vm, drives: &[DriveConfig]) -> (MachineConfig, Vec<IdeDrive>) {
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
@@ -673,17 +680,14 @@ where
             .await
             .map_err(|error| ServiceError::Console { number: RESTORE_CONSOLE, error })?;
         let (payload, file_size) = read_state_file(xen, &console).await?;
-        log::info!(
-            "device model: {} bytes of device state from console {RESTORE_CONSOLE} ({file_size} bytes arrived)",
-            payload.len()
-        );
         let _ = console.close().await;
         // Without a machine only an empty state restores; with one, the machine takes
         // it once it is built (below).
         if config.guest.is_none() {
             shared.vm.get_mut().load_payload(&payload).map_err(|e| ServiceError::Restore(e.to_string()))?;
+            log_restored(payload.len(), file_size);
         } else {
-            restored = Some(payload);
+            restored = Some((payload, file_size));
         }
     }
 
@@ -700,11 +704,11 @@ where
             nics.push(nic.clone());
         }
         shared.nics = nics;
-        if let Some(payload) = &restored {
+        if let Some((payload, file_size)) = &restored {
             machine
                 .load_state(payload, xen.now_ns())
                 .map_err(|e| ServiceError::Restore(format!("the saved device state: {e}")))?;
-            log::info!("device model: the machine took the saved device state");
+            log_restored(payload.len(), *file_size);
         }
         let machine = Rc::new(RefCell::new(machine));
         let server = xen
