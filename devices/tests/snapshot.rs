@@ -165,7 +165,11 @@ fn a_disk_read_in_progress_goes_on_after_a_restore_and_every_register_matches() 
     boot_to_mid_read(&mut a, &ram_a);
     a.take_effects();
     let payload = a.save_state(1_000_000);
+    // The read's 1 KiB buffer is most of it.
     assert!(payload.len() < 16 * 1024, "{} bytes of state", payload.len());
+    let sizes: Vec<(SectionId, usize)> =
+        snapshot::sections(&payload).unwrap().iter().map(|s| (s.id, s.body.len())).collect();
+    println!("{} bytes of state: {sizes:?}", payload.len());
     let mut b = twin(&a, true, &nics);
     // The new ioreq server gets the NIC's BARs; the IDE interrupt is up again.
     let effects: Vec<Effect> = b.take_effects().into_iter().collect();
