@@ -25,6 +25,9 @@
 //! the IDE controller as block requests ([`Machine::ide_mut`]). A malformed request
 //! (bad size, a `rep` larger than a page, memory the guest does not have) is answered
 //! (reads as all-ones) and logged at a bounded rate, never a panic.
+//!
+//! Its state saves and loads as [`crate::snapshot`] sections, one per device, behind a
+//! [`Layout`] a restore must match ([`Machine::save_state`], [`Machine::load_state`]).
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
