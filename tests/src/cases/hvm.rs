@@ -421,9 +421,16 @@ fn check_ticks(shell: &mut GuestShell, last: u64, count: usize, cd: &[u8], hda: 
 }
 
 /// A shell on the serial of the stub domain that now serves `name` (its console 3).
+/// After `xl migrate` the stub domain keeps the name it was created with,
+/// `<name>--incoming-dm`: any `<name>...-dm` is it (the old one is gone by then).
 fn reattach_serial(name: &str, since: Instant) -> Result<(u32, u32, GuestShell), String> {
     let guest = xl::domid(name)?;
-    let stub = xl::domid(&format!("{name}-dm"))?;
+    let list = proc::run(std::process::Command::new("xl").arg("list"), Duration::from_secs(30))?;
+    let stub = xl::parse_list(&list.stdout)
+        .into_iter()
+        .find(|d| d.name.starts_with(name) && d.name.ends_with("-dm"))
+        .map(|d| d.domid)
+        .ok_or_else(|| format!("no stub domain for {name} in:\n{}", list.stdout))?;
     let tty_node = format!("/local/domain/{stub}/device/console/3/tty");
     let tty = xs::wait_for(&tty_node, Duration::from_secs(60), |v| v.starts_with("/dev/pts/"))?;
     let (pty, rx) = pty_reader(&tty)?;
