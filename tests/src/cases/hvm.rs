@@ -410,12 +410,20 @@ fn check_ticks(shell: &mut GuestShell, last: u64, count: usize, cd: &[u8], hda: 
             return Ok(ticks.last().map_or(last, |t| t.0));
         }
         if Instant::now() >= deadline {
+            let tail = shell.transcript().tail(8);
+            // What the guest's kernel says and where its processes wait.
+            let diagnosis = shell
+                .run(
+                    "dmesg | tail -40; grep -E 'ata|serial|timer|LOC' /proc/interrupts; \
+                     for p in /proc/[0-9]*; do echo \"$p $(cat $p/comm) $(cat $p/wchan) $(cut -d' ' -f3 $p/stat)\"; done",
+                    Duration::from_secs(60),
+                )
+                .map(|out| out.text)
+                .unwrap_or_else(|e| e);
             return Err(format!(
-                "fewer than {count} ticks after tick {last} within 180 s; the serial:\n{}",
-                shell.transcript().tail(20)
+                "fewer than {count} ticks after tick {last} within 180 s; the serial:\n{tail}\nthe guest:\n{diagnosis}"
             ));
-        }
-        // Let the serial bring in what it has (the needle never comes).
+        } // Let the serial bring in what it has (the needle never comes).
         let _ = shell.wait_for("@@no-such-line@@", Duration::from_secs(1));
     }
 }
