@@ -423,7 +423,8 @@ fn check_ticks(shell: &mut GuestShell, last: u64, count: usize, cd: &[u8], hda: 
             return Err(format!(
                 "fewer than {count} ticks after tick {last} within 180 s; the serial:\n{tail}\nthe guest:\n{diagnosis}"
             ));
-        } // Let the serial bring in what it has (the needle never comes).
+        }
+        // Let the serial bring in what it has (the needle never comes).
         let _ = shell.wait_for("@@no-such-line@@", Duration::from_secs(1));
     }
 }
