@@ -439,3 +439,53 @@ fn damaged_states_never_panic() {
     }
     assert!(loaded > 0, "some damage is in values a device takes as they are");
 }
+
+/// Linux's sr reading 32 CD blocks (READ(10) through PACKET, byte count limit 63 KiB):
+/// saved in the middle of the first DRQ block, the restored machine hands out the
+/// rest of the data, the next DRQ block and the final status as the original does.
+#[test]
+fn a_cd_read_in_progress_goes_on_after_a_restore() {
+    let (ram_a, ram_b) = (Ram::new(4096), Ram::new(4096));
+    let mut a = machine_with(true, DISK_SECTORS, &[]);
+    a.config_write(0x09, 0x40, 2, 0x8000);
+    a.config_write(0x09, 0x42, 2, 0x8000);
+    let limit = 63 * 1024u32;
+    for (port, value) in [(0x176, 0xa0), (0x171, 0), (0x174, limit & 0xff), (0x175, limit >> 8), (0x177, 0xa0)] {
+        a.port_write(port, 1, value, &ram_a);
+    }
+    assert_eq!(a.port_read(0x376, 1, &ram_a) & 0x08, 0x08, "DRQ for the CDB");
+    let cdb = [0x28u8, 0, 0, 0, 0, 5, 0, 0, 32, 0, 0, 0];
+    for pair in cdb.chunks(2) {
+        a.port_write(0x170, 2, u32::from(u16::from_le_bytes([pair[0], pair[1]])), &ram_a);
+    }
+    serve_disk(&mut a);
+    assert_eq!(a.port_read(0x177, 1, &ram_a) & 0x08, 0x08, "DRQ for data");
+    let mut first = Vec::new();
+    for _ in 0..1000 {
+        first.push(a.port_read(0x170, 2, &ram_a));
+    }
+    a.sync_irqs();
+    a.take_effects();
+    let mut b = twin(&a, true, &[]);
+    b.take_effects();
+    drive_both(&mut a, &mut b, &ram_a, &ram_b, |m, ram| {
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            let status = m.port_read(0x177, 1, ram);
+            seen.push(status);
+            if status & 0x08 == 0 {
+                break;
+            }
+            let bytes = m.port_read(0x174, 1, ram) | m.port_read(0x175, 1, ram) << 8;
+            seen.push(bytes);
+            for _ in 0..bytes / 2 {
+                seen.push(m.port_read(0x170, 2, ram));
+            }
+            serve_disk(m);
+        }
+        seen
+    });
+    // And what came out is the CD's blocks 5.. (PV sectors 20..).
+    let data = sector_data(20, 128);
+    assert_eq!(first[0] as u16, u16::from_le_bytes([data[0], data[1]]));
+}
