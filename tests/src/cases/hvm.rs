@@ -410,7 +410,7 @@ fn check_ticks(shell: &mut GuestShell, last: u64, count: usize, cd: &[u8], hda: 
             return Ok(ticks.last().map_or(last, |t| t.0));
         }
         if Instant::now() >= deadline {
-            let tail = shell.transcript().tail(8);
+            let tail = shell.transcript().tail(60);
             // What the guest's kernel says and where its processes wait.
             let diagnosis = shell
                 .run(
@@ -478,7 +478,8 @@ fn save_restore_keeps_devices(ctx: &mut Ctx) -> Result<(), String> {
     let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
     guest.wait_created(Duration::from_secs(120)).map_err(|e| with_device_model_log(SR_NAME, e))?;
     wait_boot(&mut guest.shell, Duration::from_secs(600)).map_err(|e| with_device_model_log(SR_NAME, e))?;
-    guest.shell.run_ok("waitdev /dev/sda 30 && waitdev /dev/sr0 30", Duration::from_secs(60))?;
+    // Kernel messages on the serial too (libata's resets after a resume show there).
+    guest.shell.run_ok("waitdev /dev/sda 30 && waitdev /dev/sr0 30 && dmesg -n 7", Duration::from_secs(60))?;
     guest.shell.send_line(SR_READER)?;
     let mut last =
         check_ticks(&mut guest.shell, 0, 2, &cd_bytes, &hda_bytes).map_err(|e| with_device_model_log(SR_NAME, e))?;
