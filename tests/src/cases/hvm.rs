@@ -388,7 +388,7 @@ fn parse_ticks(bytes: &[u8]) -> Vec<(u64, String, String)> {
 /// Waits for `count` new ticks (numbered after `last`) on `shell` and checks their
 /// digests against the CD and disk images; returns the last tick's number.
 fn check_ticks(shell: &mut GuestShell, last: u64, count: usize, cd: &[u8], hda: &[u8]) -> Result<u64, String> {
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         // Each shell is new after a restore: every tick on it comes after `last`.
         let ticks = parse_ticks(shell.transcript().bytes());
@@ -421,7 +421,7 @@ fn check_ticks(shell: &mut GuestShell, last: u64, count: usize, cd: &[u8], hda: 
                 .map(|out| out.text)
                 .unwrap_or_else(|e| e);
             return Err(format!(
-                "fewer than {count} ticks after tick {last} within 180 s; the serial:\n{tail}\nthe guest:\n{diagnosis}"
+                "fewer than {count} ticks after tick {last} within 90 s; the serial:\n{tail}\nthe guest:\n{diagnosis}"
             ));
         }
         // Let the serial bring in what it has (the needle never comes).
