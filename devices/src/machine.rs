@@ -710,6 +710,28 @@ const UART_VERSION: u16 = 1;
 
 /// Save/restore ([`crate::snapshot`]): every device's state as a section.
 impl Machine {
+    /// Tells Xen the level of every line the machine drives, low ones too: what Xen
+    /// restored for them came from the saving side and must not stay up when the
+    /// device's line is down (the next rising edge would be lost).
+    fn resend_irq_levels(&mut self) {
+        // Levels opposite to each line's, so that sync_irqs sends every one.
+        let mut lines = [None; 16];
+        lines[usize::from(IDE_PRIMARY_IRQ)] = Some(self.ide.irq_level(0));
+        lines[usize::from(IDE_SECONDARY_IRQ)] = Some(self.ide.irq_level(1));
+        lines[usize::from(i8042::KEYBOARD_IRQ)] = Some(self.keyboard_controller.keyboard_irq_level());
+        lines[usize::from(i8042::AUX_IRQ)] = Some(self.keyboard_controller.aux_irq_level());
+        if let Some(uart) = &self.com1 {
+            lines[usize::from(Uart16550::COM1_IRQ)] = Some(uart.irq_level());
+        }
+        for (sent, line) in self.isa_levels.iter_mut().zip(lines) {
+            *sent = line.is_some_and(|level| !level);
+        }
+        for slot in &mut self.nics {
+            slot.intx_level = !slot.card.irq_level();
+        }
+        self.sync_irqs();
+    }
+
     /// The layout the saved state records and a restore checks.
     pub fn layout(&self) -> Layout {
         Layout {
@@ -821,16 +843,14 @@ impl Machine {
         self.now_ns = now_ns;
         // Claims and interrupt lines again, for the new ioreq server and the caller.
         self.effects.clear();
-        self.isa_levels = [false; 16];
         for index in 0..self.nics.len() {
             if let Some(slot) = self.nics.get_mut(index) {
                 slot.claimed = [None; 6];
-                slot.intx_level = false;
                 slot.touched = true;
             }
             self.update_nic_bars(index);
         }
-        self.sync_irqs();
+        self.resend_irq_levels();
         Ok(())
     }
 }
