@@ -59,9 +59,10 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
 /// The NVRAM part of the PC's CMOS: 128 bytes and the index latch.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Cmos {
     index: u8,
+    #[serde(with = "crate::snapshot::big_array")]
     nvram: [u8; NVRAM_LEN_BYTES],
 }
 
@@ -196,6 +197,15 @@ impl Cmos {
                 *slot = *byte;
             }
         }
+    }
+}
+
+/// Save/restore ([`crate::snapshot`]).
+impl Cmos {
+    /// Takes a saved CMOS (index latch and NVRAM; the index as a write would leave it).
+    pub fn load_state(&mut self, saved: &Cmos) {
+        self.index = saved.index & 0x7f;
+        self.nvram = saved.nvram;
     }
 }
 

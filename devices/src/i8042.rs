@@ -125,7 +125,7 @@ pub enum ControllerRequest {
 }
 
 /// A byte waiting at the data port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct OutputByte {
     value: u8,
     aux: bool,
@@ -133,7 +133,7 @@ struct OutputByte {
 }
 
 /// The 8042 keyboard controller (no keyboard or mouse attached).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct I8042 {
     config: u8,
     output_port: u8,
@@ -145,6 +145,7 @@ pub struct I8042 {
     /// what the data port reads when nothing waits (the last byte read, as on a PC)
     last_read: u8,
     dropped_bytes: u64,
+    #[serde(skip)]
     log: LogLimiter,
 }
 
@@ -314,6 +315,20 @@ impl I8042 {
             Some(_) => {}
         }
         None
+    }
+}
+
+/// Save/restore ([`crate::snapshot`]).
+impl I8042 {
+    /// Takes a saved controller whose output queue is within [`OUTPUT_QUEUE_BYTES`]
+    /// (its log limiter stays this one's).
+    pub fn load_state(&mut self, saved: I8042) -> Result<(), &'static str> {
+        if saved.output.len() > OUTPUT_QUEUE_BYTES {
+            return Err("its output queue is longer than the controller's");
+        }
+        let log = core::mem::take(&mut self.log);
+        *self = I8042 { log, ..saved };
+        Ok(())
     }
 }
 

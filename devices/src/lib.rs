@@ -15,7 +15,8 @@
 //!   block workers on the PV disks, the serial console, QMP over libvchan, hot-plug,
 //!   readiness, save and restore, as separate tasks.
 //! - [`dm_args`]: the QEMU-style argv libxl writes for the stub domain.
-//! - [`state_file`]: how the device state crosses the save and restore consoles.
+//! - [`state_file`]: how the device state crosses the save and restore consoles;
+//!   [`snapshot`]: the sections of that state, one per device.
 //! - [`task`], [`ratelimit`]: small helpers for the tasks and for bounded logging.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod pci;
 pub mod pm;
 pub mod ratelimit;
 pub mod service;
+pub mod snapshot;
 pub mod state_file;
 pub mod task;
 pub mod uart;

@@ -25,6 +25,9 @@
 //! the IDE controller as block requests ([`Machine::ide_mut`]). A malformed request
 //! (bad size, a `rep` larger than a page, memory the guest does not have) is answered
 //! (reads as all-ones) and logged at a bounded rate, never a panic.
+//!
+//! Its state saves and loads as [`crate::snapshot`] sections, one per device, behind a
+//! [`Layout`] a restore must match ([`Machine::save_state`], [`Machine::load_state`]).
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -133,6 +136,8 @@ pub struct Machine {
     effects: VecDeque<Effect>,
     log: LogLimiter,
     stats: MachineStats,
+    /// the drives as the argv gave them, for the saved state's layout
+    drive_layout: [[Option<DriveLayout>; 2]; 2],
 }
 
 /// Bytes the guest's serial output may queue before THRE stays clear.
@@ -150,13 +155,14 @@ impl Machine {
             keyboard_controller: I8042::new(),
             pm: AcpiPm::new(),
             com1: config.com1.then(|| Uart16550::new(SERIAL_OUTPUT_LIMIT_BYTES)),
-            ide: IdeController::new(config.ide),
+            ide: IdeController::new(config.ide.clone()),
             nics: Vec::new(),
             isa_levels: [false; 16],
             now_ns: 0,
             effects: VecDeque::new(),
             log: LogLimiter::new(),
             stats: MachineStats::default(),
+            drive_layout: config.ide.map(|channel| channel.map(|spec| spec.map(DriveLayout::of))),
         }
     }
 
@@ -656,6 +662,199 @@ impl Machine {
 }
 
 /// All-ones in the low `size` bytes.
+/// A drive of the machine's layout (what a restore must find where the save had it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DriveLayout {
+    HardDisk { nr_sectors: u64 },
+    CdRom,
+}
+
+impl DriveLayout {
+    fn of(spec: DriveSpec) -> DriveLayout {
+        match spec {
+            DriveSpec::HardDisk { nr_sectors, .. } => DriveLayout::HardDisk { nr_sectors },
+            DriveSpec::CdRom { .. } => DriveLayout::CdRom,
+        }
+    }
+}
+
+/// What the machine is made of, the first section of its saved state: a restore
+/// into a machine of another layout (another argv) is refused before anything loads.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Layout {
+    /// `[channel][unit]`
+    pub drives: [[Option<DriveLayout>; 2]; 2],
+    pub com1: bool,
+    /// each NIC's model as its section id, in slot order
+    pub nics: Vec<u16>,
+}
+
+/// The machine's own registers in its saved state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct MachineState {
+    config_address: u32,
+    /// the time of the save, to move the devices' timers to the restoring clock
+    saved_at_ns: u64,
+}
+
+/// Section versions of the machine's own sections and of the devices that have no
+/// version of their own (their state is their serde form).
+const LAYOUT_VERSION: u16 = 1;
+const MACHINE_VERSION: u16 = 1;
+const CONFIG_SPACE_VERSION: u16 = 1;
+const RESET_CONTROL_VERSION: u16 = 1;
+const CMOS_VERSION: u16 = 1;
+const I8042_VERSION: u16 = 1;
+const PM_VERSION: u16 = 1;
+const UART_VERSION: u16 = 1;
+
+/// Save/restore ([`crate::snapshot`]): every device's state as a section.
+impl Machine {
+    /// Tells Xen the level of every line the machine drives, low ones too: what Xen
+    /// restored for them came from the saving side and must not stay up when the
+    /// device's line is down (the next rising edge would be lost).
+    fn resend_irq_levels(&mut self) {
+        // Levels opposite to each line's, so that sync_irqs sends every one.
+        let mut lines = [None; 16];
+        lines[usize::from(IDE_PRIMARY_IRQ)] = Some(self.ide.irq_level(0));
+        lines[usize::from(IDE_SECONDARY_IRQ)] = Some(self.ide.irq_level(1));
+        lines[usize::from(i8042::KEYBOARD_IRQ)] = Some(self.keyboard_controller.keyboard_irq_level());
+        lines[usize::from(i8042::AUX_IRQ)] = Some(self.keyboard_controller.aux_irq_level());
+        if let Some(uart) = &self.com1 {
+            lines[usize::from(Uart16550::COM1_IRQ)] = Some(uart.irq_level());
+        }
+        for (sent, line) in self.isa_levels.iter_mut().zip(lines) {
+            *sent = line.is_some_and(|level| !level);
+        }
+        for slot in &mut self.nics {
+            slot.intx_level = !slot.card.irq_level();
+        }
+        self.sync_irqs();
+    }
+
+    /// The layout the saved state records and a restore checks.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            drives: self.drive_layout,
+            com1: self.com1.is_some(),
+            nics: self.nics.iter().map(|slot| slot.card.save_state().0 as u16).collect(),
+        }
+    }
+
+    /// The devices' state at `now_ns`, as a state file's payload. Take it with the
+    /// machine quiet: no ioreq half-answered (the VM paused) and the IDE controller
+    /// [idle](IdeController::is_idle), so that no disk request is in it. Frames the
+    /// NICs hold for the glue are not saved.
+    pub fn save_state(&self, now_ns: u64) -> Vec<u8> {
+        use crate::snapshot::SectionId as Id;
+        let mut out = crate::snapshot::Writer::new();
+        out.section(Id::Layout, 0, LAYOUT_VERSION, &self.layout());
+        let own = MachineState { config_address: self.config_address, saved_at_ns: now_ns };
+        out.section(Id::Machine, 0, MACHINE_VERSION, &own);
+        out.section(Id::HostBridge, 0, CONFIG_SPACE_VERSION, &self.host_bridge);
+        out.section(Id::Piix3Isa, 0, CONFIG_SPACE_VERSION, &self.isa);
+        out.section(Id::IdeFunction, 0, CONFIG_SPACE_VERSION, &self.ide_function);
+        out.section(Id::ResetControl, 0, RESET_CONTROL_VERSION, &self.reset_control);
+        out.section(Id::Cmos, 0, CMOS_VERSION, &self.cmos);
+        out.section(Id::I8042, 0, I8042_VERSION, &self.keyboard_controller);
+        out.section(Id::AcpiPm, 0, PM_VERSION, &self.pm);
+        if let Some(uart) = &self.com1 {
+            out.section(Id::Uart, 0, UART_VERSION, uart);
+        }
+        out.section(Id::Ide, 0, IdeController::STATE_VERSION, &self.ide);
+        for (index, slot) in self.nics.iter().enumerate() {
+            let (id, version, body) = slot.card.save_state();
+            out.raw_section(id as u16, index as u16, version, &body);
+        }
+        out.finish()
+    }
+
+    /// Loads a saved state (from [`save_state`](Self::save_state)) into this machine,
+    /// built from the restoring argv, at `now_ns`, before the guest runs. The layout
+    /// must match; every section must be a version this model reads and a state its
+    /// device can take. Afterwards the NICs' BARs are claimed again and the interrupt
+    /// lines that are up are raised again, as [`Effect`]s for the caller. After an
+    /// error the machine may be partly loaded: it is not to run.
+    pub fn load_state(&mut self, payload: &[u8], now_ns: u64) -> Result<(), crate::snapshot::SnapshotError> {
+        use crate::snapshot::{SectionId as Id, SnapshotError, TimeBase, find};
+        let sections = crate::snapshot::sections(payload)?;
+        let layout: Layout = find(&sections, Id::Layout, 0)?.decode(LAYOUT_VERSION)?;
+        let ours = self.layout();
+        if layout != ours {
+            return Err(SnapshotError::LayoutMismatch(alloc::format!("saved {layout:?}, here {ours:?}")));
+        }
+        let expected = 10 + usize::from(ours.com1) + ours.nics.len();
+        if sections.len() != expected {
+            return Err(SnapshotError::invalid(
+                Id::Layout,
+                alloc::format!("{} sections where this machine has {expected}", sections.len()),
+            ));
+        }
+        let own: MachineState = find(&sections, Id::Machine, 0)?.decode(MACHINE_VERSION)?;
+        let time = TimeBase { saved_now_ns: own.saved_at_ns, now_ns };
+        let config_space = |id: Id, current: &ConfigSpace| -> Result<ConfigSpace, SnapshotError> {
+            let saved: ConfigSpace = find(&sections, id, 0)?.decode(CONFIG_SPACE_VERSION)?;
+            let mut config = current.clone();
+            config.load_state(&saved).map_err(|what| SnapshotError::invalid(id, what))?;
+            Ok(config)
+        };
+        let host_bridge = config_space(Id::HostBridge, &self.host_bridge)?;
+        let ide_function = config_space(Id::IdeFunction, &self.ide_function)?;
+        let mut isa = self.isa.clone();
+        let saved_isa: Piix3Isa = find(&sections, Id::Piix3Isa, 0)?.decode(CONFIG_SPACE_VERSION)?;
+        isa.load_state(&saved_isa).map_err(|what| SnapshotError::invalid(Id::Piix3Isa, what))?;
+        let reset_control: ResetControl = find(&sections, Id::ResetControl, 0)?.decode(RESET_CONTROL_VERSION)?;
+        let mut cmos = self.cmos.clone();
+        cmos.load_state(&find(&sections, Id::Cmos, 0)?.decode(CMOS_VERSION)?);
+        let mut keyboard_controller = self.keyboard_controller.clone();
+        keyboard_controller
+            .load_state(find(&sections, Id::I8042, 0)?.decode(I8042_VERSION)?)
+            .map_err(|what| SnapshotError::invalid(Id::I8042, what))?;
+        let pm: AcpiPm = find(&sections, Id::AcpiPm, 0)?.decode(PM_VERSION)?;
+        let com1 = match &self.com1 {
+            Some(_) => {
+                let mut uart = Uart16550::new(SERIAL_OUTPUT_LIMIT_BYTES);
+                uart.load_state(find(&sections, Id::Uart, 0)?.decode(UART_VERSION)?)
+                    .map_err(|what| SnapshotError::invalid(Id::Uart, what))?;
+                Some(uart)
+            }
+            None => None,
+        };
+        let ide: IdeController = find(&sections, Id::Ide, 0)?.decode(IdeController::STATE_VERSION)?;
+        // The fallible loads that change the machine: NICs, then IDE.
+        for (index, slot) in self.nics.iter_mut().enumerate() {
+            let instance = index as u16;
+            let section = sections
+                .iter()
+                .find(|s| s.instance == instance && matches!(s.id, Id::Rtl8139 | Id::E1000))
+                .ok_or(SnapshotError::Missing { device: "NIC" })?;
+            slot.card.load_state(section, time)?;
+        }
+        self.ide.load_state(ide)?;
+        self.config_address = own.config_address;
+        self.host_bridge = host_bridge;
+        self.isa = isa;
+        self.ide_function = ide_function;
+        self.reset_control = reset_control;
+        self.cmos = cmos;
+        self.keyboard_controller = keyboard_controller;
+        self.pm = pm;
+        self.com1 = com1;
+        self.now_ns = now_ns;
+        // Claims and interrupt lines again, for the new ioreq server and the caller.
+        self.effects.clear();
+        for index in 0..self.nics.len() {
+            if let Some(slot) = self.nics.get_mut(index) {
+                slot.claimed = [None; 6];
+                slot.touched = true;
+            }
+            self.update_nic_bars(index);
+        }
+        self.resend_irq_levels();
+        Ok(())
+    }
+}
+
 fn all_ones(size: u32) -> u64 {
     if size >= 8 { u64::MAX } else { (1u64 << (size * 8)) - 1 }
 }
@@ -721,4 +920,125 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
         }
     }
     answered
+}
+
+/// The machine [`fuzz_load_state`] loads into: a disk of 4096 sectors at 0/0, a CD at
+/// 1/0, COM1, an RTL8139 and an e1000.
+pub fn fuzz_state_machine() -> Machine {
+    let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
+    ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 4096, read_only: false });
+    ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(8192) });
+    let mut machine = Machine::new(MachineConfig { ide, boot_order: "dc".into(), ram_mib: 1, com1: true });
+    let mac = [0x00, 0x16, 0x3e, 0x12, 0x34, 0x56];
+    machine.add_nic(crate::nic::new_card(crate::dm_args::NicModel::Rtl8139, mac));
+    machine.add_nic(crate::nic::new_card(crate::dm_args::NicModel::E1000, mac));
+    machine
+}
+
+/// A real saved state of [`fuzz_state_machine`] in the middle of things (PCI set up,
+/// BARs placed, COM1 with input, a disk read half done), for the fuzz target to damage.
+pub fn fuzz_saved_state() -> Vec<u8> {
+    let mut machine = fuzz_state_machine();
+    let ram = FuzzRam(core::cell::RefCell::new(vec![0; 1 << 16]));
+    machine.config_write(PIIX3_ISA_DEVFN, 0x60, 4, 0x050b_0a05);
+    machine.config_write(PIIX3_IDE_DEVFN, 0x40, 2, 0x8000);
+    for (devfn, io, mem) in [(0x18, 0xc100, 0xf000_0000u32), (0x20, 0xc200, 0xf002_0000)] {
+        machine.config_write(devfn, 0x10, 4, io);
+        machine.config_write(devfn, 0x14, 4, mem);
+        machine.config_write(devfn, 0x04, 2, 0x0007);
+    }
+    for (port, value) in [(0x3fb, 0x03), (0x3fa, 0xc7), (0x3f9, 0x0f), (0x64, 0x60), (0x70, 0x3d)] {
+        machine.port_write(port, 1, value, &ram);
+    }
+    if let Some(uart) = machine.com1_mut() {
+        uart.receive(b"input");
+    }
+    for (port, value) in [(0x1f6, 0xe0), (0x1f2, 2), (0x1f3, 5), (0x1f7, 0x20)] {
+        machine.port_write(port, 1, value, &ram);
+    }
+    while let Some(request) = machine.ide_mut().take_request() {
+        machine.ide_mut().complete(request.drive, crate::ide::BlockOutcome::Read(vec![0x5a; 1024]));
+    }
+    for _ in 0..10 {
+        machine.port_read(0x1f0, 2, &ram);
+    }
+    machine.save_state(1_000_000)
+}
+
+/// Guest RAM in a Vec for the fuzz helpers.
+struct FuzzRam(core::cell::RefCell<Vec<u8>>);
+
+impl GuestMemory for FuzzRam {
+    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), xen_seams::hvm::GuestMemoryError> {
+        let ram = self.0.borrow();
+        let range = usize::try_from(gpa).ok().and_then(|start| ram.get(start..start.checked_add(out.len())?));
+        out.copy_from_slice(range.ok_or(xen_seams::hvm::GuestMemoryError::Unmapped { gfn: gpa >> 12 })?);
+        Ok(())
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), xen_seams::hvm::GuestMemoryError> {
+        let mut ram = self.0.borrow_mut();
+        let start = usize::try_from(gpa).ok();
+        let range = start.and_then(|start| ram.get_mut(start..start.checked_add(data.len())?));
+        range.ok_or(xen_seams::hvm::GuestMemoryError::Unmapped { gfn: gpa >> 12 })?.copy_from_slice(data);
+        Ok(())
+    }
+    fn invalidate(&self) {}
+}
+
+/// The saved-state promises, for the fuzz target (devices/fuzz, `state_file`) and the
+/// host tests: any payload loaded into [`fuzz_state_machine`] is an error or a state
+/// the machine then runs with: it answers every port, its disk requests and both
+/// NICs' registers, receive and timers without a panic, and what it saves afterwards
+/// loads again. Returns whether `payload` loaded.
+pub fn fuzz_load_state(payload: &[u8]) -> bool {
+    use crate::ide::{BlockOp, BlockOutcome};
+    let mut machine = fuzz_state_machine();
+    if machine.load_state(payload, 7_000_000).is_err() {
+        return false;
+    }
+    let ram = FuzzRam(core::cell::RefCell::new(vec![0; 1 << 16]));
+    let ports = (0x1f0..=0x1f7).chain(0x170..=0x177).chain([0x3f6, 0x376, 0x60, 0x64, 0x70, 0x71, 0xb004, 0xafe0]);
+    for (n, port) in ports.chain(0x3f8..=0x3ff).enumerate() {
+        for size in [1, 2, 4] {
+            machine.port_read(port, size, &ram);
+        }
+        machine.port_write(port, 1, n as u32 * 37, &ram);
+        while let Some(request) = machine.ide_mut().take_request() {
+            let outcome = match request.op {
+                BlockOp::Read { nr_sectors, .. } => BlockOutcome::Read(vec![0xa5; nr_sectors as usize * 512]),
+                BlockOp::Write { .. } => BlockOutcome::Written,
+                BlockOp::Flush => BlockOutcome::Flushed,
+            };
+            machine.ide_mut().complete(request.drive, outcome);
+        }
+    }
+    for devfn in [HOST_BRIDGE_DEVFN, PIIX3_ISA_DEVFN, PIIX3_IDE_DEVFN, 0x18, 0x20] {
+        for reg in (0..256).step_by(4) {
+            machine.config_read(devfn, reg, 4);
+        }
+    }
+    for index in 0..machine.nr_nics() {
+        if let Some(nic) = machine.nic_mut(index) {
+            for offset in (0..0x100).step_by(2).chain((0x2800..0x2830).step_by(4)).chain((0x3800..0x3830).step_by(4)) {
+                let value = nic.read(0, offset, 2, &ram, 8_000_000);
+                nic.write(0, offset, 2, value ^ 0x0c, &ram, 8_000_000);
+            }
+            nic.receive(&[0xff; 64], &ram, 9_000_000);
+            nic.tick(u64::MAX / 2);
+            while nic.take_tx_frame().is_some() {}
+        }
+    }
+    machine.sync_irqs();
+    machine.take_effects();
+    // Drain a disk request the last writes may have left, then save and load again.
+    while let Some(request) = machine.ide_mut().take_request() {
+        machine.ide_mut().complete(request.drive, BlockOutcome::Failed);
+    }
+    let again = machine.save_state(10_000_000);
+    if machine.ide().is_idle()
+        && let Err(error) = fuzz_state_machine().load_state(&again, 11_000_000)
+    {
+        panic!("a state saved after a restore does not load: {error}");
+    }
+    true
 }

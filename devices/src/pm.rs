@@ -37,12 +37,13 @@ const SLP_TYP_SOFT_OFF: u16 = 0;
 const SLP_TYP_SUSPEND: u16 = 1;
 
 /// PM1a_CNT and the GPE0 block.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct AcpiPm {
     /// what the guest wrote, without SLP_EN
     pm1a_cnt: u16,
     gpe0_sts: u16,
     gpe0_en: u16,
+    #[serde(skip)]
     unsupported_sleep_logged: bool,
 }
 

@@ -210,6 +210,87 @@ impl Reader {
     }
 }
 
+/// Collects the state files a restore stream holds and keeps the last complete one:
+/// libxl's qemu-save file can hold an older state before the newest (a device model
+/// asked to save twice, as `xl save -c` does, writes two files to one console).
+///
+/// A file after a complete one replaces it once it is complete and intact; bytes
+/// after a complete file that do not start a new one (padding) end the search, and
+/// so does a later file that is damaged: the last complete state stands. An error
+/// before any complete file is the reader's error.
+#[derive(Debug)]
+pub struct LatestReader {
+    current: Reader,
+    latest: Option<Vec<u8>>,
+    /// no later file can follow (bytes after the last one were not a file)
+    closed: bool,
+    /// bytes of the stream taken, the current file's included
+    received_before: usize,
+}
+
+impl Default for LatestReader {
+    fn default() -> Self {
+        LatestReader::new()
+    }
+}
+
+impl LatestReader {
+    /// A reader for payloads up to [`MAX_PAYLOAD_BYTES`].
+    pub fn new() -> LatestReader {
+        LatestReader::with_max_payload(MAX_PAYLOAD_BYTES)
+    }
+
+    pub fn with_max_payload(max_payload_bytes: usize) -> LatestReader {
+        LatestReader {
+            current: Reader::with_max_payload(max_payload_bytes),
+            latest: None,
+            closed: false,
+            received_before: 0,
+        }
+    }
+
+    /// Takes the next bytes. Errors only while no complete file has arrived (and then
+    /// every later call repeats it).
+    pub fn push(&mut self, mut data: &[u8]) -> Result<(), StateFileError> {
+        while !data.is_empty() && !self.closed {
+            let before = self.current.received();
+            match self.current.push(data) {
+                Ok(Some(payload)) => {
+                    let taken = self.current.received() - before;
+                    data = data.get(taken..).unwrap_or_default();
+                    self.received_before += self.current.received();
+                    self.latest = Some(payload);
+                    self.current = Reader::with_max_payload(self.current.max_payload_bytes);
+                }
+                Ok(None) => return Ok(()),
+                Err(error) if self.latest.is_none() => return Err(error),
+                Err(_) => self.closed = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// The last complete payload so far.
+    pub fn latest(&self) -> Option<&[u8]> {
+        self.latest.as_deref()
+    }
+
+    /// A later file has begun and is not complete yet (worth waiting for).
+    pub fn later_file_in_progress(&self) -> bool {
+        self.latest.is_some() && !self.closed && self.current.received() > 0
+    }
+
+    /// The last complete payload, if any.
+    pub fn finish(self) -> Option<Vec<u8>> {
+        self.latest
+    }
+
+    /// Bytes of the stream taken so far (padding after the last file not counted).
+    pub fn received(&self) -> usize {
+        self.received_before + if self.closed { 0 } else { self.current.received() }
+    }
+}
+
 /// Decodes a whole state file (payload up to [`MAX_PAYLOAD_BYTES`]).
 pub fn decode(file: &[u8]) -> Result<Vec<u8>, StateFileError> {
     let Some(header) = file.first_chunk::<HEADER_BYTES>() else {
@@ -385,6 +466,47 @@ mod tests {
         assert_eq!(reader.push(&file[HEADER_BYTES..50]), Ok(None));
         assert_eq!(reader.body.capacity(), 100 + TRAILER_BYTES, "never grown");
         assert_eq!(reader.push(&file[50..]), Ok(Some(vec![1u8; 100])));
+    }
+
+    /// Two states on one stream (libxl's qemu-save file after two saves): the last
+    /// complete one wins, in whatever pieces the console delivers; padding or a damaged
+    /// later file leave the last complete state standing.
+    #[test]
+    fn the_last_complete_state_wins() {
+        let mut stream = encode(b"older state");
+        stream.extend(encode(b"newest state"));
+        for piece in [1, 5, 23, stream.len()] {
+            let mut reader = LatestReader::new();
+            for chunk in stream.chunks(piece) {
+                reader.push(chunk).unwrap();
+            }
+            assert!(!reader.later_file_in_progress());
+            assert_eq!(reader.received(), stream.len());
+            assert_eq!(reader.finish().unwrap(), b"newest state", "pieces of {piece}");
+        }
+        // A later file still arriving: the older one is what there is, and the reader
+        // says a later one is on its way.
+        let mut reader = LatestReader::new();
+        reader.push(&stream[..stream.len() - 3]).unwrap();
+        assert_eq!(reader.latest(), Some(&b"older state"[..]));
+        assert!(reader.later_file_in_progress());
+        // Padding after the last file, or a damaged later file: the complete one stands.
+        let mut padded = encode(b"only state");
+        padded.extend_from_slice(b"\r\n\0\0 padding");
+        let mut damaged = encode(b"older state");
+        let mut bad = encode(b"newer state");
+        bad[14] ^= 0x40;
+        damaged.extend(bad);
+        for (input, want) in [(&padded, &b"only state"[..]), (&damaged, &b"older state"[..])] {
+            let mut reader = LatestReader::new();
+            reader.push(input).unwrap();
+            assert!(!reader.later_file_in_progress());
+            assert_eq!(reader.finish().as_deref(), Some(want));
+        }
+        // Before any complete file, an error is the reader's error.
+        let mut reader = LatestReader::new();
+        assert!(matches!(reader.push(b"QEVM\0\0\0\x03 more bytes"), Err(StateFileError::NotAStateFile(_))));
+        assert!(reader.push(&encode(b"x")).is_err(), "and stays");
     }
 
     /// The fuzz target's checks over generated inputs: valid files in random pieces,

@@ -94,7 +94,7 @@ pub struct UartStats {
 }
 
 /// A 16550A UART: registers, FIFOs and the bounded output buffer towards the console.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Uart16550 {
     divisor: u16,
     /// the received byte when the FIFO is off
@@ -115,8 +115,10 @@ pub struct Uart16550 {
     rx_timeout_pending: bool,
     output: VecDeque<u8>,
     output_limit_bytes: usize,
+    #[serde(skip)]
     stats: UartStats,
     /// a drop was logged and the buffer has not had room since
+    #[serde(skip)]
     drop_logged: bool,
 }
 
@@ -442,6 +444,24 @@ impl Uart16550 {
             IIR_NO_INT
         };
         self.iir = (self.iir & 0xf0) | id;
+    }
+}
+
+/// Save/restore ([`crate::snapshot`]): registers, the receive FIFO and the output not
+/// yet taken by the console task.
+impl Uart16550 {
+    /// Takes a saved UART whose FIFO and output fit this one (its output limit and
+    /// counters stay this one's).
+    pub fn load_state(&mut self, saved: Uart16550) -> Result<(), &'static str> {
+        if saved.rx_fifo.len() > FIFO_LEN_BYTES || !(1..=FIFO_LEN_BYTES).contains(&saved.rx_trigger_level_bytes) {
+            return Err("its receive FIFO is larger than a 16550A's");
+        }
+        if saved.output.len() > self.output_limit_bytes {
+            return Err("its output is over this UART's output limit");
+        }
+        let (output_limit_bytes, stats) = (self.output_limit_bytes, self.stats);
+        *self = Uart16550 { output_limit_bytes, stats, ..saved };
+        Ok(())
     }
 }
 

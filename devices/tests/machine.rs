@@ -566,6 +566,16 @@ impl devices::nic::Nic for FakeNic {
         devices::nic::NicStats::default()
     }
     fn reset(&mut self) {}
+    fn save_state(&self) -> (devices::snapshot::SectionId, u16, Vec<u8>) {
+        (devices::snapshot::SectionId::Rtl8139, 0, self.registers.to_vec())
+    }
+    fn load_state(
+        &mut self,
+        _section: &devices::snapshot::Section<'_>,
+        _time: devices::snapshot::TimeBase,
+    ) -> Result<(), devices::snapshot::SnapshotError> {
+        Err(devices::snapshot::SnapshotError::Missing { device: "fake NIC" })
+    }
 }
 
 /// A NIC's BARs are claimed where hvmloader puts them once decoding is on, moved

@@ -52,6 +52,7 @@ mod reason {
 /// SCSI sense keys this device reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) enum SenseKey {
     NoSense = 0x0,
     NotReady = 0x2,
@@ -62,6 +63,7 @@ pub(super) enum SenseKey {
 /// Additional sense codes this device reports (the qualifier is always 0, as in QEMU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) enum Asc {
     None = 0x00,
     InvalidOpcode = 0x20,
@@ -192,6 +194,7 @@ fn lba_to_msf(lba: u64) -> [u8; 3] {
 }
 
 /// The drive's media and sense state.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct CdRom {
     /// None: no medium
     pub medium_nr_sectors: Option<u64>,

@@ -13,6 +13,7 @@
 //! disk with an interrupt, 0x00 for ATAPI without one). Guests hold SRST for microseconds
 //! and wait for !BSY after releasing it, so they see the same thing.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::drive::{Drive, status};
@@ -29,6 +30,7 @@ pub(super) mod control {
 }
 
 /// State the drives of a channel share, handed to a drive while it runs.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Bus {
     pub channel: u8,
     pub device_control: u8,
@@ -40,6 +42,7 @@ pub(super) struct Bus {
     queued: [Option<BlockOp>; 2],
     /// the request taken and not completed: (unit, orphaned by a reset)
     in_flight: Option<(usize, bool)>,
+    #[serde(skip)]
     pub events: Vec<IdeEvent>,
 }
 
@@ -114,6 +117,7 @@ impl Bus {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Channel {
     pub bus: Bus,
     drives: [Drive; 2],
@@ -322,5 +326,36 @@ impl Channel {
         for drive in &mut self.drives {
             drive.machine_reset(&mut self.bus);
         }
+    }
+}
+
+/// Save/restore.
+impl Channel {
+    /// Checks a saved channel against this one and makes it fit (see
+    /// [`Drive::adopt_saved`]); returns the CD medium changes to apply after it
+    /// replaced this one, by unit.
+    pub(super) fn adopt_saved(&self, saved: &mut Channel) -> Result<[Option<Option<u64>>; 2], String> {
+        if saved.bus.channel != self.bus.channel || saved.unit > 1 {
+            return Err(alloc::format!("channel {} was saved as channel {}", self.bus.channel, saved.bus.channel));
+        }
+        if saved.bus.in_flight.is_some() || saved.bus.queued.iter().any(Option::is_some) {
+            return Err(alloc::format!("channel {} had a disk request outstanding", self.bus.channel));
+        }
+        let mut changes = [None, None];
+        for ((now, then), change) in self.drives.iter().zip(saved.drives.iter_mut()).zip(changes.iter_mut()) {
+            *change = now.adopt_saved(then)?;
+        }
+        Ok(changes)
+    }
+
+    pub(super) fn is_tray_open(&self, unit: u8) -> bool {
+        self.drives.get(usize::from(unit)).is_some_and(Drive::is_tray_open)
+    }
+
+    /// No disk request is queued, taken or awaited: the state can be saved.
+    pub(super) fn is_idle(&self) -> bool {
+        self.bus.in_flight.is_none()
+            && self.bus.queued.iter().all(Option::is_none)
+            && self.drives.iter().all(|drive| drive.pending.is_none())
     }
 }

@@ -8,6 +8,7 @@
 //! bytes that are left, zero-padded, and ends the window instead of returning 0 forever:
 //! libata reads the odd trailing byte of an ATAPI transfer that way.
 
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -42,6 +43,7 @@ pub(super) mod select {
 }
 
 /// A hard disk backed by a PV disk.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Disk {
     pub nr_sectors: u64,
     pub read_only: bool,
@@ -51,6 +53,7 @@ pub(super) struct Disk {
 }
 
 /// What the drive position holds.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) enum Media {
     /// No drive. It still has registers (the bus writes them) and, as in QEMU, an absent
     /// master executes commands as a disk without a medium would.
@@ -60,7 +63,7 @@ pub(super) enum Media {
 }
 
 /// The task-file registers and their HOB copies.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct TaskFile {
     pub feature: u8,
     pub error: u8,
@@ -110,7 +113,7 @@ impl TaskFile {
 }
 
 /// What happens when the guest has finished the PIO window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum PioEnd {
     /// the data phase is over (IDENTIFY, or no transfer)
     Stop,
@@ -122,7 +125,7 @@ pub(super) enum PioEnd {
 }
 
 /// The request a drive waits for, with what its outcome must look like.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum Pending {
     AtaRead {
         nr_sectors: u32,
@@ -137,7 +140,7 @@ pub(super) enum Pending {
 }
 
 /// A READ SECTORS (EXT) in progress.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct AtaRead {
     /// the sector the guest gets next
     pub next_lba: u64,
@@ -149,7 +152,7 @@ pub(super) struct AtaRead {
 }
 
 /// A WRITE SECTORS (EXT) in progress.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct AtaWrite {
     /// first sector of the data gathered in `io`
     pub chunk_lba: u64,
@@ -162,7 +165,7 @@ pub(super) struct AtaWrite {
 }
 
 /// CD blocks still to fetch for an ATAPI read.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct CdFetch {
     pub next_block: u64,
     pub nr_blocks: u64,
@@ -172,7 +175,7 @@ pub(super) struct CdFetch {
 
 /// An ATAPI data-in command in progress: reply bytes in `io[data_start..]` plus blocks
 /// still to fetch.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct AtapiTransfer {
     /// bytes still to hand to the guest
     pub bytes_left: u64,
@@ -181,7 +184,7 @@ pub(super) struct AtapiTransfer {
     pub fetch: Option<CdFetch>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) enum Transfer {
     None,
     AtaRead(AtaRead),
@@ -189,6 +192,7 @@ pub(super) enum Transfer {
     Atapi(AtapiTransfer),
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Drive {
     pub id: DriveId,
     pub media: Media,
@@ -511,5 +515,78 @@ impl Drive {
 
     pub fn is_tray_locked(&self) -> bool {
         matches!(&self.media, Media::Cd(cd) if cd.tray_locked)
+    }
+}
+
+/// Save/restore: what a saved drive must be to replace this one.
+impl Drive {
+    pub fn is_tray_open(&self) -> bool {
+        matches!(&self.media, Media::Cd(cd) if cd.tray_open)
+    }
+
+    /// Checks a saved drive against this one (built from the restoring argv): the same
+    /// position and kind of media (a disk of the same size), no disk request outstanding,
+    /// and its PIO window and transfer inside its buffer. Then makes it fit this
+    /// machine: the disk's geometry is this disk's (it follows from the size), and a CD
+    /// whose medium differs from the one this machine has sees a medium change.
+    pub(super) fn adopt_saved(&self, saved: &mut Drive) -> Result<Option<Option<u64>>, String> {
+        if saved.id != self.id {
+            return Err(alloc::format!("drive {:?} was saved as {:?}", self.id, saved.id));
+        }
+        let mut medium_change = None;
+        match (&self.media, &mut saved.media) {
+            (Media::Absent, Media::Absent) => {}
+            (Media::Cd(now), Media::Cd(then)) => {
+                if now.medium_nr_sectors != then.medium_nr_sectors {
+                    medium_change = Some(now.medium_nr_sectors);
+                }
+            }
+            (Media::Disk(now), Media::Disk(then)) if now.nr_sectors == then.nr_sectors => {
+                then.read_only = now.read_only;
+                then.geometry = now.geometry;
+            }
+            (now, then) => {
+                return Err(alloc::format!(
+                    "drive {:?} is {} here and was {} when saved",
+                    self.id,
+                    describe(now),
+                    describe(then)
+                ));
+            }
+        }
+        if saved.pending.is_some() {
+            return Err(alloc::format!("drive {:?} had a disk request outstanding", self.id));
+        }
+        if saved.pio_pos > saved.pio_end || saved.pio_end > saved.io.len() {
+            return Err(alloc::format!("drive {:?}: its PIO window is outside its buffer", self.id));
+        }
+        let buffer_ok = match saved.transfer {
+            Transfer::None => true,
+            Transfer::AtaRead(read) => {
+                read.buffered_start <= read.buffered_end
+                    && read.buffered_end <= saved.io.len()
+                    && read.buffered_start.is_multiple_of(512)
+                    && read.buffered_end.is_multiple_of(512)
+            }
+            Transfer::AtaWrite(write) => write.gathered <= super::MAX_REQUEST_SECTORS,
+            Transfer::Atapi(transfer) => {
+                transfer.data_start <= saved.io.len()
+                    && transfer.fetch.is_none_or(|fetch| {
+                        matches!(fetch.block_len_bytes, 2048 | 2352) && fetch.nr_blocks <= u64::from(u32::MAX)
+                    })
+            }
+        };
+        if !buffer_ok {
+            return Err(alloc::format!("drive {:?}: its transfer is outside its buffer", self.id));
+        }
+        Ok(medium_change)
+    }
+}
+
+fn describe(media: &Media) -> String {
+    match media {
+        Media::Absent => String::from("absent"),
+        Media::Disk(disk) => alloc::format!("a disk of {} sectors", disk.nr_sectors),
+        Media::Cd(_) => String::from("a CD-ROM"),
     }
 }

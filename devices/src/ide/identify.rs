@@ -20,7 +20,7 @@ const MAX_LBA28_SECTORS: u64 = (1 << 28) - 1;
 /// Legacy CHS geometry of a disk: QEMU's `guess_chs_for_size` (16 heads, 63 sectors per
 /// track, 2 to 16383 cylinders). Only CHS-addressed commands and IDENTIFY words 1-6 and
 /// 54-58 use it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Geometry {
     pub cylinders: u16,
     pub heads: u8,

@@ -35,7 +35,7 @@ use channel::Channel;
 
 /// Which drive: channel 0 = primary (0x1f0-0x1f7, 0x3f6, IRQ 14), 1 = secondary
 /// (0x170-0x177, 0x376, IRQ 15); unit 0 = master, 1 = slave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct DriveId {
     pub channel: u8,
     pub unit: u8,
@@ -52,7 +52,7 @@ pub enum DriveSpec {
 
 /// Slow work the controller asks for; a worker does it on the PV disk and calls
 /// `IdeController::complete`. Sectors are 512-byte sectors of the backing PV disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BlockOp {
     Read {
         sector: u64,
@@ -143,6 +143,7 @@ fn all_ones(size: u8) -> u32 {
 }
 
 /// The PIIX3 IDE function's two legacy channels and their drives.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct IdeController {
     channels: [Channel; 2],
 }
@@ -294,5 +295,45 @@ impl IdeController {
         for channel in &mut self.channels {
             channel.reset();
         }
+    }
+}
+
+/// Save/restore ([`crate::snapshot`]): both channels with their drives, section
+/// [`SectionId::Ide`](crate::snapshot::SectionId::Ide).
+impl IdeController {
+    /// The version of the IDE section this model writes and reads.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// Whether the CD tray of `drive` is open (after a restore, the block layer is told).
+    pub fn is_tray_open(&self, drive: DriveId) -> bool {
+        self.channels.get(usize::from(drive.channel)).is_some_and(|channel| channel.is_tray_open(drive.unit))
+    }
+
+    /// No disk request is queued, with a block worker, or awaited by a drive: the
+    /// state can be saved (the service waits for this while the VM is paused).
+    pub fn is_idle(&self) -> bool {
+        self.channels.iter().all(Channel::is_idle)
+    }
+
+    /// Takes a saved controller (decoded from its section) in place of this one, built
+    /// from the restoring argv: drives must sit where they sat and be what they were (a
+    /// disk the same size), and no disk request may have been outstanding. A CD whose
+    /// medium differs from the saved one sees a medium change, as after QMP `change`.
+    pub fn load_state(&mut self, mut saved: IdeController) -> Result<(), crate::snapshot::SnapshotError> {
+        let mut changes = [[None, None], [None, None]];
+        for ((now, then), change) in self.channels.iter().zip(saved.channels.iter_mut()).zip(changes.iter_mut()) {
+            *change = now
+                .adopt_saved(then)
+                .map_err(|what| crate::snapshot::SnapshotError::invalid(crate::snapshot::SectionId::Ide, what))?;
+        }
+        *self = saved;
+        for (channel, units) in changes.into_iter().enumerate() {
+            for (unit, change) in units.into_iter().enumerate() {
+                if let Some(medium_nr_sectors) = change {
+                    self.set_medium(DriveId { channel: channel as u8, unit: unit as u8 }, medium_nr_sectors);
+                }
+            }
+        }
+        Ok(())
     }
 }

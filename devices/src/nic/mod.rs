@@ -22,6 +22,7 @@ use alloc::vec::Vec;
 use xen_seams::hvm::GuestMemory;
 
 use crate::pci::ConfigSpace;
+use crate::snapshot::{Section, SectionId, SnapshotError, TimeBase};
 
 /// Frames a card holds for the glue at most, transmitted but not yet taken.
 pub const MAX_QUEUED_TX_FRAMES: usize = 64;
@@ -92,6 +93,16 @@ pub trait Nic {
 
     /// A machine reset: the card back to its power-on state (its MAC kept).
     fn reset(&mut self);
+
+    /// The card's state for a save ([`crate::snapshot`]): its section id, the section's
+    /// version and the body. Registers, ring positions, EEPROM, PHY and interrupt state
+    /// are in it; frames the card holds for the glue are not (they are dropped, as a
+    /// wire may drop them).
+    fn save_state(&self) -> (SectionId, u16, Vec<u8>);
+
+    /// Takes a saved state of this model (a section [`save_state`](Self::save_state)
+    /// wrote); `time` moves the card's timers from the saving clock to this one.
+    fn load_state(&mut self, section: &Section<'_>, time: TimeBase) -> Result<(), SnapshotError>;
 }
 
 /// A card of `model` with `mac` (what the argv's `-device` asks for).

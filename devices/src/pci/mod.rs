@@ -97,7 +97,7 @@ const IO_SPACE_END: u64 = 0x1_0000;
 const MEM32_SPACE_END: u64 = 0xffff_ffff;
 
 /// What a BAR decodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BarKind {
     /// I/O ports
     Io,
@@ -109,7 +109,7 @@ pub enum BarKind {
 }
 
 /// A BAR's kind and size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BarSpec {
     pub kind: BarKind,
     /// a power of two, at least 4 for I/O and 16 for memory (smaller or uneven sizes
@@ -119,10 +119,13 @@ pub struct BarSpec {
 
 /// A function's 256-byte config space: values, writable-bit masks, write-1-to-clear
 /// bits, BARs with sizing (write ~0, read back the size mask), COMMAND decode bits.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ConfigSpace {
+    #[serde(with = "crate::snapshot::big_array")]
     bytes: [u8; CONFIG_LEN_BYTES],
+    #[serde(with = "crate::snapshot::big_array")]
     writable: [u8; CONFIG_LEN_BYTES],
+    #[serde(with = "crate::snapshot::big_array")]
     write_one_to_clear: [u8; CONFIG_LEN_BYTES],
     bars: [Option<BarSpec>; NR_BARS],
     rom_size_bytes: Option<u32>,
@@ -330,6 +333,24 @@ fn bar_reg(index: usize) -> u8 {
 /// `size` rounded up to a power of two, at least `min`, at most 2 GiB.
 fn power_of_two_at_least(size: u32, min: u32) -> u32 {
     size.max(min).checked_next_power_of_two().unwrap_or(1 << 31)
+}
+
+/// Save/restore ([`crate::snapshot`]): a config space is saved whole.
+impl ConfigSpace {
+    /// Takes a saved config space's values: it must be of the same function (the same
+    /// IDs, writable bits and BARs); the masks stay this model's.
+    pub fn load_state(&mut self, saved: &ConfigSpace) -> Result<(), &'static str> {
+        let same_function = saved.writable == self.writable
+            && saved.write_one_to_clear == self.write_one_to_clear
+            && saved.bars == self.bars
+            && saved.rom_size_bytes == self.rom_size_bytes
+            && saved.bytes.get(..4) == self.bytes.get(..4);
+        if !same_function {
+            return Err("its config space is another PCI function's");
+        }
+        self.bytes = saved.bytes;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ const ISA_RESET_BYTES: &[(u8, u8)] = &[
 ];
 
 /// The PIIX3 ISA bridge, function 00:01.0.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Piix3Isa {
     config: ConfigSpace,
 }
@@ -145,7 +145,7 @@ impl Piix3Isa {
 
 /// PIIX3's reset control register at port 0xcf9 (byte): returns true when the write
 /// asks for a system reset (bit 2 set, as QEMU's `rcr_write`: reboot). Keeps bit 1.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResetControl {
     value: u8,
 }
@@ -189,6 +189,14 @@ pub fn piix3_ide_function() -> ConfigSpace {
     config.set_u16(COMMAND, 0x0000);
     config.set_u16(STATUS, STATUS_DEVSEL_MEDIUM | STATUS_FAST_BACK);
     config
+}
+
+/// Save/restore ([`crate::snapshot`]).
+impl Piix3Isa {
+    /// Takes a saved ISA bridge (its config space: PIRQ routes, the rest).
+    pub fn load_state(&mut self, saved: &Piix3Isa) -> Result<(), &'static str> {
+        self.config.load_state(&saved.config)
+    }
 }
 
 #[cfg(test)]

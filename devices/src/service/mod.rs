@@ -9,9 +9,13 @@
 //!
 //! 1. connects the PV disks (each an fdset `stub-devid:<devid>`) and creates the drives
 //!    the argv names ([`crate::dm_args`]);
-//! 2. reads a saved state from console 2 when restoring ([`crate::state_file`]);
-//! 3. builds the [`Machine`](crate::machine::Machine), creates the guest's ioreq server
-//!    and claims every port and PCI function the machine has;
+//! 2. reads a saved state from console 2 when restoring ([`crate::state_file`]: the
+//!    last complete state file on it);
+//! 3. builds the [`Machine`](crate::machine::Machine) from the argv, loads the saved
+//!    state into it ([`crate::snapshot`]; a state that does not fit is a
+//!    [`ServiceError::Restore`] and the device model never reports `running`),
+//!    creates the guest's ioreq server and claims every port and PCI function the
+//!    machine has (the BARs the restored NICs decode too);
 //! 4. listens for QMP, starts the tasks below, and writes `running`.
 //!
 //! Then everything runs as separate executor tasks, so that none waits for another:
@@ -31,8 +35,10 @@
 //! loses its connection, not the device model; only failures of Xen itself (xenstore,
 //! grants, event channels, the ioreq server) end [`serve`] with a [`ServiceError`].
 //!
-//! **Placeholder** (the devices' saved state is later work): a state file carries an
-//! empty payload and a restore accepts only that ([`crate::vm`]).
+//! **Save**: the Vm pauses and frames an empty payload ([`crate::vm`]); the QMP task puts
+//! the machine's state in its place ([`Machine::save_state`](crate::machine::Machine::save_state))
+//! once no disk request is in flight (the paused VM makes no new ones), then writes the
+//! file to console 1.
 
 mod tasks;
 
@@ -67,6 +73,10 @@ pub const RESTORE_CONSOLE: u32 = 2;
 
 /// How long a restore waits for the saved state to arrive on console 2.
 pub const RESTORE_WAIT: Duration = Duration::from_secs(60);
+
+/// After a complete saved state, how long a restore waits for more (a later state
+/// file on the same stream replaces it).
+pub const RESTORE_QUIET: Duration = Duration::from_secs(1);
 
 /// How long one disk request may take before the guest's command fails.
 pub const BLOCK_IO_LIMIT: Duration = Duration::from_secs(30);
@@ -431,6 +441,47 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
         self.after_machine_change();
     }
 
+    /// After the machine took a saved state, before the guest runs: the BARs it claims
+    /// and the interrupt lines it raises go to Xen, and the block layer learns the
+    /// trays and locks the guest left (the media are the argv's on both sides).
+    fn after_restore(&self) {
+        let Some(machine) = &self.machine else { return };
+        let effects = machine.borrow_mut().take_effects();
+        self.apply(effects);
+        let now = (self.now)();
+        let mut vm = self.vm.borrow_mut();
+        let m = machine.borrow();
+        for drive in self.drives.iter().filter(|d| d.kind == DriveKind::CdRom) {
+            let open = m.ide().is_tray_open(drive.position);
+            let locked = m.ide().is_tray_locked(drive.position);
+            let result = vm
+                .guest_lock_tray(drive.devid, false)
+                .and_then(|()| vm.guest_move_tray(drive.devid, open, now))
+                .and_then(|()| vm.guest_lock_tray(drive.devid, locked));
+            if let Err(e) = result {
+                log::warn!("drive ide-{}: the restored tray state was refused: {e:?}", drive.devid);
+            }
+        }
+    }
+
+    /// The devices' state as a state file, for a save (the VM is paused: no ioreq is
+    /// answered). Waits first until no disk request is in flight (each is bounded by
+    /// [`BLOCK_IO_LIMIT`]), so that the saved IDE state has none; None without a machine.
+    async fn machine_state_file(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(machine) = &self.machine else { return Ok(None) };
+        let limit = BLOCK_IO_LIMIT + Duration::from_secs(5);
+        let deadline = self.xen.now_ns().saturating_add(limit.as_nanos() as u64);
+        while !machine.borrow().ide().is_idle() {
+            if self.xen.now_ns() >= deadline {
+                return Err(format!("disk requests still in flight after {} s", limit.as_secs()));
+            }
+            self.xen.sleep(Duration::from_millis(2)).await;
+        }
+        let payload = machine.borrow().save_state(self.xen.now_ns());
+        log::info!("device model: {} bytes of device state", payload.len());
+        Ok(Some(state_file::encode(&payload)))
+    }
+
     /// Connects PV disk `devid`, gives it its fdset and a detach watcher.
     async fn connect_disk(self: &Rc<Self>, devid: u32) {
         if self.disks.borrow().contains_key(&devid) {
@@ -455,31 +506,56 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
     }
 }
 
-/// Reads one state file from `console` (bounded by [`RESTORE_WAIT`]).
-/// Returns the payload and the size of the file it came in.
+/// Reads the saved state from `console` (bounded by [`RESTORE_WAIT`]): the last
+/// complete state file on it ([`state_file::LatestReader`]). Once one is complete, a
+/// later one is waited for only while it is arriving, or for [`RESTORE_QUIET`] when
+/// nothing more comes. Returns the payload and the bytes that arrived.
 async fn read_state_file<X: Xen>(xen: &X, console: &Console<'_, X>) -> Result<(Vec<u8>, usize), ServiceError> {
     let deadline = xen.now_ns().saturating_add(RESTORE_WAIT.as_nanos() as u64);
-    let mut reader = state_file::Reader::new();
+    let mut reader = state_file::LatestReader::new();
     let mut buf = [0u8; 2048];
     loop {
         let now = xen.now_ns();
+        let complete = reader.latest().is_some();
         if now >= deadline {
+            if complete {
+                log::warn!(
+                    "device model: a later state file on console {RESTORE_CONSOLE} did not complete; the last complete one is taken"
+                );
+                break;
+            }
             return Err(ServiceError::Restore(format!(
                 "no complete device state on console {RESTORE_CONSOLE} within {} s ({} bytes arrived)",
                 RESTORE_WAIT.as_secs(),
                 reader.received()
             )));
         }
+        let wait = if complete && !reader.later_file_in_progress() {
+            RESTORE_QUIET
+        } else {
+            Duration::from_nanos(deadline - now)
+        };
         let n = console
-            .read(&mut buf, Duration::from_nanos(deadline - now))
+            .read(&mut buf, wait.min(Duration::from_nanos(deadline - now)))
             .await
             .map_err(|error| ServiceError::Console { number: RESTORE_CONSOLE, error })?;
-        if let Some(payload) =
-            reader.push(&buf[..n]).map_err(|e| ServiceError::Restore(format!("console {RESTORE_CONSOLE}: {e}")))?
-        {
-            return Ok((payload, reader.received()));
+        if n == 0 && complete && !reader.later_file_in_progress() {
+            break;
         }
+        reader.push(&buf[..n]).map_err(|e| ServiceError::Restore(format!("console {RESTORE_CONSOLE}: {e}")))?;
     }
+    let received = reader.received();
+    match reader.finish() {
+        Some(payload) => Ok((payload, received)),
+        None => Err(ServiceError::Restore(format!("no complete device state on console {RESTORE_CONSOLE}"))),
+    }
+}
+
+fn log_restored(payload_bytes: usize, file_bytes: usize) {
+    log::info!(
+        "device model: restored {payload_bytes} bytes of device state from console {RESTORE_CONSOLE} \
+         ({file_bytes}-byte state file)"
+    );
 }
 
 /// The IDE drive specs of the machine, from the drives and the PV disks behind them.
@@ -599,17 +675,21 @@ where
     } else {
         None
     };
+    let mut restored = None;
     if config.restore {
         let console = Console::connect(xen, RESTORE_CONSOLE)
             .await
             .map_err(|error| ServiceError::Console { number: RESTORE_CONSOLE, error })?;
         let (payload, file_size) = read_state_file(xen, &console).await?;
-        shared.vm.get_mut().load_payload(&payload).map_err(|e| ServiceError::Restore(e.to_string()))?;
-        log::info!(
-            "device model: restored {} bytes of device state from console {RESTORE_CONSOLE} ({file_size}-byte state file)",
-            payload.len()
-        );
         let _ = console.close().await;
+        // Without a machine only an empty state restores; with one, the machine takes
+        // it once it is built (below).
+        if config.guest.is_none() {
+            shared.vm.get_mut().load_payload(&payload).map_err(|e| ServiceError::Restore(e.to_string()))?;
+            log_restored(payload.len(), file_size);
+        } else {
+            restored = Some((payload, file_size));
+        }
     }
 
     // The guest's machine, and everything it claims registered before `running`.
@@ -625,6 +705,12 @@ where
             nics.push(nic.clone());
         }
         shared.nics = nics;
+        if let Some((payload, file_size)) = &restored {
+            machine
+                .load_state(payload, xen.now_ns())
+                .map_err(|e| ServiceError::Restore(format!("the saved device state: {e}")))?;
+            log_restored(payload.len(), *file_size);
+        }
         let machine = Rc::new(RefCell::new(machine));
         let server = xen
             .create_ioreq_server(guest.domid)
@@ -649,6 +735,9 @@ where
         shared.control = Some(xen.hvm_control(guest.domid));
         shared.server = Some(server);
         shared.drives = drives;
+        if restored.is_some() {
+            shared.after_restore();
+        }
         if let Some(number) = guest.serial_console {
             serial_console =
                 Some(Console::connect(xen, number).await.map_err(|error| ServiceError::Console { number, error })?);

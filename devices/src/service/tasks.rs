@@ -309,7 +309,16 @@ async fn serve_client<X: Xen + DeviceModelHost + 'static>(
             return Ok(ClientEnd::Quit);
         }
         if let Some(effect) = session.take_effect() {
-            let result = carry_out(effect, save_console).await;
+            let result = match effect {
+                // The Vm framed an empty payload: the devices' state is the machine's.
+                SlowEffect::WriteStateFile { console, data } => match shared.machine_state_file().await {
+                    Ok(file) => {
+                        carry_out(SlowEffect::WriteStateFile { console, data: file.unwrap_or(data) }, save_console)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
             session.complete(&mut *shared.vm.borrow_mut(), result, (shared.now)());
             shared.sync_media();
             continue;

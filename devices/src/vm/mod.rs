@@ -15,9 +15,15 @@
 //!   (migration/savevm.c, system/cpus.c); the state file's framing is
 //!   [`crate::state_file`]'s.
 //!
-//! **Placeholder** (the devices' saved state is later work): a state file carries an
-//! empty payload, a restore accepts only that, and `xen-load-devices-state` cannot read
-//! a console, so it fails once its checks have passed.
+//! The devices' state is the machine's ([`crate::machine::Machine::save_state`], in
+//! [`crate::snapshot`]'s sections), which the VM does not hold: the effect carries a
+//! file with an empty payload, and the service, which holds the machine, puts the
+//! machine's state in its place once no disk request is in flight. A VM without a
+//! machine (QMP only) saves that empty payload and restores only it. What the VM
+//! itself keeps is not saved: the run state after a restore is libxl's to set (`cont`),
+//! and the block layer comes from the restoring argv (the trays the guest moved come
+//! back from the IDE state). `xen-load-devices-state` cannot read a console, so it
+//! fails once its checks have passed (libxl restores through `-incoming`).
 //!
 //! How the service uses it, here with a client's bytes from a fixture:
 //!
@@ -232,8 +238,8 @@ impl Vm {
         Ok(())
     }
 
-    /// Restores the devices from a saved payload. PLACEHOLDER: no device has state yet,
-    /// so only an empty payload is accepted.
+    /// Restores a VM without a machine (QMP only) from a saved payload: only the empty
+    /// payload such a VM saves is accepted (a machine's state goes to the machine).
     pub fn load_payload(&mut self, payload: &[u8]) -> Result<(), StateError> {
         if payload.is_empty() { Ok(()) } else { Err(StateError::UnknownDevices(payload.len())) }
     }
@@ -398,7 +404,8 @@ impl Monitor for Vm {
         match self.state_console(filename) {
             Ok(console) => {
                 self.saving = Some(SaveInProgress { was_running });
-                // PLACEHOLDER payload: empty until devices have state; the framing is real.
+                // The empty payload of a VM without a machine; the service puts the
+                // machine's state in its place.
                 Ok(SlowEffect::WriteStateFile { console, data: state_file::encode(&[]) })
             }
             Err(error) => {
@@ -427,8 +434,8 @@ impl Monitor for Vm {
             return Err(StateError::Running.into());
         }
         let _console = self.state_console(filename)?;
-        // PLACEHOLDER: the state file would be read from that console and given to
-        // `load_payload`; consoles are read by the service's tasks, not here.
+        // Not supported: consoles are read by the service's tasks, not here, and libxl
+        // restores a stub domain's device model through `-incoming` at its start.
         Err(StateError::LoadFailed.into())
     }
 

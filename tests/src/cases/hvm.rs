@@ -32,6 +32,11 @@ pub fn tests() -> Vec<Test> {
         },
         Test { name: "xen::hvm::rtl8139_ping_and_tcp", limit: Duration::from_secs(900), run: rtl8139_ping_and_tcp },
         Test { name: "xen::hvm::e1000_ping_and_tcp", limit: Duration::from_secs(900), run: e1000_ping_and_tcp },
+        Test {
+            name: "xen::hvm::save_restore_keeps_devices",
+            limit: Duration::from_secs(2400),
+            run: save_restore_keeps_devices,
+        },
     ]
 }
 
@@ -351,6 +356,172 @@ fn guest_reboot_is_honoured(ctx: &mut Ctx) -> Result<(), String> {
         "@@metric xen::hvm::guest_reboot_is_honoured| guest {first_guest} (stub {first_stub}) rebooted as guest \
          {second_guest} (stub {second_stub}); ISOLINUX again {:.1} s after reboot",
         banner.as_secs_f64()
+    );
+    guest.destroy()
+}
+
+const SR_NAME: &str = "hvm-saverestore";
+const SR_HDA: &str = "/tmp/hvm-saverestore-hda.img";
+const SR_IMAGE: &str = "/tmp/hvm-saverestore.save";
+/// `xl save` + `xl restore` round trips, then `xl migrate` to localhost.
+const SR_ROUND_TRIPS: u32 = 10;
+const SR_MIGRATIONS: u32 = 3;
+
+/// The guest's reader: every second a counter and the sha256 of 64 KiB of the CD and
+/// of 32 KiB of the disk at offsets that move with the counter, read from the devices
+/// (page cache dropped first, the disk with O_DIRECT).
+const SR_READER: &str = "(i=0; while :; do i=$((i+1)); echo 3 > /proc/sys/vm/drop_caches; \
+    c=$(dd if=/dev/sr0 bs=2048 skip=$((i % 16 * 32)) count=32 2>/dev/null | sha256sum); \
+    d=$(dd if=/dev/sda bs=512 skip=$((i % 32 * 64)) count=64 iflag=direct 2>/dev/null | sha256sum); \
+    echo \"@@tick $i ${c%% *} ${d%% *}\"; sleep 1; done) &";
+
+/// The `@@tick N CD DISK` lines in `bytes` (the echoed command line is not one).
+fn parse_ticks(bytes: &[u8]) -> Vec<(u64, String, String)> {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines()
+        .filter_map(|line| {
+            let rest = &line[line.find("@@tick ")? + 7..];
+            let mut words = rest.split_whitespace();
+            let n = words.next()?.parse().ok()?;
+            let (cd, disk) = (words.next()?, words.next()?);
+            let hex = |w: &str| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit());
+            (hex(cd) && hex(disk)).then(|| (n, cd.to_string(), disk.to_string()))
+        })
+        .collect()
+}
+
+/// Waits for `count` new ticks (numbered after `last`) on `shell` and checks their
+/// digests against the CD and disk images; returns the last tick's number.
+fn check_ticks(shell: &mut GuestShell, last: u64, count: usize, cd: &[u8], hda: &[u8]) -> Result<u64, String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // Each shell is new after a restore: every tick on it comes after `last`.
+        let ticks = parse_ticks(shell.transcript().bytes());
+        if let Some((n, _, _)) = ticks.iter().find(|t| t.0 <= last) {
+            return Err(format!("the counter went back to {n} after {last}: the guest restarted"));
+        }
+        if ticks.len() >= count {
+            for (n, cd_digest, disk_digest) in &ticks {
+                let c = (n % 16 * 32 * 2048) as usize;
+                let d = (n % 32 * 64 * 512) as usize;
+                let want_cd = sha256_hex(cd.get(c..c + 64 * 1024).ok_or("CD image too small")?)?;
+                let want_disk = sha256_hex(hda.get(d..d + 32 * 1024).ok_or("disk image too small")?)?;
+                if *cd_digest != want_cd || *disk_digest != want_disk {
+                    return Err(format!(
+                        "tick {n}: the guest read cd {cd_digest} disk {disk_digest}, dom0 has cd {want_cd} disk {want_disk}"
+                    ));
+                }
+            }
+            return Ok(ticks.last().map_or(last, |t| t.0));
+        }
+        if Instant::now() >= deadline {
+            let tail = shell.transcript().tail(60);
+            // What the guest's kernel says and where its processes wait.
+            let diagnosis = shell
+                .run(
+                    "dmesg | tail -40; grep -E 'ata|serial|timer|LOC' /proc/interrupts; \
+                     for p in /proc/[0-9]*; do echo \"$p $(cat $p/comm) $(cat $p/wchan) $(cut -d' ' -f3 $p/stat)\"; done",
+                    Duration::from_secs(60),
+                )
+                .map(|out| out.text)
+                .unwrap_or_else(|e| e);
+            return Err(format!(
+                "fewer than {count} ticks after tick {last} within 90 s; the serial:\n{tail}\nthe guest:\n{diagnosis}"
+            ));
+        }
+        // Let the serial bring in what it has (the needle never comes).
+        let _ = shell.wait_for("@@no-such-line@@", Duration::from_secs(1));
+    }
+}
+
+/// A shell on the serial of the stub domain that now serves `name` (its console 3).
+/// After `xl migrate` the stub domain keeps the name it was created with,
+/// `<name>--incoming-dm`: any `<name>...-dm` is it (the old one is gone by then).
+fn reattach_serial(name: &str, since: Instant) -> Result<(u32, u32, GuestShell), String> {
+    let guest = xl::domid(name)?;
+    let list = proc::run(std::process::Command::new("xl").arg("list"), Duration::from_secs(30))?;
+    let stub = xl::parse_list(&list.stdout)
+        .into_iter()
+        .find(|d| d.name.starts_with(name) && d.name.ends_with("-dm"))
+        .map(|d| d.domid)
+        .ok_or_else(|| format!("no stub domain for {name} in:\n{}", list.stdout))?;
+    let tty_node = format!("/local/domain/{stub}/device/console/3/tty");
+    let tty = xs::wait_for(&tty_node, Duration::from_secs(60), |v| v.starts_with("/dev/pts/"))?;
+    let (pty, rx) = pty_reader(&tty)?;
+    Ok((guest, stub, GuestShell::new(Box::new(pty), rx, since)))
+}
+
+fn xl_timed(args: &[&str], limit: Duration) -> Result<f64, String> {
+    let started = Instant::now();
+    let out = proc::run(std::process::Command::new("xl").args(args), limit)?;
+    if !out.success {
+        let tail: Vec<&str> = out.stderr.lines().rev().take(30).collect();
+        return Err(format!(
+            "xl {} failed:\n{}",
+            args.join(" "),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// `xl save` / `xl restore` of the running Linux guest ten times in a row, then `xl
+/// migrate` to localhost three times: after each, the guest goes on reading its CD and
+/// disk through the restored device model (its serial shows a counter that never
+/// starts over, and digests that dom0 checks against the images), on the new stub
+/// domain's console 3.
+fn save_restore_keeps_devices(ctx: &mut Ctx) -> Result<(), String> {
+    let cd = nonce_cd("/tmp/hvm-saverestore-cd.iso")?;
+    patterned_disk(SR_HDA, 16)?;
+    let (cd_bytes, hda_bytes) = (
+        std::fs::read(&cd.path).map_err(|e| format!("{}: {e}", cd.path))?,
+        std::fs::read(SR_HDA).map_err(|e| format!("{SR_HDA}: {e}"))?,
+    );
+    let mut config = stubdom_guest(SR_NAME, Some(SR_HDA), Some(&cd.path));
+    config.memory_mib = 128;
+    config.on_poweroff = Action::Destroy;
+    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    guest.wait_created(Duration::from_secs(120)).map_err(|e| with_device_model_log(SR_NAME, e))?;
+    wait_boot(&mut guest.shell, Duration::from_secs(600)).map_err(|e| with_device_model_log(SR_NAME, e))?;
+    // Kernel messages on the serial too (libata's resets after a resume show there).
+    guest.shell.run_ok("waitdev /dev/sda 30 && waitdev /dev/sr0 30 && dmesg -n 7", Duration::from_secs(60))?;
+    guest.shell.send_line(SR_READER)?;
+    let mut last =
+        check_ticks(&mut guest.shell, 0, 2, &cd_bytes, &hda_bytes).map_err(|e| with_device_model_log(SR_NAME, e))?;
+    let mut times = Vec::new();
+    for round in 1..=SR_ROUND_TRIPS + SR_MIGRATIONS {
+        let started = Instant::now();
+        let step = if round <= SR_ROUND_TRIPS {
+            let _ = std::fs::remove_file(SR_IMAGE);
+            xl_timed(&["save", SR_NAME, SR_IMAGE], Duration::from_secs(300))
+                .and_then(|save| Ok((save, xl_timed(&["restore", SR_IMAGE], Duration::from_secs(300))?)))
+        } else {
+            // No ssh in dom0: `env LC_ALL=C xl migrate-receive` is the "remote" end.
+            xl_timed(&["migrate", "-s", "env", SR_NAME, "LC_ALL=C"], Duration::from_secs(600)).map(|t| (t, 0.0))
+        };
+        let what = if round <= SR_ROUND_TRIPS {
+            format!("round trip {round}")
+        } else {
+            format!("migration {}", round - SR_ROUND_TRIPS)
+        };
+        let (first, second) = step.map_err(|e| with_device_model_log(SR_NAME, format!("{what}: {e}")))?;
+        let (domid, stub, shell) = reattach_serial(SR_NAME, started)?;
+        guest.domid = domid;
+        guest.stub_domid = Some(stub);
+        guest.shell = shell;
+        last = check_ticks(&mut guest.shell, last, 2, &cd_bytes, &hda_bytes)
+            .map_err(|e| with_device_model_log(SR_NAME, format!("after {what}: {e}")))?;
+        let resumed = started.elapsed().as_secs_f64();
+        println!(
+            "@@metric xen::hvm::save_restore_keeps_devices| {what}: {first:.1} s + {second:.1} s, ticks again {resumed:.1} s after it began (guest {domid}, stub {stub}, tick {last})"
+        );
+        times.push(resumed);
+    }
+    let log = device_model_log(SR_NAME);
+    expect_contains(&log, "bytes of device state from console 2", "the restored device model's log")?;
+    let total: f64 = times.iter().sum();
+    println!(
+        "@@metric xen::hvm::save_restore_keeps_devices| {SR_ROUND_TRIPS} save/restore round trips and {SR_MIGRATIONS} migrations in {total:.0} s (128 MiB guest)"
     );
     guest.destroy()
 }

@@ -34,8 +34,9 @@ const COMMAND_BITS: u16 = 9;
 const EECD_DRIVEN: u32 = EECD_SK | EECD_CS | EECD_DI | EECD_FWE_MASK | EECD_REQ;
 
 /// The EEPROM and its microwire shift state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Eeprom {
+    #[serde(with = "crate::snapshot::big_array")]
     words: [u16; EEPROM_NR_WORDS],
     /// bits shifted in since CS rose
     shifted_in: u32,

@@ -73,6 +73,7 @@ use self::tx::{Transmitter, TxDescriptor, TxDrop, TxPort};
 use crate::nic::{MAX_FRAME_BYTES, MAX_QUEUED_TX_FRAMES, Nic, NicStats, RxOutcome};
 use crate::pci::{self, BarKind, BarSpec, ConfigSpace};
 use crate::ratelimit::LogLimiter;
+use crate::snapshot::{self, Section, SectionId, SnapshotError, TimeBase};
 
 /// QEMU's autonegotiation time.
 const AUTONEG_NS: u64 = 500_000_000;
@@ -164,8 +165,8 @@ fn array_index(offset: u32, first: u32, count: usize) -> Option<usize> {
 }
 
 /// The statistics counters, kept as QEMU keeps them (saturating at all ones).
-#[derive(Clone, Debug)]
-struct StatRegs([u32; NR_STATS]);
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct StatRegs(#[serde(with = "crate::snapshot::big_array")] [u32; NR_STATS]);
 
 impl StatRegs {
     fn slot(&mut self, offset: u32) -> Option<&mut u32> {
@@ -232,7 +233,7 @@ impl StatRegs {
 }
 
 /// The MAC's registers (those with behaviour are named; the rest are stored).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct MacRegs {
     ctrl: u32,
     /// STATUS less TXOFF, which follows the transmit unit
@@ -259,9 +260,12 @@ struct MacRegs {
     tdt: u32,
     tadv: u32,
     ra: [u32; NR_RA],
+    #[serde(with = "crate::snapshot::big_array")]
     mta: [u32; NR_MTA],
+    #[serde(with = "crate::snapshot::big_array")]
     vfta: [u32; NR_VFTA],
     stats: StatRegs,
+    #[serde(with = "crate::snapshot::big_array")]
     stored: [u32; NR_STORED],
 }
 
@@ -431,7 +435,7 @@ impl TxPort for Port<'_> {
 
 /// An 82540EM: PCI function, registers, EEPROM, PHY, both DMA engines, and the frames
 /// waiting for the glue.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct E1000 {
     mac: [u8; 6],
     config: ConfigSpace,
@@ -439,6 +443,7 @@ pub struct E1000 {
     eeprom: Eeprom,
     phy: Phy,
     transmitter: Transmitter,
+    #[serde(skip)]
     tx_queue: VecDeque<Vec<u8>>,
     /// IOADDR: the register the I/O window shows
     io_addr: u32,
@@ -458,7 +463,9 @@ pub struct E1000 {
     rx_buffer_bytes: usize,
     /// RXDMT0 fires when free descriptors are at most RDLEN >> this
     rx_threshold_shift: u32,
+    #[serde(skip)]
     stats: NicStats,
+    #[serde(skip)]
     logs: Logs,
 }
 
@@ -1137,6 +1144,38 @@ impl Nic for E1000 {
             self.link_down();
         }
     }
+
+    fn save_state(&self) -> (SectionId, u16, Vec<u8>) {
+        (SectionId::E1000, Self::STATE_VERSION, snapshot::encode(self))
+    }
+
+    fn load_state(&mut self, section: &Section<'_>, time: TimeBase) -> Result<(), SnapshotError> {
+        let invalid = |what: &str| SnapshotError::invalid(SectionId::E1000, what);
+        if section.id != SectionId::E1000 {
+            return Err(invalid("the card here is an e1000, the saved one is not"));
+        }
+        let mut saved: E1000 = section.decode(Self::STATE_VERSION)?;
+        let mut config = self.config.clone();
+        config.load_state(&saved.config).map_err(invalid)?;
+        if !saved.transmitter.saved_state_fits() {
+            return Err(invalid("its transmit buffer is over the card's"));
+        }
+        saved.config = config;
+        // What follows from RCTL is taken from RCTL; the glue's queue is empty now.
+        saved.rx_buffer_bytes = rx_buffer_bytes(saved.regs.rctl);
+        saved.rx_threshold_shift = ((saved.regs.rctl >> RCTL_RDMTS_SHIFT) & 3) + 1;
+        saved.tx_stalled = false;
+        saved.autoneg_deadline_ns = saved.autoneg_deadline_ns.map(|t| time.rebase(t));
+        saved.moderation_deadline_ns = saved.moderation_deadline_ns.map(|t| time.rebase(t));
+        let (stats, logs) = (self.stats, core::mem::take(&mut self.logs));
+        *self = E1000 { stats, logs, ..saved };
+        Ok(())
+    }
+}
+
+impl E1000 {
+    /// The version of the [`SectionId::E1000`] section this model writes and reads.
+    pub const STATE_VERSION: u16 = 1;
 }
 
 /// The card's PCI function before the firmware assigns its BARs.

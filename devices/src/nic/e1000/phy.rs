@@ -31,7 +31,7 @@ fn access(reg: usize) -> Access {
 }
 
 /// The PHY's registers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Phy {
     regs: [u16; NR_PHY_REGS],
 }

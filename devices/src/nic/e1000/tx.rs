@@ -93,7 +93,7 @@ enum Kind {
 }
 
 /// What a context descriptor set up (QEMU's e1000x_txd_props).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Offload {
     ipcss: u8,
     ipcso: u8,
@@ -140,7 +140,7 @@ impl Offload {
 }
 
 /// Why a packet was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum TxDrop {
     /// a buffer was outside guest RAM (already reported by [`TxPort::dma_read`])
     Dma,
@@ -164,11 +164,12 @@ pub(super) trait TxPort {
 }
 
 /// The packet being assembled and the offload contexts.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Transmitter {
     /// the frame (or TSO segment) so far, at most [`TX_BUFFER_BYTES`]
     data: Vec<u8>,
     /// a TSO packet's header, copied back in front of each segment
+    #[serde(with = "crate::snapshot::big_array")]
     header: [u8; MAX_HEADER_BYTES],
     /// the 802.1Q tag to insert after the MAC addresses
     vlan_tag: Option<[u8; 4]>,
@@ -261,6 +262,11 @@ impl Transmitter {
     }
 
     /// Forgets the packet under way and the contexts (a MAC reset).
+    /// A saved transmitter holds no more than this one could (save/restore).
+    pub(super) fn saved_state_fits(&self) -> bool {
+        self.data.len() <= TX_BUFFER_BYTES
+    }
+
     pub(super) fn reset(&mut self) {
         *self = Transmitter::new();
     }

@@ -21,7 +21,7 @@ pub const NR_WORDS: usize = 64;
 const COMMAND_BITS: u8 = 8;
 const OPCODE_READ: u16 = 0b10;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum State {
     /// waiting for the start bit
     Idle,
@@ -34,8 +34,9 @@ enum State {
 }
 
 /// A 93C46 and the state of its serial interface.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Eeprom93c46 {
+    #[serde(with = "crate::snapshot::big_array")]
     words: [u16; NR_WORDS],
     state: State,
     chip_select: bool,

@@ -80,6 +80,7 @@ use crate::pci::{
     QEMU_SUBSYSTEM_VENDOR_ID, STATUS, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID,
 };
 use crate::ratelimit::LogLimiter;
+use crate::snapshot::{self, Section, SectionId, SnapshotError, TimeBase};
 
 pub const VENDOR_REALTEK: u16 = 0x10ec;
 pub const DEVICE_RTL8139: u16 = 0x8139;
@@ -254,6 +255,7 @@ enum DmaFault {
 }
 
 /// The card: config space, registers, EEPROM, link, transmit queue.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Rtl8139 {
     config: ConfigSpace,
     eeprom: Eeprom93c46,
@@ -297,9 +299,13 @@ pub struct Rtl8139 {
     timer_checked_ticks: u64,
     /// the latest time seen, so that time never runs backwards
     last_now_ns: u64,
+    #[serde(skip)]
     tx_queue: VecDeque<Vec<u8>>,
+    #[serde(skip)]
     stats: NicStats,
+    #[serde(skip)]
     tx_log: LogLimiter,
+    #[serde(skip)]
     rx_log: LogLimiter,
 }
 
@@ -976,6 +982,37 @@ impl Nic for Rtl8139 {
     fn reset(&mut self) {
         self.power_on();
     }
+
+    fn save_state(&self) -> (SectionId, u16, Vec<u8>) {
+        (SectionId::Rtl8139, Self::STATE_VERSION, snapshot::encode(self))
+    }
+
+    fn load_state(&mut self, section: &Section<'_>, time: TimeBase) -> Result<(), SnapshotError> {
+        let invalid = |what: &str| SnapshotError::invalid(SectionId::Rtl8139, what);
+        if section.id != SectionId::Rtl8139 {
+            return Err(invalid("the card here is an RTL8139, the saved one is not"));
+        }
+        let mut saved: Rtl8139 = section.decode(Self::STATE_VERSION)?;
+        let mut config = self.config.clone();
+        config.load_state(&saved.config).map_err(invalid)?;
+        if saved.tx_next_slot >= NR_TX_SLOTS {
+            return Err(invalid("its next transmit slot is not one of the four"));
+        }
+        if saved.rx_write_offset >= saved.rx_ring_len() {
+            return Err(invalid("its receive write offset is outside its ring"));
+        }
+        saved.config = config;
+        saved.tctr_base_ns = time.rebase(saved.tctr_base_ns);
+        saved.last_now_ns = time.rebase(saved.last_now_ns);
+        let (stats, tx_log, rx_log) = (self.stats, self.tx_log.clone(), self.rx_log.clone());
+        *self = Rtl8139 { stats, tx_log, rx_log, ..saved };
+        Ok(())
+    }
+}
+
+impl Rtl8139 {
+    /// The version of the [`SectionId::Rtl8139`] section this model writes and reads.
+    pub const STATE_VERSION: u16 = 1;
 }
 
 /// Operations [`fuzz_rtl8139`] decodes, one per 8 bytes of input.
