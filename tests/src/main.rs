@@ -41,11 +41,8 @@ fn main() -> ExitCode {
         Some("run") => {
             let filter = args.get(1).map(String::as_str).unwrap_or("");
             let bed = args.get(2).map(String::as_str).unwrap_or("");
-            // FILTER may be several, separated by '|' (xtask's full run names its tests).
-            let tests: Vec<_> = cases::all()
-                .into_iter()
-                .filter(|t| cases::on_bed(t.name, bed) && filter.split('|').any(|f| t.name.contains(f)))
-                .collect();
+            let tests: Vec<_> =
+                cases::all().into_iter().filter(|t| cases::on_bed(t.name, bed) && selected(filter, t.name)).collect();
             let (passed, failed) = harness::run(&tests, "");
             if failed == 0 && passed > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
@@ -65,5 +62,30 @@ fn main() -> ExitCode {
             eprintln!("usage: xen-suite list | list-benches | run [FILTER [BED]] | bench [FILTER [BED]] | demo");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Whether test `name` is selected by `filter`: parts separated by '|', each a
+/// substring to include or, after '!', a whole name to leave out (xtask's full run
+/// leaves out the tests not yet seen passing; the kernel command line that carries the
+/// filter is too short to name all the others). No part to include selects every test.
+fn selected(filter: &str, name: &str) -> bool {
+    let (left_out, included): (Vec<&str>, Vec<&str>) = filter.split('|').partition(|part| part.starts_with('!'));
+    let included = included.is_empty() || included.iter().any(|part| name.contains(part));
+    included && !left_out.iter().any(|part| part[1..] == *name)
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::selected;
+
+    #[test]
+    fn filters_include_substrings_and_leave_out_whole_names() {
+        assert!(selected("", "xen::hvm::a"));
+        assert!(selected("xen::hvm", "xen::hvm::a") && !selected("xen::blk", "xen::hvm::a"));
+        assert!(selected("xen::blk|hvm::a", "xen::hvm::a"));
+        assert!(!selected("!xen::hvm::a", "xen::hvm::a") && selected("!xen::hvm::a", "xen::hvm::ab"));
+        assert!(selected("!xen::hvm::b|!xen::c", "xen::hvm::a"));
+        assert!(!selected("xen::hvm|!xen::hvm::a", "xen::hvm::a"));
     }
 }
