@@ -205,13 +205,31 @@ fn run_one(t: &Test, cleanup: &dyn Cleanup) -> Result<(), String> {
             // domains; give a command it is running time to be killed.
             shared.cancel();
             let _ = rx.recv_timeout(GRACE);
-            Err(format!("no result within {} s; the test's domains were destroyed", t.limit.as_secs()))
+            // What the device models and libxl last said is all there is to go on.
+            Err(with_xen_logs(format!("no result within {} s; the test's domains were destroyed", t.limit.as_secs())))
         }
     };
     for domain in shared.domains().iter() {
         cleanup.report_and_destroy(domain);
     }
     result
+}
+
+/// `error` with the last lines of every log in /var/log/xen (libxl's, the device
+/// models' and the dom0 QEMU's that serves a stub domain's consoles).
+pub fn with_xen_logs(error: String) -> String {
+    let mut text = error;
+    let mut paths: Vec<_> = std::fs::read_dir("/var/log/xen")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    paths.sort();
+    for path in paths {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        text.push_str(&format!("\n{} (last lines):\n", path.display()));
+        text.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -60,31 +60,14 @@ fn create_save_restore(ctx: &mut Ctx) -> Result<(), String> {
     match crate::cases::stubdom::device_model(ctx) {
         Err(e) if e.contains(DOM0_QEMU_TIMEOUT) => {
             println!("@@note xen420::stubdom::create_save_restore| dom0's QEMU missed libxl's QMP limit; again");
-            crate::cases::stubdom::device_model(ctx).map_err(with_xen_logs)
+            crate::cases::stubdom::device_model(ctx).map_err(crate::harness::with_xen_logs)
         }
-        other => other.map_err(with_xen_logs),
+        other => other.map_err(crate::harness::with_xen_logs),
     }
 }
 
 /// What libxl says when dom0's QEMU (not the stub domain) misses its post-start QMP limit.
 const DOM0_QEMU_TIMEOUT: &str = "Post DM startup configs failed, rc=-9";
-
-/// `error` with the last lines of every log in /var/log/xen (libxl's, the device
-/// models' and the dom0 QEMU's that serves a stub domain's consoles).
-fn with_xen_logs(error: String) -> String {
-    let mut text = error;
-    let mut paths: Vec<_> = std::fs::read_dir("/var/log/xen")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    paths.sort();
-    for path in paths {
-        let log = std::fs::read_to_string(&path).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        text.push_str(&format!("\n{} (last lines):\n", path.display()));
-        text.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-    }
-    text
-}
 
 /// A copy of the guest CD with fresh nonce bytes and `padding_mib` MiB of zeros after
 /// the ISO image (ISO 9660 ignores what follows its volume), so a medium's size tells
@@ -296,7 +279,7 @@ fn boot_guest(
     // (once more if dom0's QEMU missed libxl's post-start QMP limit: see create_save_restore)
     if let Err(e) = guest.wait_created(Duration::from_secs(120)) {
         if !e.contains(DOM0_QEMU_TIMEOUT) {
-            return Err(with_xen_logs(with_device_model_log(name, e)));
+            return Err(crate::harness::with_xen_logs(with_device_model_log(name, e)));
         }
         println!("@@note {name}: dom0's QEMU missed libxl's QMP limit; again");
         let _ = guest.destroy();
@@ -307,7 +290,7 @@ fn boot_guest(
         guest.shell.wait_init(Duration::from_secs(600))?;
         guest.shell.run_ok("waitdev /dev/sr0 30", SHORT).map(drop)
     })();
-    booted.map_err(|e| with_xen_logs(with_device_model_log(name, e)))?;
+    booted.map_err(|e| crate::harness::with_xen_logs(with_device_model_log(name, e)))?;
     Ok(guest)
 }
 
