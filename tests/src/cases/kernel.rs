@@ -143,6 +143,7 @@ struct TimersResult {
     fired: u64,
     inversions: u64,
     mean_late_us: u64,
+    p99_late_us: u64,
     max_late_us: u64,
 }
 
@@ -154,21 +155,31 @@ fn parse_timers_result(text: &str) -> Option<TimersResult> {
         fired: field("fired")?,
         inversions: field("inversions")?,
         mean_late_us: field("mean_late_us")?,
+        p99_late_us: field("p99_late_us")?,
         max_late_us: field("max_late_us")?,
     })
 }
 
-/// The lateness bound, from dom0's median event round trip with the image: a timer
+/// The lateness bounds, from dom0's median event round trip with the image: a timer
 /// is an event from Xen to the image (about half a round trip) plus the executor's
-/// work, and a thousand timers in two seconds bunch up. Bound: mean within
-/// `MEAN_RTTS` round trips plus 1 ms, worst within `MAX_RTTS` round trips plus 5 ms
-/// (on a loaded test bed, with a 96 ms round trip, the mean was 0.7 and the worst
-/// 2.9 round trips).
+/// work, and a thousand timers in two seconds bunch up. Bounds: the mean within
+/// `MEAN_RTTS` round trips plus 1 ms, the 99th percentile within `P99_RTTS` round trips
+/// plus 5 ms (on a loaded test bed, with a 96 ms round trip, the mean was 0.7 and the
+/// worst 2.9 round trips), and the single worst timer within `MAX_RTTS` round trips plus
+/// 50 ms: one timer can be late by however long the host deschedules QEMU's vCPU
+/// thread (17 ms once, with a 0.8 ms round trip, on a 2-core host), while a lost or
+/// missed timer is late by far more.
 const MEAN_RTTS: u32 = 2;
+const P99_RTTS: u32 = 10;
 const MAX_RTTS: u32 = 10;
 
-fn lateness_bounds(rtt: Duration) -> (Duration, Duration) {
-    (rtt * MEAN_RTTS + Duration::from_millis(1), rtt * MAX_RTTS + Duration::from_millis(5))
+/// (mean, 99th percentile, worst) bounds.
+fn lateness_bounds(rtt: Duration) -> (Duration, Duration, Duration) {
+    (
+        rtt * MEAN_RTTS + Duration::from_millis(1),
+        rtt * P99_RTTS + Duration::from_millis(5),
+        rtt * MAX_RTTS + Duration::from_millis(50),
+    )
 }
 
 fn judge_timers(result: &TimersResult, rtt: Duration) -> Result<(), String> {
@@ -178,13 +189,17 @@ fn judge_timers(result: &TimersResult, rtt: Duration) -> Result<(), String> {
     if result.inversions != 0 {
         return Err(format!("{} timers fired after one with a later deadline", result.inversions));
     }
-    let (mean_bound, max_bound) = lateness_bounds(rtt);
-    let (mean, max) = (Duration::from_micros(result.mean_late_us), Duration::from_micros(result.max_late_us));
-    if mean > mean_bound || max > max_bound {
+    let (mean_bound, p99_bound, max_bound) = lateness_bounds(rtt);
+    let us = Duration::from_micros;
+    let (mean, p99, max) = (us(result.mean_late_us), us(result.p99_late_us), us(result.max_late_us));
+    if mean > mean_bound || p99 > p99_bound || max > max_bound {
         return Err(format!(
-            "timers were late by {} us on average (bound {} us) and {} us at worst (bound {} us); event round trip {} us",
+            "timers were late by {} us on average (bound {} us), {} us at the 99th percentile (bound {} us) and \
+             {} us at worst (bound {} us); event round trip {} us",
             mean.as_micros(),
             mean_bound.as_micros(),
+            p99.as_micros(),
+            p99_bound.as_micros(),
             max.as_micros(),
             max_bound.as_micros(),
             rtt.as_micros()
@@ -207,11 +222,13 @@ fn timers_in_order(ctx: &mut Ctx) -> Result<(), String> {
     let text = xs::wait_for(&data_path(domid, "timers-result"), Duration::from_secs(60), |_| true)?;
     finish(name)?;
     let result = parse_timers_result(&text).ok_or_else(|| format!("cannot read data/timers-result {text:?}"))?;
-    let (mean_bound, max_bound) = lateness_bounds(rtt);
+    let (mean_bound, p99_bound, max_bound) = lateness_bounds(rtt);
     println!(
-        "@@metric xen::time::thousand_timers_fire_in_order| {text}; median event round trip {} us, bounds: mean {} us, max {} us",
+        "@@metric xen::time::thousand_timers_fire_in_order| {text}; median event round trip {} us, bounds: mean {} us, \
+         p99 {} us, max {} us",
         rtt.as_micros(),
         mean_bound.as_micros(),
+        p99_bound.as_micros(),
         max_bound.as_micros()
     );
     judge_timers(&result, rtt)
@@ -227,9 +244,13 @@ mod tests {
         let result = parse_timers_result(text).unwrap();
         let rtt = Duration::from_micros(100);
         assert_eq!(judge_timers(&result, rtt), Ok(()));
-        let late = TimersResult { max_late_us: 6_001, ..parse_timers_result(text).unwrap() };
-        assert!(judge_timers(&late, rtt).unwrap_err().contains("at worst (bound 6000 us)"));
+        let late = TimersResult { p99_late_us: 6_001, max_late_us: 6_001, ..parse_timers_result(text).unwrap() };
+        assert!(judge_timers(&late, rtt).unwrap_err().contains("at the 99th percentile (bound 6000 us)"));
         assert_eq!(judge_timers(&late, Duration::from_micros(200)), Ok(()), "a slower round trip allows more");
+        let one_descheduled = TimersResult { max_late_us: 17_191, ..parse_timers_result(text).unwrap() };
+        assert_eq!(judge_timers(&one_descheduled, rtt), Ok(()), "one timer late by a host hiccup");
+        let missed = TimersResult { max_late_us: 51_001, ..parse_timers_result(text).unwrap() };
+        assert!(judge_timers(&missed, rtt).unwrap_err().contains("at worst (bound 51000 us)"));
         let slow_on_average = TimersResult { mean_late_us: 1_201, ..parse_timers_result(text).unwrap() };
         assert!(judge_timers(&slow_on_average, rtt).unwrap_err().contains("on average (bound 1200 us)"));
         let lost = TimersResult { fired: 999, ..parse_timers_result(text).unwrap() };
