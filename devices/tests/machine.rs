@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{GUEST, STUB, guest_config, now, until_ready};
+use common::{GUEST, STUB, guest_config, now, spawn_service, until_ready};
 use devices::machine::{Effect, Machine, MachineConfig};
 use devices::service::serve;
 use xen_seams::hvm::{GuestMemory, IoRangeKind, Ioreq, ShutdownReason, ioreq_type};
@@ -313,11 +313,7 @@ fn the_guest_reads_and_writes_its_disk_through_ioreqs_block_workers_and_blkback(
     }];
     let mut executor = Executor::new(&world);
     executor.spawn_background("blkback", backend.run());
-    executor.spawn_background("service", async move {
-        if let Err(e) = serve(stub, &config, now).await {
-            panic!("the service failed: {e}");
-        }
-    });
+    spawn_service(&mut executor, stub, config);
     let watcher = world.clone();
     let clock = world.domain(0);
     let g = guest.clone();
@@ -455,11 +451,7 @@ fn the_serial_console_carries_a_line_each_way() {
     config.guest.as_mut().unwrap().serial_console = Some(3);
     let mut executor = Executor::new(&world);
     executor.spawn_background("console backend", backend(world.domain(0), SERIAL, line.clone()));
-    executor.spawn_background("service", async move {
-        if let Err(e) = serve(stub, &config, now).await {
-            panic!("the service failed: {e}");
-        }
-    });
+    spawn_service(&mut executor, stub, config);
     let watcher = world.clone();
     let clock = world.domain(0);
     let g = guest.clone();

@@ -10,8 +10,8 @@ use std::time::Duration;
 use devices::dm_args::{NicConfig, NicModel};
 mod common;
 
-use common::{GUEST, STUB, guest_config, now, until_ready};
-use devices::service::{Config, serve};
+use common::{GUEST, STUB, guest_config, spawn_service, until_ready};
+use devices::service::Config;
 use frontends::netfront::sim::{ToGuest, Wire, netback, quiet_peer};
 use xen_seams::sim::{Executor, PvDevice, SimGuest, SimXen, World};
 
@@ -78,11 +78,7 @@ fn frames_cross_both_ways_and_a_closed_vif_is_link_down() {
     let guest: SimGuest = world.hvm_guest(GUEST, 1, 16 << 20);
     let mut executor = Executor::new(&world);
     executor.spawn_background("netback", netback(world.domain(0), VIF, wire.clone(), quiet_peer));
-    executor.spawn_background("service", async move {
-        if let Err(e) = serve(stub, &config(), now).await {
-            panic!("the service failed: {e}");
-        }
-    });
+    spawn_service(&mut executor, stub, config());
     let watcher = world.clone();
     let clock = world.domain(0);
     let (g, w) = (guest.clone(), wire.clone());

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use devices::service::{Config, GuestConfig};
+use devices::service::{Config, GuestConfig, serve};
 use qmp::Timestamp;
-use xen_seams::sim::World;
+use xen_seams::sim::{Executor, SimXen, World};
 
 /// The stub domain and its guest.
 pub const STUB: u16 = 7;
@@ -44,4 +44,14 @@ pub async fn until_ready(world: &World) {
     while world.xenstore_read(&format!("/local/domain/{STUB}/device-model/{GUEST}/state")).is_none() {
         xen_seams::Clock::sleep(&clock, Duration::from_millis(10)).await;
     }
+}
+
+/// Runs the device model of `config` in `stub` as a background task; a service that
+/// fails fails the test.
+pub fn spawn_service(executor: &mut Executor<'_>, stub: &'static SimXen, config: Config) {
+    executor.spawn_background("service", async move {
+        if let Err(e) = serve(stub, &config, now).await {
+            panic!("the service failed: {e}");
+        }
+    });
 }
