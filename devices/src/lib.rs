@@ -2,7 +2,8 @@
 //!
 //! - [`machine`]: the guest's machine as a qemu-xen `xenfv` guest finds it (i440FX,
 //!   PIIX3 with its IDE function, CMOS, ACPI PM, COM1) behind one bus, answering the
-//!   ioreqs Xen forwards; its devices are synchronous state machines:
+//!   ioreqs Xen forwards, with the guest's NICs ([`nic`]: RTL8139 and 82540EM);
+//!   its devices are synchronous state machines:
 //!   [`pci`] (config spaces, i440FX, PIIX3), [`ide`] (ATA disk and ATAPI CD-ROM, PIO),
 //!   [`uart`] (16550A), [`cmos`] (NVRAM above Xen's RTC), [`pm`] (PM1a control, GPE0),
 //!   [`i8042`] (the keyboard controller, for reset).
@@ -12,12 +13,13 @@
 //!   the block layer and the events they cause; [`vm::Vm`] implements the `qmp` crate's
 //!   `Monitor` trait, which the QMP session dispatches commands to.
 //! - [`service`]: the stub domain's device model as libxl runs it: the ioreq server,
-//!   block workers on the PV disks, the serial console, QMP over libvchan, hot-plug,
-//!   readiness, save and restore, as separate tasks.
+//!   block workers on the PV disks, a network task per NIC, the serial console, QMP
+//!   over libvchan, hot-plug, readiness, save and restore, as separate tasks.
 //! - [`dm_args`]: the QEMU-style argv libxl writes for the stub domain.
 //! - [`state_file`]: how the device state crosses the save and restore consoles;
 //!   [`snapshot`]: the sections of that state, one per device.
-//! - [`task`], [`ratelimit`]: small helpers for the tasks and for bounded logging.
+//! - [`task`], [`ratelimit`]: small helpers for the tasks and for bounded logging;
+//!   [`vec_memory`]: guest RAM in a `Vec` for the fuzz drivers and host tests.
 #![no_std]
 #![forbid(unsafe_code)]
 
