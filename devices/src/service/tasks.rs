@@ -478,7 +478,19 @@ async fn bridge<X: Xen + DeviceModelHost + 'static>(
 ) -> Option<NetError> {
     let xen = shared.xen;
     let mut waiting_tx: Option<Vec<u8>> = None;
+    let mut next_stats_ns = xen.now_ns().saturating_add(super::STATS_PERIOD.as_nanos() as u64);
+    let mut last_stats = None;
     while !shared.stopping.is_on() {
+        // Every STATS_PERIOD, if anything moved: the card's and the vif's counters, so
+        // that the log shows where frames stop.
+        if xen.now_ns() >= next_stats_ns {
+            next_stats_ns = xen.now_ns().saturating_add(super::STATS_PERIOD.as_nanos() as u64);
+            let now = (machine.borrow().nic(index).map(|nic| nic.stats()), net.stats(), waiting_tx.is_some());
+            if Some(now) != last_stats {
+                log::info!("NIC {index}: card {:?}; vif {:?}; a frame waits for tx room: {}", now.0, now.1, now.2);
+                last_stats = Some(now);
+            }
+        }
         // The guest's frames to the wire.
         loop {
             let frame = match waiting_tx.take() {

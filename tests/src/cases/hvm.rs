@@ -614,8 +614,17 @@ pub fn nic_test(
             TcpStream::connect_timeout(&target, Duration::from_secs(5)).ok()
         })
         .ok_or("nobody listens on the guest's port 5001")?;
+        // Every socket wait has a bound: a stalled receive path is a failure with the
+        // guest's view of its NIC, not a test thread blocked until TCP gives up.
+        stream.set_write_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
         let started = Instant::now();
-        stream.write_all(&data).map_err(|e| format!("sending to the guest: {e}"))?;
+        if let Err(e) = stream.write_all(&data) {
+            let driver_view = guest
+                .shell
+                .run("ip -s link show eth0; grep -i eth0 /proc/interrupts; dmesg | tail -20", short)
+                .map(|o| o.text);
+            return Err(format!("sending to the guest: {e}\nthe guest says:\n{driver_view:?}"));
+        }
         drop(stream);
         let expected = sha256_hex(&data)?;
         let digest = proc::poll(Duration::from_secs(300), Duration::from_millis(500), || {
