@@ -601,8 +601,7 @@ pub fn nic_test(
         // without waiting for it ("101 packets transmitted, 100 packets received"): the
         // verdict is that every one of requests 0 to 99 was answered.
         if ping_replies(&ping.stdout) != (0..100).collect::<BTreeSet<u32>>() {
-            let driver_view = guest.shell.run("ip -s link show eth0; dmesg | tail -20", short).map(|o| o.text);
-            return Err(format!("ping: {summary:?}\n{}{}\nthe guest says:\n{driver_view:?}", ping.stdout, ping.stderr));
+            return Err(format!("ping: {summary:?}\n{}{}\n{}", ping.stdout, ping.stderr, network_views(&mut guest.shell)));
         }
 
         // dom0 to the guest: the guest's sha256 of what it received.
@@ -619,11 +618,7 @@ pub fn nic_test(
         stream.set_write_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
         let started = Instant::now();
         if let Err(e) = stream.write_all(&data) {
-            let driver_view = guest
-                .shell
-                .run("ip -s link show eth0; grep -i eth0 /proc/interrupts; dmesg | tail -20", short)
-                .map(|o| o.text);
-            return Err(format!("sending to the guest: {e}\nthe guest says:\n{driver_view:?}"));
+            return Err(format!("sending to the guest: {e}\n{}", network_views(&mut guest.shell)));
         }
         drop(stream);
         let expected = sha256_hex(&data)?;
@@ -671,6 +666,21 @@ pub fn nic_test(
     .map_err(|e| with_device_model_log(name, e));
     let _ = guest.destroy();
     figures
+}
+
+/// For a NIC test's failure: the guest's and dom0's view of the network (interface
+/// counters, interrupts, the kernels' last messages: netback says there why it stopped
+/// a vif).
+fn network_views(shell: &mut GuestShell) -> String {
+    let guest = shell
+        .run("cat /proc/net/dev; grep -i eth0 /proc/interrupts; dmesg | tail -20", Duration::from_secs(60))
+        .map_or_else(|e| format!("(no answer: {e})"), |o| o.text);
+    let dom0 = proc::run(
+        std::process::Command::new("sh").args(["-c", "cat /proc/net/dev; ip link show master xenbr0; dmesg | tail -30"]),
+        Duration::from_secs(30),
+    )
+    .map_or_else(|e| format!("(failed: {e})"), |o| o.stdout + &o.stderr);
+    format!("the guest's network:\n{guest}\ndom0's network:\n{dom0}")
 }
 
 /// `cargo xtask run`: the Linux test guest with our stub domain as its device model,
