@@ -19,6 +19,7 @@ use xen_seams::hvm::{DeviceModelHost, IoreqServer};
 
 use super::{BLOCK_IO_LIMIT, SAVE_CONSOLE, ServiceError, Shared, block_failure, is_client_fault};
 use crate::ide::{BlockOp, BlockOutcome, DriveId};
+use crate::nic::RxOutcome;
 use crate::task::{Either, first};
 
 /// Answers vCPU `vcpu`'s requests, one at a time, for as long as the service runs.
@@ -524,8 +525,13 @@ async fn bridge<X: Xen + DeviceModelHost + 'static>(
                 Ok(None) => break,
                 Err(e) => return Some(e),
             };
-            if let Some(nic) = machine.borrow_mut().nic_mut(index) {
-                nic.receive(&frame, memory, xen.now_ns());
+            let outcome = machine.borrow_mut().nic_mut(index).map(|nic| nic.receive(&frame, memory, xen.now_ns()));
+            if outcome == Some(RxOutcome::NoBuffer) {
+                // The card took a frame for a full ring (an overflow interrupt, so that
+                // the driver looks at its ring): the rest wait until the guest reads,
+                // rather than all being dropped before it can.
+                room = false;
+                break;
             }
         }
         // Timers, interrupts.

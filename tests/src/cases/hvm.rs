@@ -676,7 +676,8 @@ fn network_views(shell: &mut GuestShell) -> String {
         .run("cat /proc/net/dev; grep -i eth0 /proc/interrupts; dmesg | tail -20", Duration::from_secs(60))
         .map_or_else(|e| format!("(no answer: {e})"), |o| o.text);
     let dom0 = proc::run(
-        std::process::Command::new("sh").args(["-c", "cat /proc/net/dev; ip link show master xenbr0; dmesg | tail -30"]),
+        std::process::Command::new("sh")
+            .args(["-c", "cat /proc/net/dev; ip link show master xenbr0; dmesg | tail -30"]),
         Duration::from_secs(30),
     )
     .map_or_else(|e| format!("(failed: {e})"), |o| o.stdout + &o.stderr);

@@ -942,10 +942,18 @@ impl Nic for Rtl8139 {
     }
 
     /// Room for the largest packet, or a card that drops frames anyway (receiver off,
-    /// link down, no bus mastering), so that the glue never holds frames for it. The
-    /// answer changes with register writes (CAPR, CR).
+    /// link down, no bus mastering), so that the glue never holds frames for it; or a
+    /// driver that unmasked Rx Buffer Overflow (QEMU's `rtl8139_can_receive` says the
+    /// same). The last is what keeps 8139too going: its NAPI poll looks at the ring only
+    /// while ISR has an Rx bit, and when its budget runs out with the ring refilled after
+    /// its last CAPR write, its own ack has cleared ROK, the ring is full and the poll
+    /// ends with interrupts unmasked and nothing pending. Only a frame dropped for lack
+    /// of room (RXOVW, an interrupt) makes it look again; a glue holding frames for a
+    /// full ring would wait for it forever. While NAPI runs (RXOVW masked) the glue
+    /// holds frames instead of losing them. The answer changes with register writes
+    /// (CAPR, CR, IMR).
     fn can_receive(&self) -> bool {
-        if !self.link_up || self.command & CR_RE == 0 || !self.bus_master() {
+        if !self.link_up || self.command & CR_RE == 0 || !self.bus_master() || self.imr & ISR_RXOVW != 0 {
             return true;
         }
         let largest = (MAX_RX_PACKET_BYTES as u32 + 3) & !3;
