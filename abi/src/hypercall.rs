@@ -13,6 +13,7 @@ pub const SET_TIMER_OP: usize = 15;
 pub const XEN_VERSION: usize = 17;
 pub const CONSOLE_IO: usize = 18;
 pub const GRANT_TABLE_OP: usize = 20;
+pub const UPDATE_VA_MAPPING_OTHERDOMAIN: usize = 22;
 pub const IRET: usize = 23;
 pub const VCPU_OP: usize = 24;
 pub const MMUEXT_OP: usize = 26;

@@ -143,6 +143,7 @@ fn rust_constants() -> Vec<(&'static str, usize)> {
         ("__HYPERVISOR_mmu_update", hc::MMU_UPDATE),
         ("__HYPERVISOR_memory_op", hc::MEMORY_OP),
         ("__HYPERVISOR_update_va_mapping", hc::UPDATE_VA_MAPPING),
+        ("__HYPERVISOR_update_va_mapping_otherdomain", hc::UPDATE_VA_MAPPING_OTHERDOMAIN),
         ("__HYPERVISOR_set_timer_op", hc::SET_TIMER_OP),
         ("__HYPERVISOR_xen_version", hc::XEN_VERSION),
         ("__HYPERVISOR_console_io", hc::CONSOLE_IO),

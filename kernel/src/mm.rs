@@ -502,12 +502,17 @@ impl MappingSlot {
     /// Whatever the slot mapped before becomes unreachable through it; the caller
     /// makes sure the new mapping aliases no memory that Rust references point into.
     unsafe fn set_entry(&self, domid: u16, frame: u64, writable: bool) -> Result<(), MmError> {
-        let l1 = l1_table_for(self.va, &mut || None)?;
+        // The slot's L1 table exists from its creation on.
+        l1_table_for(self.va, &mut || None)?;
         let flags = if writable { pte::KERNEL_DATA } else { pte::KERNEL_DATA & !pte::WRITABLE };
-        let update = MmuUpdate { ptr: (l1 << 12) + table_index(self.va, 1) as u64 * 8, val: (frame << 12) | flags };
+        // One hypercall that also invalidates the slot's old translation: a slot is
+        // remapped from frame to frame (the guest-memory cache evicts), and with
+        // `mmu_update`, which leaves the TLB alone, accesses kept reaching the previous
+        // frame (on the test bed, e1000 receive descriptors read out of a packet buffer
+        // and packets written into other guest pages).
         // SAFETY: the slot's page is ours to map and only `read`/`write` below touch
         // it (volatile, no references); aliasing is the caller's contract.
-        unsafe { hypercall::mmu_update(&[update], domid)? };
+        unsafe { hypercall::update_va_mapping_otherdomain(self.va, (frame << 12) | flags, domid)? };
         Ok(())
     }
 

@@ -77,6 +77,21 @@ pub unsafe fn update_va_mapping(va: u64, pte: u64) -> Result<(), XenError> {
     check(unsafe { hypercall(hc::UPDATE_VA_MAPPING, [va, pte, hc::UVMF_INVLPG as u64, 0, 0]) }).map(drop)
 }
 
+/// Replaces the mapping of `va` (one page) with `pte`, whose frame belongs to domain
+/// `owner` (DOMID_SELF for our own), invalidating it locally. Unlike `mmu_update`,
+/// which leaves the TLB to the guest, the old translation cannot outlive the call.
+///
+/// # Safety
+/// As [`update_va_mapping`]; a writable `pte` of our own frame must not alias memory
+/// Rust references point into.
+pub unsafe fn update_va_mapping_otherdomain(va: u64, pte: u64, owner: u16) -> Result<(), XenError> {
+    // SAFETY: arguments are plain values; the caller upholds the aliasing contract.
+    check(unsafe {
+        hypercall(hc::UPDATE_VA_MAPPING_OTHERDOMAIN, [va, pte, hc::UVMF_INVLPG as u64, u64::from(owner), 0])
+    })
+    .map(drop)
+}
+
 /// Sends an event on a bound local port.
 pub fn evtchn_send(port: u32) -> Result<(), XenError> {
     event_channel_op(&mut xen_abi::hypercall::EvtchnSend { port })

@@ -322,6 +322,25 @@ pub async fn grant(seed: u8) -> Result<()> {
     }
     println!("grant: map_guest_frame refused our own frame (DOMID_SELF and domid {own_domid})");
     println!("grant: copy of 1000 bytes verified through a mapping slot");
+    // A slot remapped from one frame to another reads the new frame at once: the guest
+    // memory cache does this all the time, and a translation left in the TLB would
+    // read (and write) the old frame.
+    let other = mm::alloc_page().map_err(|e| format!("alloc_page: {e}"))?;
+    mm::write_page(&other, 0, &[0xa5; 64]);
+    // SAFETY: as above, for `target` and then `other` (both `Page`s, read-only mappings).
+    unsafe { slot.map_own_frame(target.mfn(), false) }.map_err(|e| format!("map_own_frame: {e}"))?;
+    let mut first = [0u8; 64];
+    // (The read leaves the first frame's translation in the TLB.)
+    slot.read(0, &mut first);
+    // SAFETY: as above.
+    unsafe { slot.map_own_frame(other.mfn(), false) }.map_err(|e| format!("map_own_frame: {e}"))?;
+    let mut second = [0u8; 64];
+    slot.read(0, &mut second);
+    slot.unmap().map_err(|e| format!("unmap: {e}"))?;
+    if second != [0xa5; 64] {
+        return Err(format!("a slot remapped to another frame still read the first (read {:02x?})", &second[..8]));
+    }
+    println!("grant: a remapped slot reads its new frame");
     println!("grant: ok");
     Ok(())
 }

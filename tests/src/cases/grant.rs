@@ -165,6 +165,7 @@ fn grant_to_dom0(ctx: &mut Ctx) -> Result<(), String> {
     expect_contains(&log, "grant: map_guest_frame refused our own frame (DOMID_SELF and domid", "console log")?;
     expect_contains(&log, "grant: a heap frame is refused as a grant and as a copy's destination", "console log")?;
     expect_contains(&log, "grant: copy of 1000 bytes verified", "console log")?;
+    expect_contains(&log, "grant: a remapped slot reads its new frame", "console log")?;
     expect_contains(&log, "grant: ok", "console log")
 }
 

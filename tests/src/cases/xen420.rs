@@ -299,7 +299,8 @@ fn boot_guest(
 /// and a locked tray would refuse libxl's eject).
 fn guest_reads_cd(shell: &mut GuestShell) -> Result<(u64, String), String> {
     let text = shell.run_ok(
-        "mount -t iso9660 -r /dev/sr0 /cdrom && { cat /sys/block/sr0/size; sha256sum /cdrom/nonce.bin; umount /cdrom; }",
+        "if mount -t iso9660 -r /dev/sr0 /cdrom; then cat /sys/block/sr0/size; sha256sum /cdrom/nonce.bin; umount /cdrom; \
+         else dmesg | grep -E 'sr0|sr 1:0' | tail -12; false; fi",
         SHORT,
     )?;
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
@@ -337,10 +338,12 @@ fn expect_guest_finds_no_medium(shell: &mut GuestShell) -> Result<(), String> {
 /// not landed, so these checks are reported rather than required. A first access
 /// that fails is tried once more (Linux revalidates a changed medium on the error).
 fn guest_sees(first: Result<(), String>, again: impl FnOnce() -> Result<(), String>) -> String {
+    // The guest's own words up to the device model's log, on one line.
     let first_line = |e: &str| {
-        let mut lines = e.lines().map(str::trim).filter(|l| !l.is_empty());
-        let telling = e.lines().map(str::trim).find(|l| l.contains("error") || l.contains("No medium"));
-        telling.or_else(|| lines.next()).unwrap_or_default().to_string()
+        let own = e.split("the device model's log").next().unwrap_or_default();
+        let own = own.split_once(" exited with ").map_or(own, |(_, status_and_output)| status_and_output);
+        let line = own.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
+        line.chars().take(900).collect::<String>()
     };
     match first {
         Ok(()) => "as expected".to_string(),
