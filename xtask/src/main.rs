@@ -119,16 +119,10 @@ fn run() -> Result<()> {
 /// the guest's boot loader started. xen::hvm::save_restore_keeps_devices's first round
 /// trip restored 68 KiB of device state, then the guest lost a CD interrupt (its libata
 /// then faulted); the fix (every interrupt level resent after a load) is untested there.
-/// xen::hvm::{rtl8139,e1000}_ping_and_tcp passed ping (and, once, everything up to the
-/// TCP part) early in the session that wrote them, but most later runs found the guest
-/// with a NIC silent after its kernel started, dom0 idle, and the test thread not back
-/// within 900 s (the timeout report now carries the tails of /var/log/xen).
 const LEFT_OUT_OF_FULL_RUN: &[&str] = &[
     "xen420::stubdom::xl_cd_insert_and_eject",
     "xen420-cd-insert",
     "xen::hvm::save_restore_keeps_devices",
-    "xen::hvm::rtl8139_ping_and_tcp",
-    "xen::hvm::e1000_ping_and_tcp",
 ];
 
 fn test(filter: &str) -> Result<()> {
