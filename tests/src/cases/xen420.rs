@@ -110,12 +110,34 @@ fn xl_ok(args: &[&str]) -> Result<XlRun, String> {
     if run.success {
         return Ok(run);
     }
-    let tail: Vec<&str> = run.output.lines().rev().take(40).collect();
+    // Runs of one line (libxl polling query-fdsets) counted, not repeated.
+    let mut lines: Vec<(String, usize)> = Vec::new();
+    for line in run.output.lines() {
+        match lines.last_mut() {
+            Some((last, n)) if last == line => *n += 1,
+            _ => lines.push((line.to_string(), 1)),
+        }
+    }
+    let shown: Vec<String> = lines
+        .iter()
+        .rev()
+        .take(40)
+        .rev()
+        .map(|(line, n)| if *n > 1 { format!("{line}   (x{n})") } else { line.clone() })
+        .collect();
+    // What dom0's backends show of the CD's vbd (which backend, which state).
+    let backends = proc::run(
+        std::process::Command::new("sh")
+            .args(["-c", &format!("xenstore-ls -f /local/domain/0/backend | grep /{CD_DEVID}/")]),
+        Duration::from_secs(30),
+    )
+    .map(|o| o.stdout)
+    .unwrap_or_default();
     Err(format!(
-        "xl {} failed after {:.1} s:\n{}",
+        "xl {} failed after {:.1} s:\n{}\ndom0's backends of vbd {CD_DEVID}:\n{backends}",
         args.join(" "),
         run.secs,
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        shown.join("\n")
     ))
 }
 
@@ -393,6 +415,7 @@ fn xl_cd_insert_and_eject(ctx: &mut Ctx) -> Result<(), String> {
     let guest_after_insert = guest_sees(expect_guest_reads(&mut guest.shell, &second, second_len), || {
         expect_guest_reads(&mut guest.shell, &second, second_len)
     });
+    println!("@@info xen420::stubdom::xl_cd_insert_and_eject| the guest after the insert: {guest_after_insert}");
 
     let eject = xl_ok(&["cd-eject", name, CD_VDEV]).map_err(report)?;
     let ejected = medium_view(name, domid, stub)?;
