@@ -62,6 +62,8 @@ pub struct HvmGuestConfig {
     pub hda: Option<String>,
     /// An ISO file as hdc (the secondary master), a CD-ROM.
     pub cdrom: Option<String>,
+    /// The CD-ROM's `backendtype` (libxl's default, qdisk, when None).
+    pub cdrom_backend: Option<String>,
     pub on_poweroff: Action,
     pub on_reboot: Action,
     pub on_crash: Action,
@@ -84,6 +86,7 @@ impl HvmGuestConfig {
             memory_mib: 128,
             hda: None,
             cdrom: None,
+            cdrom_backend: None,
             on_poweroff: Action::Preserve,
             on_reboot: Action::Preserve,
             on_crash: Action::Preserve,
@@ -99,7 +102,8 @@ impl HvmGuestConfig {
             disks.push(format!("\"format=raw, vdev=hda, access=rw, target={hda}\""));
         }
         if let Some(cd) = &self.cdrom {
-            disks.push(format!("\"format=raw, vdev=hdc, access=ro, devtype=cdrom, target={cd}\""));
+            let backend = self.cdrom_backend.as_ref().map(|b| format!("backendtype={b}, ")).unwrap_or_default();
+            disks.push(format!("\"format=raw, vdev=hdc, access=ro, devtype=cdrom, {backend}target={cd}\""));
         }
         let mut cfg = format!(
             "name = \"{}\"\ntype = \"hvm\"\nmemory = {}\nvcpus = 1\nvnc = 0\nsdl = 0\nnographic = 1\nvga = \"none\"\n\

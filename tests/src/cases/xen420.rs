@@ -294,8 +294,17 @@ fn boot_guest(
     cd: &str,
     hda: Option<&str>,
 ) -> Result<HvmGuest, String> {
+    let stub_domain = matches!(device_model, DeviceModel::StubDomain { .. });
     let mut config = HvmGuestConfig::new(name, device_model);
     config.cdrom = Some(cd.to_string());
+    // A stub domain's CD-ROM through blkback (`backendtype=phy`, allowed for CD-ROMs
+    // since libxl 4.19): libxl 4.20's eject attaches an empty file in its place, and
+    // with the default qdisk backend dom0's QEMU cannot open an empty `params`, so that
+    // vbd never leaves Initialising and `xl cd-eject` times out after 40 s (seen on
+    // the bed, whatever the device model).
+    if stub_domain {
+        config.cdrom_backend = Some("phy".to_string());
+    }
     config.hda = hda.map(str::to_string);
     let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
     // (once more if dom0's QEMU missed libxl's post-start QMP limit: see create_save_restore)
