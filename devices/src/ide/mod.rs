@@ -23,6 +23,7 @@
 
 mod ata;
 mod atapi;
+pub mod bmdma;
 mod channel;
 mod drive;
 mod identify;
@@ -31,6 +32,7 @@ mod tests;
 
 use alloc::vec::Vec;
 
+pub use bmdma::{PrdError, ScatterList, SgEntry};
 use channel::Channel;
 
 /// Which drive: channel 0 = primary (0x1f0-0x1f7, 0x3f6, IRQ 14), 1 = secondary
@@ -64,6 +66,21 @@ pub enum BlockOp {
         data: Vec<u8>,
     },
     Flush,
+    /// READ DMA (EXT): `nr_sectors` from `sector` straight into guest memory, `sg` in
+    /// order (as long as the sectors)
+    DmaRead {
+        sector: u64,
+        nr_sectors: u32,
+        sg: Vec<SgEntry>,
+    },
+    /// WRITE DMA (EXT): guest memory at `sg` onto `nr_sectors` from `sector`, then a
+    /// flush when `flush` (the drive's write cache is off)
+    DmaWrite {
+        sector: u64,
+        nr_sectors: u32,
+        sg: Vec<SgEntry>,
+        flush: bool,
+    },
 }
 
 /// A [`BlockOp`] for one drive.
@@ -80,6 +97,10 @@ pub enum BlockOutcome {
     Read(Vec<u8>),
     Written,
     Flushed,
+    /// a DMA op moved all its bytes
+    Transferred,
+    /// a DMA op met guest memory that is not there (the PRD table pointed outside RAM)
+    GuestMemoryFault,
     /// the PV disk failed (I/O error, backend gone, timed out): the command ends with an error status
     Failed,
 }
@@ -142,6 +163,15 @@ fn all_ones(size: u8) -> u32 {
     }
 }
 
+/// A DMA transfer ready to start (a DMA command and the start bit): the machine reads
+/// its PRD table and answers with [`IdeController::start_dma`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaStart {
+    pub drive: DriveId,
+    pub prd_address: u32,
+    pub len_bytes: u64,
+}
+
 /// The PIIX3 IDE function's two legacy channels and their drives.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct IdeController {
@@ -196,6 +226,48 @@ impl IdeController {
             }
             (Port::Control { channel }, 1 | 2) => self.channels[channel].write_device_control(value as u8),
             _ => log::trace!("ide: write of {size} bytes to port {port:#x} ignored"),
+        }
+    }
+
+    /// A read of `size` bytes at `offset` (0..16) of the bus-master registers (BAR4);
+    /// see [`bmdma`] for the layout.
+    pub fn bmdma_read(&mut self, offset: u16, size: u8) -> u32 {
+        let Some((channel, register)) = bmdma::decode_offset(offset) else { return all_ones(size) };
+        let bm = &self.channels[channel].bus.bm;
+        match (register, size) {
+            (0, 1) => u32::from(bm.command),
+            (2, 1) => u32::from(bm.status),
+            (4..=7, _) => bm.read_prd_address(register, size),
+            _ => all_ones(size),
+        }
+    }
+
+    /// A write of `size` bytes at `offset` (0..16) of the bus-master registers. Setting
+    /// the start bit may leave a [`DmaStart`] to take.
+    pub fn bmdma_write(&mut self, offset: u16, size: u8, value: u32) {
+        let Some((channel, register)) = bmdma::decode_offset(offset) else { return };
+        let channel = &mut self.channels[channel];
+        match (register, size) {
+            (0, 1) => channel.write_bmdma_command(value as u8),
+            (2, 1) => channel.bus.bm.write_status(value as u8),
+            (4..=7, _) => channel.bus.bm.write_prd_address(register, size, value),
+            _ => log::trace!("ide: BMIDE write of {size} bytes at {offset:#x} ignored"),
+        }
+    }
+
+    /// The next DMA transfer ready to start, if any: a drive has a DMA command and its
+    /// channel's start bit is set. The caller reads the PRD table and calls
+    /// [`start_dma`](Self::start_dma) before anything else touches the controller.
+    pub fn take_dma_start(&mut self) -> Option<DmaStart> {
+        self.channels.iter_mut().find_map(Channel::take_dma_start)
+    }
+
+    /// The PRD table of a transfer from [`take_dma_start`](Self::take_dma_start): a
+    /// scatter list leaves a DMA [`BlockRequest`]; an error ends the command (ABRT, the
+    /// BMIDE ERROR bit, an interrupt).
+    pub fn start_dma(&mut self, start: DmaStart, table: Result<ScatterList, PrdError>) {
+        if let Some(channel) = self.channels.get_mut(usize::from(start.drive.channel)) {
+            channel.start_dma(start.drive.unit, table);
         }
     }
 
@@ -302,7 +374,10 @@ impl IdeController {
 /// [`SectionId::Ide`](crate::snapshot::SectionId::Ide).
 impl IdeController {
     /// The version of the IDE section this model writes and reads.
-    pub const STATE_VERSION: u16 = 1;
+    /// Version 2 added the bus-master registers, the DMA transfer and each disk's
+    /// transfer mode; a version 1 section is refused (no release wrote one for a guest
+    /// that could then be restored here with DMA).
+    pub const STATE_VERSION: u16 = 2;
 
     /// Whether the CD tray of `drive` is open (after a restore, the block layer is told).
     pub fn is_tray_open(&self, drive: DriveId) -> bool {
