@@ -74,6 +74,7 @@ fn serve_disk(m: &mut Machine) {
             BlockOp::Read { sector, nr_sectors } => BlockOutcome::Read(sector_data(sector, nr_sectors)),
             BlockOp::Write { .. } => BlockOutcome::Written,
             BlockOp::Flush => BlockOutcome::Flushed,
+            BlockOp::DmaRead { .. } | BlockOp::DmaWrite { .. } => BlockOutcome::Transferred,
         };
         m.ide_mut().complete(drive, outcome);
         m.sync_irqs();
