@@ -1126,3 +1126,107 @@ pub fn fuzz_load_state(payload: &[u8]) -> bool {
     }
     true
 }
+
+/// The fuzz driver of PRD tables (devices/fuzz's `prd_table` target): the first 4 bytes
+/// of `data` are the transfer length in sectors (bounded), the rest a PRD table. The
+/// pure parser must give a list exactly as long as the transfer or an error; then the
+/// table is put in the guest RAM of a machine and run as a READ DMA and a WRITE DMA
+/// whose block requests move real bytes, which must end with an interrupt and without
+/// a panic. Returns whether the table parsed.
+pub fn fuzz_prd_table(data: &[u8]) -> bool {
+    use crate::ide::bmdma::{gather, parse_prd_table, scatter};
+    use crate::ide::{BlockOp, BlockOutcome};
+    let Some((head, table)) = data.split_first_chunk::<4>() else { return false };
+    let nr_sectors = (u32::from_le_bytes(*head) % 300).max(1);
+    let len_bytes = u64::from(nr_sectors) * 512;
+    let parsed = parse_prd_table(table, len_bytes);
+    if let Ok(list) = &parsed {
+        assert_eq!(list.len_bytes(), len_bytes, "a scatter list as long as the transfer");
+        assert!(list.entries.len() <= crate::ide::bmdma::MAX_PRD_ENTRIES);
+    }
+    let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
+    ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 1024, read_only: false });
+    let mut machine = Machine::new(MachineConfig { ide, boot_order: "c".into(), ram_mib: 1, com1: false });
+    let ram = crate::vec_memory::VecGuestMemory::new(1 << 20);
+    let table_gpa = 0x1000u32;
+    let table_len = table.len().min(4096);
+    if ram.write(u64::from(table_gpa), &table[..table_len]).is_err() {
+        return parsed.is_ok();
+    }
+    machine.config_write(PIIX3_IDE_DEVFN, 0x20, 4, 0xc000);
+    machine.config_write(PIIX3_IDE_DEVFN, 0x04, 2, 0x0005);
+    for (command, direction) in [(0xc8u8, 0x08u32), (0xca, 0x00)] {
+        machine.port_write(0xc004, 4, table_gpa, &ram);
+        machine.port_write(0xc000, 1, direction, &ram);
+        machine.port_write(0xc002, 1, 0x06, &ram);
+        for (port, value) in [(0x1f6, 0xe0), (0x1f2, nr_sectors & 0xff), (0x1f3, 0), (0x1f4, 0), (0x1f5, 0)] {
+            machine.port_write(port, 1, value, &ram);
+        }
+        machine.port_write(0x1f7, 1, u32::from(command), &ram);
+        machine.port_write(0xc000, 1, direction | 1, &ram);
+        while let Some(request) = machine.ide_mut().take_request() {
+            let outcome = match request.op {
+                BlockOp::DmaRead { nr_sectors, sg, .. } => {
+                    dma_outcome(scatter(&ram, &sg, 0, &vec![0x3c; nr_sectors as usize * 512]))
+                }
+                BlockOp::DmaWrite { nr_sectors, sg, .. } => {
+                    dma_outcome(gather(&ram, &sg, 0, &mut vec![0; nr_sectors as usize * 512]))
+                }
+                _ => BlockOutcome::Failed,
+            };
+            machine.ide_mut().complete(request.drive, outcome);
+        }
+        machine.sync_irqs();
+        let bm_status = machine.port_read(0xc002, 1, &ram);
+        assert_ne!(bm_status & 0x04, 0, "the command ended with an interrupt");
+        machine.port_write(0xc000, 1, direction, &ram);
+        let status = machine.port_read(0x1f7, 1, &ram) as u8;
+        assert_eq!(status & 0x88, 0, "neither busy nor waiting for data: {status:#x}");
+    }
+    parsed.is_ok()
+}
+
+/// The fuzz driver of ATAPI CDBs (devices/fuzz's `atapi_cdb` target): every 13 bytes of
+/// `data` are a PACKET command to a CD-ROM with a medium (byte 0: the features register,
+/// DMA bit included; then the 12-byte CDB), sent by PIO as libata does; the reply is
+/// read while DRQ is set (bounded) and the block requests are served. No CDB may panic,
+/// leave the drive busy without a request, or make it buffer without bound. Returns how
+/// many commands ran.
+pub fn fuzz_atapi_cdb(data: &[u8]) -> usize {
+    use crate::ide::{BlockOp, BlockOutcome};
+    let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
+    ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(4096) });
+    let mut machine = Machine::new(MachineConfig { ide, boot_order: "d".into(), ram_mib: 1, com1: false });
+    let ram = crate::vec_memory::VecGuestMemory::new(1 << 16);
+    let mut commands = 0;
+    for chunk in data.chunks_exact(13) {
+        let (features, cdb) = (chunk[0], &chunk[1..]);
+        for (port, value) in [(0x176, 0xa0), (0x171, features), (0x174, 0x00), (0x175, 0x08), (0x177, 0xa0)] {
+            machine.port_write(port, 1, u32::from(value), &ram);
+        }
+        if machine.port_read(0x177, 1, &ram) & 0x08 != 0 {
+            for pair in cdb.chunks_exact(2) {
+                machine.port_write(0x170, 2, u32::from(u16::from_le_bytes([pair[0], pair[1]])), &ram);
+            }
+        }
+        for _ in 0..64 {
+            while let Some(request) = machine.ide_mut().take_request() {
+                let outcome = match request.op {
+                    BlockOp::Read { nr_sectors, .. } => BlockOutcome::Read(vec![0x77; nr_sectors as usize * 512]),
+                    _ => BlockOutcome::Failed,
+                };
+                machine.ide_mut().complete(request.drive, outcome);
+            }
+            let status = machine.port_read(0x177, 1, &ram);
+            if status & 0x08 == 0 {
+                assert_eq!(status & 0x80, 0, "busy with no request outstanding");
+                break;
+            }
+            for _ in 0..1024 {
+                machine.port_read(0x170, 4, &ram);
+            }
+        }
+        commands += 1;
+    }
+    commands
+}

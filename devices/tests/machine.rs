@@ -203,6 +203,20 @@ fn random_ioreq_streams_never_panic() {
     }
     let answered = devices::machine::fuzz_ioreqs(&bytes);
     assert!(answered > 1000, "{answered}");
+    // The PRD-table and ATAPI CDB fuzz drivers over the same bytes, and over tables
+    // built to parse (a length, then entries with the end bit on the last).
+    assert_eq!(devices::machine::fuzz_atapi_cdb(&bytes[..13 * 400]), 400);
+    let mut parsed = 0;
+    for (n, chunk) in bytes.chunks(96).enumerate() {
+        parsed += usize::from(devices::machine::fuzz_prd_table(chunk));
+        let mut table = (n as u32 % 8 + 1).to_le_bytes().to_vec();
+        for entry in 0..4u32 {
+            table.extend_from_slice(&(0x2_0000 + entry * 0x1_0000).to_le_bytes());
+            table.extend_from_slice(&(0x800 | u32::from(entry == 3) << 31).to_le_bytes());
+        }
+        assert!(devices::machine::fuzz_prd_table(&table), "a well-formed table parses");
+    }
+    assert!(parsed < bytes.len() / 96, "random tables are mostly refused");
 }
 
 /// Runs the service for `guest` and `script` as the guest's CPUs.
