@@ -1,5 +1,5 @@
 //! The PIIX3 IDE controller in legacy mode: two channels of two drives, ATA disks and
-//! ATAPI CD/DVD-ROMs, by PIO only, as a synchronous state machine.
+//! ATAPI CD/DVD-ROMs, by PIO and (disks) bus-master DMA, as a synchronous state machine.
 //!
 //! It is what SeaBIOS (src/hw/ata.c) and Linux (ata_piix, libata-sff, sd, sr) talk to at
 //! 0x1f0-0x1f7/0x3f6 (IRQ 14) and 0x170-0x177/0x376 (IRQ 15), and it behaves as QEMU's
@@ -11,8 +11,17 @@
 //! are cut into requests, the next one made when the guest has drained (reads) or filled
 //! (writes) the buffer.
 //!
-//! There is no bus-master DMA yet: IDENTIFY advertises none, DMA commands are aborted and
-//! ATAPI PACKET with the DMA bit is refused.
+//! Bus-master DMA ([`bmdma`]): the BMIDE registers of BAR4 are read and written through
+//! [`IdeController::bmdma_read`] / [`bmdma_write`](IdeController::bmdma_write). A READ/WRITE
+//! DMA (EXT) command waits for its channel's start bit; then
+//! [`IdeController::take_dma_start`] hands the caller (the machine, which has guest
+//! memory) the PRD table address, and [`IdeController::start_dma`] takes the parsed
+//! scatter list back. The whole transfer is then one [`BlockOp::DmaRead`] or
+//! [`BlockOp::DmaWrite`] that the block worker moves straight between the PV disk and
+//! guest memory, in chunks each of which blkfront sends as several ring requests at
+//! once. A PRD table that does not fit, or guest memory that is not there, ends the
+//! command with ABRT and the BMIDE ERROR bit. IDENTIFY advertises DMA for disks only:
+//! the CD-ROM stays on PIO (ATAPI PACKET with the DMA bit is refused).
 //!
 //! - `channel`: the task-file registers as the bus presents them (device select, absent
 //!   drives, HOB, device control with nIEN and SRST, the interrupt line, the request slot).
@@ -20,6 +29,7 @@
 //! - `ata`: the ATA command set (IDENTIFY, READ/WRITE SECTORS (EXT), FLUSH CACHE, ...).
 //! - `atapi`: PACKET and the MMC commands of a CD/DVD-ROM, sense data, trays and media changes.
 //! - `identify`: IDENTIFY (PACKET) DEVICE data and CHS geometry.
+//! - [`bmdma`]: the bus-master registers, PRD tables and the scatter/gather copy.
 
 mod ata;
 mod atapi;
