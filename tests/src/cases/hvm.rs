@@ -326,9 +326,10 @@ fn dma_disk_reads_and_writes(ctx: &mut Ctx) -> Result<(), String> {
         let dma_mode = modes
             .lines()
             .map(str::trim)
+            // sysfs names the mode XFER_MW_DMA_2 (or XFER_UDMA_n); libata's line says MWDMA2
             .find(|line| {
-                line.starts_with("MWDMA")
-                    || line.starts_with("UDMA")
+                line.starts_with("XFER_MW_DMA_")
+                    || line.starts_with("XFER_UDMA_")
                     || line.contains("ata1.00: configured for MWDMA")
                     || line.contains("ata1.00: configured for UDMA")
             })
