@@ -508,6 +508,10 @@ impl MappingSlot {
         // SAFETY: the slot's page is ours to map and only `read`/`write` below touch
         // it (volatile, no references); aliasing is the caller's contract.
         unsafe { hypercall::mmu_update(&[update], domid)? };
+        // mmu_update leaves the TLB as it was: a slot that mapped another frame before
+        // would go on reaching that frame (seen as corrupt DMA, which remaps the guest
+        // mapping cache's slots far more often than PIO did).
+        hypercall::invlpg_local(self.va)?;
         Ok(())
     }
 

@@ -116,6 +116,22 @@ pub unsafe fn mmu_update(updates: &[xen_abi::memory::MmuUpdate], foreign_domid: 
     check(ret).map(drop)
 }
 
+/// Flushes this vCPU's TLB entry for `va` (MMUEXT_INVLPG_LOCAL): `mmu_update` does
+/// not, so a slot remapped to another frame must be flushed before it is used.
+pub fn invlpg_local(va: u64) -> Result<(), XenError> {
+    let op = xen_abi::memory::MmuextOp { cmd: xen_abi::memory::MMUEXT_INVLPG_LOCAL, arg1: va, arg2: 0 };
+    let mut done: u32 = 0;
+    // SAFETY: `op` is a live `struct mmuext_op` (layout checked in xen-abi) that Xen only
+    // reads, and `done` a live u32 it writes the count to; a TLB flush changes no mapping.
+    let ret = unsafe {
+        hypercall(
+            hc::MMUEXT_OP,
+            [(&raw const op) as u64, 1, (&raw mut done) as u64, u64::from(xen_abi::event_channel::DOMID_SELF), 0],
+        )
+    };
+    check(ret).map(drop)
+}
+
 /// Event channel operation `T::CMD` on `arg`, which Xen reads and writes back in place.
 pub fn event_channel_op<T: EvtchnOp>(arg: &mut T) -> Result<(), XenError> {
     // SAFETY: `T` is one of xen-abi's event channel structs (the trait is sealed there)
