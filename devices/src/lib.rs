@@ -27,6 +27,7 @@ extern crate alloc;
 
 pub mod block;
 pub mod cmos;
+pub mod dirty;
 pub mod dm_args;
 pub mod i8042;
 pub mod ide;

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | PCI 00:00.0 | i440FX host bridge ([`pci::i440fx`]) |
 //! | PCI 00:01.0 | PIIX3 ISA bridge: PIRQ routing to Xen ([`pci::piix3`]) |
-//! | PCI 00:01.1 | PIIX3 IDE, legacy ports, PIO ([`ide`]) |
+//! | PCI 00:01.1 | PIIX3 IDE, legacy ports, PIO and bus-master DMA at BAR4 where the guest puts it ([`ide`]) |
 //! | 0xcf8-0xcfb | the config-address latch (read back) and, at 0xcf9, PIIX3 reset control |
 //! | 0x60, 0x64 | the 8042 keyboard controller, reset through it, no keyboard or mouse ([`i8042`]) |
 //! | 0x70-0x71 | CMOS NVRAM above what Xen's RTC serves ([`cmos`]) |
@@ -22,7 +22,10 @@
 //! request (with `rep` and pointer semantics) against guest memory and returns the
 //! value for the vCPU. What it needs from Xen (interrupt lines, PIRQ routes, shutdown)
 //! queues as [`Effect`]s for the caller to apply in order; slow work (disk I/O) waits in
-//! the IDE controller as block requests ([`Machine::ide_mut`]). A malformed request
+//! the IDE controller as block requests ([`Machine::ide_mut`]). When a DMA command meets
+//! its channel's start bit, the machine reads the PRD table from guest memory (bus
+//! mastering must be on) and hands the controller the scatter list its block request
+//! carries, or the error that ends the command. A malformed request
 //! (bad size, a `rep` larger than a page, memory the guest does not have) is answered
 //! (reads as all-ones) and logged at a bounded rate, never a panic.
 //!
@@ -138,6 +141,8 @@ pub struct Machine {
     stats: MachineStats,
     /// the drives as the argv gave them, for the saved state's layout
     drive_layout: [[Option<DriveLayout>; 2]; 2],
+    /// the IDE bus-master ports (BAR4) the ioreq server holds: (base, length)
+    bmide_claimed: Option<(u64, u64)>,
 }
 
 /// Bytes the guest's serial output may queue before THRE stays clear.
@@ -163,6 +168,7 @@ impl Machine {
             log: LogLimiter::new(),
             stats: MachineStats::default(),
             drive_layout: config.ide.map(|channel| channel.map(|spec| spec.map(DriveLayout::of))),
+            bmide_claimed: None,
         }
     }
 
@@ -519,6 +525,48 @@ impl Machine {
         }
     }
 
+    /// After a config write to the IDE function: claims or releases BAR4 to match what
+    /// the guest placed and enabled.
+    fn update_bmide_bar(&mut self) {
+        let now = self.ide_function.bar_region(crate::pci::piix3::IDE_BUS_MASTER_BAR).map(|(_, base, len)| (base, len));
+        if now == self.bmide_claimed {
+            return;
+        }
+        if let Some((base, len)) = self.bmide_claimed {
+            self.effects.push_back(Effect::Release { kind: IoRangeKind::Port, first: base, last: base + len - 1 });
+        }
+        if let Some((base, len)) = now {
+            self.effects.push_back(Effect::Claim { kind: IoRangeKind::Port, first: base, last: base + len - 1 });
+        }
+        self.bmide_claimed = now;
+    }
+
+    /// The offset in BAR4 of `port`, when the bus-master ports decode it.
+    fn bmide_offset(&self, port: u16) -> Option<u16> {
+        let (base, len) = self.bmide_claimed?;
+        let port = u64::from(port);
+        (base..base + len).contains(&port).then(|| (port - base) as u16)
+    }
+
+    /// Starts the DMA transfers that are ready: reads each one's PRD table (bus mastering
+    /// must be on) and gives the controller its scatter list or the error.
+    fn start_ide_dma(&mut self, memory: &dyn GuestMemory) {
+        use crate::ide::bmdma::{PrdError, fetch_prd_table, parse_prd_table};
+        while let Some(start) = self.ide.take_dma_start() {
+            let table = if self.ide_function.command() & crate::pci::COMMAND_MASTER == 0 {
+                Err(PrdError::BusMasterDisabled)
+            } else {
+                fetch_prd_table(memory, start.prd_address).and_then(|table| parse_prd_table(&table, start.len_bytes))
+            };
+            if let Err(error) = &table
+                && self.log.allow()
+            {
+                log::warn!("ide {:?}: DMA of {} bytes ends with an error: {error}", start.drive, start.len_bytes);
+            }
+            self.ide.start_dma(start, table);
+        }
+    }
+
     fn pci_config(&mut self, req: &Ioreq) -> u64 {
         let sbdf = req.addr >> 32;
         let reg = (req.addr & 0xfff) as u16;
@@ -563,7 +611,10 @@ impl Machine {
                     self.effects.push_back(Effect::LinkRoute { link, isa_irq });
                 }
             }
-            PIIX3_IDE_DEVFN => self.ide_function.write(reg, size, value),
+            PIIX3_IDE_DEVFN => {
+                self.ide_function.write(reg, size, value);
+                self.update_bmide_bar();
+            }
             _ => {
                 if let Some(index) = self.nics.iter().position(|slot| slot.device << 3 == devfn) {
                     self.nics[index].card.config_write(reg, size, value);
@@ -588,6 +639,10 @@ impl Machine {
                 self.bytewise_read(port, size, |m, p| m.com1.as_mut().map_or(0xff, |u| u.read((p - 0x3f8) as u8)))
             }
             AcpiPm::PM1A_CNT..=0xb005 | AcpiPm::GPE0_BLK..=0xafe3 => self.pm.read(port, size),
+            _ if self.bmide_offset(port).is_some() => {
+                let offset = self.bmide_offset(port).unwrap_or_default();
+                self.ide.bmdma_read(offset, size)
+            }
             _ => match self.nic_port(port) {
                 Some((index, bar, offset)) => {
                     let now = self.now_ns;
@@ -622,7 +677,10 @@ impl Machine {
                 }
             }),
             0x70..=0x71 => self.bytewise_write(port, size, value, |m, p, v| m.cmos.write(p, v)),
-            0x1f0..=0x1f7 | 0x3f6 | 0x170..=0x177 | 0x376 => self.ide.write(port, size, value),
+            0x1f0..=0x1f7 | 0x3f6 | 0x170..=0x177 | 0x376 => {
+                self.ide.write(port, size, value);
+                self.start_ide_dma(memory);
+            }
             0x3f8..=0x3ff if self.com1.is_some() => self.bytewise_write(port, size, value, |m, p, v| {
                 if let Some(uart) = m.com1.as_mut() {
                     uart.write((p - 0x3f8) as u8, v);
@@ -633,6 +691,11 @@ impl Machine {
                     log::info!("machine: ACPI S5 (poweroff) requested by the guest");
                     self.effects.push_back(Effect::Shutdown(ShutdownReason::Poweroff));
                 }
+            }
+            _ if self.bmide_offset(port).is_some() => {
+                let offset = self.bmide_offset(port).unwrap_or_default();
+                self.ide.bmdma_write(offset, size, value);
+                self.start_ide_dma(memory);
             }
             _ => match self.nic_port(port) {
                 Some((index, bar, offset)) => {
@@ -843,6 +906,8 @@ impl Machine {
         self.now_ns = now_ns;
         // Claims and interrupt lines again, for the new ioreq server and the caller.
         self.effects.clear();
+        self.bmide_claimed = None;
+        self.update_bmide_bar();
         for index in 0..self.nics.len() {
             if let Some(slot) = self.nics.get_mut(index) {
                 slot.claimed = [None; 6];
@@ -857,6 +922,14 @@ impl Machine {
 
 fn all_ones(size: u32) -> u64 {
     if size >= 8 { u64::MAX } else { (1u64 << (size * 8)) - 1 }
+}
+
+/// How a DMA block op that a fuzz driver carried out ended.
+fn dma_outcome(moved: Result<(), xen_seams::hvm::GuestMemoryError>) -> crate::ide::BlockOutcome {
+    match moved {
+        Ok(()) => crate::ide::BlockOutcome::Transferred,
+        Err(_) => crate::ide::BlockOutcome::GuestMemoryFault,
+    }
 }
 
 fn memory_error_gfn(e: xen_seams::hvm::GuestMemoryError) -> u64 {
@@ -875,15 +948,19 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
     use crate::ide::{BlockOp, BlockOutcome};
     use xen_seams::hvm::ioreq_type;
 
-    const PORTS: [u16; 18] = [
+    const PORTS: [u16; 22] = [
         0x1f0, 0x1f1, 0x1f2, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x177, 0x376, 0x3f8, 0x3fd, 0x70, 0x71, 0xcf8, 0xcf9, 0xb004,
-        0x60, 0x64,
+        0x60, 0x64, 0xc000, 0xc002, 0xc004, 0xc00a,
     ];
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
     ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 2048, read_only: false });
     ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(4096) });
     let mut machine = Machine::new(MachineConfig { ide, boot_order: "dc".into(), ram_mib: 1, com1: true });
     let ram = crate::vec_memory::VecGuestMemory::new(1 << 20);
+    // The bus-master ports at 0xc000, decoding, bus mastering on (as hvmloader leaves them).
+    machine.config_write(PIIX3_IDE_DEVFN, 0x20, 4, 0xc000);
+    machine.config_write(PIIX3_IDE_DEVFN, 0x04, 2, 0x0005);
+    machine.take_effects();
     let mut answered = 0;
     for (n, chunk) in data.chunks_exact(32).enumerate() {
         let mut bytes = [0u8; 32];
@@ -910,6 +987,12 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
                 (_, BlockOp::Read { nr_sectors, .. }) => BlockOutcome::Read(vec![0x5a; nr_sectors as usize * 512]),
                 (_, BlockOp::Write { .. }) => BlockOutcome::Written,
                 (_, BlockOp::Flush) => BlockOutcome::Flushed,
+                (_, BlockOp::DmaRead { sg, .. }) => {
+                    dma_outcome(crate::ide::bmdma::scatter(&ram, &sg, 0, &[0x5a; 4096]))
+                }
+                (_, BlockOp::DmaWrite { sg, .. }) => {
+                    dma_outcome(crate::ide::bmdma::gather(&ram, &sg, 0, &mut [0; 4096]))
+                }
             };
             machine.ide_mut().complete(request.drive, outcome);
         }
@@ -1008,6 +1091,7 @@ pub fn fuzz_load_state(payload: &[u8]) -> bool {
                 BlockOp::Read { nr_sectors, .. } => BlockOutcome::Read(vec![0xa5; nr_sectors as usize * 512]),
                 BlockOp::Write { .. } => BlockOutcome::Written,
                 BlockOp::Flush => BlockOutcome::Flushed,
+                BlockOp::DmaRead { .. } | BlockOp::DmaWrite { .. } => BlockOutcome::Transferred,
             };
             machine.ide_mut().complete(request.drive, outcome);
         }
@@ -1041,4 +1125,108 @@ pub fn fuzz_load_state(payload: &[u8]) -> bool {
         panic!("a state saved after a restore does not load: {error}");
     }
     true
+}
+
+/// The fuzz driver of PRD tables (devices/fuzz's `prd_table` target): the first 4 bytes
+/// of `data` are the transfer length in sectors (bounded), the rest a PRD table. The
+/// pure parser must give a list exactly as long as the transfer or an error; then the
+/// table is put in the guest RAM of a machine and run as a READ DMA and a WRITE DMA
+/// whose block requests move real bytes, which must end with an interrupt and without
+/// a panic. Returns whether the table parsed.
+pub fn fuzz_prd_table(data: &[u8]) -> bool {
+    use crate::ide::bmdma::{gather, parse_prd_table, scatter};
+    use crate::ide::{BlockOp, BlockOutcome};
+    let Some((head, table)) = data.split_first_chunk::<4>() else { return false };
+    let nr_sectors = (u32::from_le_bytes(*head) % 300).max(1);
+    let len_bytes = u64::from(nr_sectors) * 512;
+    let parsed = parse_prd_table(table, len_bytes);
+    if let Ok(list) = &parsed {
+        assert_eq!(list.len_bytes(), len_bytes, "a scatter list as long as the transfer");
+        assert!(list.entries.len() <= crate::ide::bmdma::MAX_PRD_ENTRIES);
+    }
+    let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
+    ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 1024, read_only: false });
+    let mut machine = Machine::new(MachineConfig { ide, boot_order: "c".into(), ram_mib: 1, com1: false });
+    let ram = crate::vec_memory::VecGuestMemory::new(1 << 20);
+    let table_gpa = 0x1000u32;
+    let table_len = table.len().min(4096);
+    if ram.write(u64::from(table_gpa), &table[..table_len]).is_err() {
+        return parsed.is_ok();
+    }
+    machine.config_write(PIIX3_IDE_DEVFN, 0x20, 4, 0xc000);
+    machine.config_write(PIIX3_IDE_DEVFN, 0x04, 2, 0x0005);
+    for (command, direction) in [(0xc8u8, 0x08u32), (0xca, 0x00)] {
+        machine.port_write(0xc004, 4, table_gpa, &ram);
+        machine.port_write(0xc000, 1, direction, &ram);
+        machine.port_write(0xc002, 1, 0x06, &ram);
+        for (port, value) in [(0x1f6, 0xe0), (0x1f2, nr_sectors & 0xff), (0x1f3, 0), (0x1f4, 0), (0x1f5, 0)] {
+            machine.port_write(port, 1, value, &ram);
+        }
+        machine.port_write(0x1f7, 1, u32::from(command), &ram);
+        machine.port_write(0xc000, 1, direction | 1, &ram);
+        while let Some(request) = machine.ide_mut().take_request() {
+            let outcome = match request.op {
+                BlockOp::DmaRead { nr_sectors, sg, .. } => {
+                    dma_outcome(scatter(&ram, &sg, 0, &vec![0x3c; nr_sectors as usize * 512]))
+                }
+                BlockOp::DmaWrite { nr_sectors, sg, .. } => {
+                    dma_outcome(gather(&ram, &sg, 0, &mut vec![0; nr_sectors as usize * 512]))
+                }
+                _ => BlockOutcome::Failed,
+            };
+            machine.ide_mut().complete(request.drive, outcome);
+        }
+        machine.sync_irqs();
+        let bm_status = machine.port_read(0xc002, 1, &ram);
+        assert_ne!(bm_status & 0x04, 0, "the command ended with an interrupt");
+        machine.port_write(0xc000, 1, direction, &ram);
+        let status = machine.port_read(0x1f7, 1, &ram) as u8;
+        assert_eq!(status & 0x88, 0, "neither busy nor waiting for data: {status:#x}");
+    }
+    parsed.is_ok()
+}
+
+/// The fuzz driver of ATAPI CDBs (devices/fuzz's `atapi_cdb` target): every 13 bytes of
+/// `data` are a PACKET command to a CD-ROM with a medium (byte 0: the features register,
+/// DMA bit included; then the 12-byte CDB), sent by PIO as libata does; the reply is
+/// read while DRQ is set (bounded) and the block requests are served. No CDB may panic,
+/// leave the drive busy without a request, or make it buffer without bound. Returns how
+/// many commands ran.
+pub fn fuzz_atapi_cdb(data: &[u8]) -> usize {
+    use crate::ide::{BlockOp, BlockOutcome};
+    let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
+    ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(4096) });
+    let mut machine = Machine::new(MachineConfig { ide, boot_order: "d".into(), ram_mib: 1, com1: false });
+    let ram = crate::vec_memory::VecGuestMemory::new(1 << 16);
+    let mut commands = 0;
+    for chunk in data.chunks_exact(13) {
+        let (features, cdb) = (chunk[0], &chunk[1..]);
+        for (port, value) in [(0x176, 0xa0), (0x171, features), (0x174, 0x00), (0x175, 0x08), (0x177, 0xa0)] {
+            machine.port_write(port, 1, u32::from(value), &ram);
+        }
+        if machine.port_read(0x177, 1, &ram) & 0x08 != 0 {
+            for pair in cdb.chunks_exact(2) {
+                machine.port_write(0x170, 2, u32::from(u16::from_le_bytes([pair[0], pair[1]])), &ram);
+            }
+        }
+        for _ in 0..64 {
+            while let Some(request) = machine.ide_mut().take_request() {
+                let outcome = match request.op {
+                    BlockOp::Read { nr_sectors, .. } => BlockOutcome::Read(vec![0x77; nr_sectors as usize * 512]),
+                    _ => BlockOutcome::Failed,
+                };
+                machine.ide_mut().complete(request.drive, outcome);
+            }
+            let status = machine.port_read(0x177, 1, &ram);
+            if status & 0x08 == 0 {
+                assert_eq!(status & 0x80, 0, "busy with no request outstanding");
+                break;
+            }
+            for _ in 0..1024 {
+                machine.port_read(0x170, 4, &ram);
+            }
+        }
+        commands += 1;
+    }
+    commands
 }

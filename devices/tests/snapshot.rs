@@ -74,6 +74,7 @@ fn serve_disk(m: &mut Machine) {
             BlockOp::Read { sector, nr_sectors } => BlockOutcome::Read(sector_data(sector, nr_sectors)),
             BlockOp::Write { .. } => BlockOutcome::Written,
             BlockOp::Flush => BlockOutcome::Flushed,
+            BlockOp::DmaRead { .. } | BlockOp::DmaWrite { .. } => BlockOutcome::Transferred,
         };
         m.ide_mut().complete(drive, outcome);
         m.sync_irqs();
@@ -491,4 +492,67 @@ fn a_cd_read_in_progress_goes_on_after_a_restore() {
     // And what came out is the CD's blocks 5.. (PV sectors 20..).
     let data = sector_data(20, 128);
     assert_eq!(first[0] as u16, u16::from_le_bytes([data[0], data[1]]));
+}
+
+/// A READ DMA that waits for the bus master's START when the state is saved: the
+/// restored machine claims BAR4 again, has the same BMIDE registers and transfer mode,
+/// and START then runs the transfer with the saved PRD table address.
+#[test]
+fn a_dma_command_waiting_for_start_goes_on_after_a_restore() {
+    use devices::machine::PIIX3_IDE_DEVFN;
+    let ram = Ram::new(1 << 20);
+    let mut m = machine_with(true, DISK_SECTORS, &[]);
+    m.config_write(PIIX3_IDE_DEVFN, 0x20, 4, 0xc000);
+    m.config_write(PIIX3_IDE_DEVFN, 0x04, 2, 0x0005);
+    // SET FEATURES MWDMA2, then READ DMA of 4 sectors at LBA 7 into one 2 KiB entry
+    for (port, value) in [(0x1f6, 0xa0), (0x1f1, 0x03), (0x1f2, 0x22), (0x1f7, 0xef)] {
+        m.port_write(port, 1, value, &ram);
+    }
+    m.port_read(0x1f7, 1, &ram);
+    let mut table = 0x4_0000u32.to_le_bytes().to_vec();
+    table.extend_from_slice(&(0x800u32 | 1 << 31).to_le_bytes());
+    ram.put(0x2000, &table);
+    m.port_write(0xc004, 4, 0x2000, &ram);
+    m.port_write(0xc000, 1, 0x08, &ram);
+    m.port_write(0xc002, 1, 0x66, &ram);
+    for (port, value) in [(0x1f6, 0xe0), (0x1f2, 4), (0x1f3, 7), (0x1f4, 0), (0x1f5, 0), (0x1f7, 0xc8)] {
+        m.port_write(port, 1, value, &ram);
+    }
+    m.take_effects();
+    let mut restored = twin(&m, true, &[]);
+    assert!(
+        restored.take_effects().contains(&Effect::Claim { kind: IoRangeKind::Port, first: 0xc000, last: 0xc00f }),
+        "BAR4 claimed again"
+    );
+    for machine in [&mut m, &mut restored] {
+        assert_eq!(machine.port_read(0xc000, 1, &ram), 0x08);
+        assert_eq!(machine.port_read(0xc002, 1, &ram), 0x60, "drive-capable bits kept");
+        assert_eq!(machine.port_read(0xc004, 4, &ram), 0x2000);
+        assert_eq!(machine.port_read(0x3f6, 1, &ram), 0x58, "waiting for the bus master");
+        machine.port_write(0xc000, 1, 0x09, &ram);
+        let request = machine.ide_mut().take_request().expect("the transfer starts");
+        match request.op {
+            BlockOp::DmaRead { sector, nr_sectors, sg } => {
+                assert_eq!((sector, nr_sectors, sg.len(), sg[0].gpa, sg[0].len_bytes), (7, 4, 1, 0x4_0000, 0x800))
+            }
+            other => panic!("{other:?}"),
+        }
+        machine.ide_mut().complete(request.drive, BlockOutcome::Transferred);
+        assert_eq!(machine.port_read(0xc002, 1, &ram) & 0x07, 0x04, "INTR, not ACTIVE");
+        assert_eq!(machine.port_read(0x1f7, 1, &ram), 0x50);
+    }
+    // IDENTIFY shows the mode SET FEATURES chose before the save.
+    restored.port_write(0x1f7, 1, 0xec, &ram);
+    let words: Vec<u32> = (0..64).map(|_| restored.port_read(0x1f0, 2, &ram)).collect();
+    assert_eq!(words[63], 0x0407);
+}
+
+#[test]
+fn an_ide_section_of_version_1_is_refused_by_name() {
+    let ram = Ram::new(64 * 1024);
+    let mut m = machine_with(true, DISK_SECTORS, &[]);
+    boot_to_mid_read(&mut m, &ram);
+    let older = rewrite(&m.save_state(0), |s| (s.id == SectionId::Ide).then_some((s.id as u16, 1)));
+    let error = machine_with(true, DISK_SECTORS, &[]).load_state(&older, 0).unwrap_err();
+    assert!(matches!(error, SnapshotError::Version { saved: 1, supported: 2, .. }), "{error}");
 }

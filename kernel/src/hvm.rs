@@ -352,6 +352,18 @@ impl HvmControl for KernelHvmControl {
     fn remote_shutdown(&self, reason: xen_seams::hvm::ShutdownReason) -> Result<(), Error> {
         dm_op_args(self.guest, &abi::RemoteShutdown { reason: reason as u32 }).map(drop).map_err(xen)
     }
+
+    fn modified_memory(&self, first_gfn: u64, nr_pages: u32) -> Result<(), Error> {
+        // One extent in the second buffer; Xen restarts the hypercall itself when it
+        // preempts a long one (the extent and `opaque` record the progress).
+        let extent = abi::ModifiedMemoryExtent { nr: nr_pages, pad: 0, first_pfn: first_gfn };
+        let mut extent_bytes = [0u8; 16];
+        extent_bytes[0..4].copy_from_slice(&extent.nr.to_le_bytes());
+        extent_bytes[8..16].copy_from_slice(&extent.first_pfn.to_le_bytes());
+        let args = abi::ModifiedMemory { nr_extents: 1, opaque: 0 };
+        let mut op = DmOp::new(abi::ModifiedMemory::OP, &args.to_bytes());
+        dm_op(self.guest, &mut op, Some(&mut extent_bytes)).map_err(xen)
+    }
 }
 
 impl DeviceModelHost for KernelXen {

@@ -508,8 +508,8 @@ impl MappingSlot {
         // One hypercall that also invalidates the slot's old translation: a slot is
         // remapped from frame to frame (the guest-memory cache evicts), and with
         // `mmu_update`, which leaves the TLB alone, accesses kept reaching the previous
-        // frame (on the test bed, e1000 receive descriptors read out of a packet buffer
-        // and packets written into other guest pages).
+        // frame (on the test bed, e1000 receive descriptors read out of a packet buffer,
+        // packets written into other guest pages, and corrupt disk DMA).
         // SAFETY: the slot's page is ours to map and only `read`/`write` below touch
         // it (volatile, no references); aliasing is the caller's contract.
         unsafe { hypercall::update_va_mapping_otherdomain(self.va, (frame << 12) | flags, domid)? };

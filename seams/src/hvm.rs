@@ -92,6 +92,10 @@ pub trait HvmControl {
     fn set_pci_link_route(&self, link: u8, isa_irq: u8) -> Result<(), Error>;
     /// Shuts the guest down (poweroff, reboot, crash) as its toolstack configured.
     fn remote_shutdown(&self, reason: ShutdownReason) -> Result<(), Error>;
+    /// Tells Xen that the device model wrote guest frames `first_gfn..first_gfn +
+    /// nr_pages` (`XEN_DMOP_modified_memory`), so that a live save's dirty log has
+    /// them; Xen ignores it while the guest's log-dirty mode is off.
+    fn modified_memory(&self, first_gfn: u64, nr_pages: u32) -> Result<(), Error>;
 }
 
 /// What a domain that is an HVM guest's device model can reach of that guest.

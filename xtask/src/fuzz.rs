@@ -39,6 +39,8 @@ const TARGETS: &[Target] = &[
     Target { name: "devices::fuzz::ioreq_20s", dir: "devices/fuzz", target: "ioreq" },
     Target { name: "devices::fuzz::rtl8139_20s", dir: "devices/fuzz", target: "rtl8139" },
     Target { name: "devices::fuzz::e1000_20s", dir: "devices/fuzz", target: "e1000" },
+    Target { name: "devices::fuzz::prd_table_20s", dir: "devices/fuzz", target: "prd_table" },
+    Target { name: "devices::fuzz::atapi_cdb_20s", dir: "devices/fuzz", target: "atapi_cdb" },
 ];
 
 /// Runs the fuzz targets FILTER selects, counting one result each.

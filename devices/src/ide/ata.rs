@@ -3,9 +3,13 @@
 //! The table and the handlers follow QEMU's `ide_cmd_table`: a command the drive kind does
 //! not accept ends with ABRT and an interrupt; one that completes at once ends with DRDY
 //! (plus DSC for the commands QEMU marks `SET_DSC`) and an interrupt. Differences from
-//! QEMU, all because there is no DMA and no multiple-sector mode: READ/WRITE DMA (EXT),
-//! DATA SET MANAGEMENT, SMART and READ/WRITE MULTIPLE are aborted, and SET MULTIPLE MODE
-//! accepts only 0.
+//! QEMU: DATA SET MANAGEMENT, SMART and READ/WRITE MULTIPLE are aborted, and SET
+//! MULTIPLE MODE accepts only 0 (no multiple-sector mode).
+//!
+//! READ/WRITE DMA (EXT) check their range at once (QEMU checks when the transfer
+//! starts), then wait with DRDY|DSC|DRQ for the bus master ([`super::bmdma`]); the whole
+//! transfer is one DMA block request that the worker moves between the PV disk and
+//! guest memory, after which status is 0x50 and the drive interrupts.
 //!
 //! PIO data-in (READ SECTORS): DRQ and an interrupt before each sector, none after the
 //! last; sectors come from requests of up to [`MAX_REQUEST_SECTORS`] made as the guest
@@ -20,7 +24,7 @@ use alloc::vec::Vec;
 use core::mem;
 
 use super::channel::Bus;
-use super::drive::{AtaRead, AtaWrite, Drive, Media, Pending, PioEnd, Transfer, status};
+use super::drive::{AtaRead, AtaWrite, DmaCommand, DmaMode, Drive, Media, Pending, PioEnd, Transfer, status};
 use super::identify::{ata_identify, atapi_identify, serial_number};
 use super::{BlockOp, MAX_REQUEST_SECTORS};
 
@@ -31,10 +35,12 @@ pub(super) mod opcode {
     pub const READ_SECTORS: u8 = 0x20;
     pub const READ_SECTORS_NO_RETRY: u8 = 0x21;
     pub const READ_SECTORS_EXT: u8 = 0x24;
+    pub const READ_DMA_EXT: u8 = 0x25;
     pub const READ_NATIVE_MAX_EXT: u8 = 0x27;
     pub const WRITE_SECTORS: u8 = 0x30;
     pub const WRITE_SECTORS_NO_RETRY: u8 = 0x31;
     pub const WRITE_SECTORS_EXT: u8 = 0x34;
+    pub const WRITE_DMA_EXT: u8 = 0x35;
     pub const WRITE_VERIFY: u8 = 0x3c;
     pub const VERIFY: u8 = 0x40;
     pub const VERIFY_NO_RETRY: u8 = 0x41;
@@ -51,6 +57,10 @@ pub(super) mod opcode {
     pub const PACKET: u8 = 0xa0;
     pub const IDENTIFY_PACKET_DEVICE: u8 = 0xa1;
     pub const SET_MULTIPLE_MODE: u8 = 0xc6;
+    pub const READ_DMA: u8 = 0xc8;
+    pub const READ_DMA_NO_RETRY: u8 = 0xc9;
+    pub const WRITE_DMA: u8 = 0xca;
+    pub const WRITE_DMA_NO_RETRY: u8 = 0xcb;
     pub const STANDBY_IMMEDIATE: u8 = 0xe0;
     pub const IDLE_IMMEDIATE: u8 = 0xe1;
     pub const STANDBY: u8 = 0xe2;
@@ -101,7 +111,13 @@ fn command_flags(command: u8) -> Option<CommandFlags> {
         | STANDBY
         | IDLE
         | SLEEP
-        | FLUSH_CACHE_EXT => DISK,
+        | FLUSH_CACHE_EXT
+        | READ_DMA
+        | READ_DMA_NO_RETRY
+        | READ_DMA_EXT
+        | WRITE_DMA
+        | WRITE_DMA_NO_RETRY
+        | WRITE_DMA_EXT => DISK,
         RECALIBRATE
         | READ_NATIVE_MAX_EXT
         | READ_NATIVE_MAX
@@ -155,6 +171,10 @@ impl Drive {
             READ_SECTORS_EXT => self.cmd_read_sectors(bus, true),
             WRITE_SECTORS | WRITE_SECTORS_NO_RETRY | WRITE_VERIFY => self.cmd_write_sectors(false),
             WRITE_SECTORS_EXT => self.cmd_write_sectors(true),
+            READ_DMA | READ_DMA_NO_RETRY => self.cmd_dma(bus, false, true),
+            READ_DMA_EXT => self.cmd_dma(bus, true, true),
+            WRITE_DMA | WRITE_DMA_NO_RETRY => self.cmd_dma(bus, false, false),
+            WRITE_DMA_EXT => self.cmd_dma(bus, true, false),
             VERIFY | VERIFY_NO_RETRY => {
                 self.lba48_transform(false);
                 true
@@ -225,8 +245,13 @@ impl Drive {
     fn cmd_identify(&mut self, bus: &mut Bus) -> bool {
         match &self.media {
             Media::Disk(disk) => {
-                let data =
-                    ata_identify(disk.nr_sectors, disk.geometry, &serial_number(self.position()), disk.write_cache);
+                let data = ata_identify(
+                    disk.nr_sectors,
+                    disk.geometry,
+                    &serial_number(self.position()),
+                    disk.write_cache,
+                    disk.dma_mode,
+                );
                 self.io = data.to_vec();
                 self.tf.status = status::DRDY | status::DSC;
                 self.transfer_start(0, 512, true, PioEnd::Stop);
@@ -262,9 +287,21 @@ impl Drive {
             }
             // look-ahead, reverting to defaults, APM, acoustic management, vendor NOPs
             0xcc | 0x66 | 0xaa | 0x55 | 0x05 | 0x85 | 0x69 | 0x67 | 0x96 | 0x9a | 0x42 | 0xc2 => true,
-            // set transfer mode: PIO default, PIO n, SW/MW/U DMA n are accepted (as QEMU);
-            // IDENTIFY keeps advertising no DMA
-            0x03 if matches!(self.tf.nsector >> 3, 0 | 1 | 2 | 4 | 8) => true,
+            // set transfer mode (QEMU): PIO default or PIO n selects no DMA mode; single
+            // word, multiword or Ultra DMA n is what IDENTIFY then shows as selected
+            0x03 if matches!(self.tf.nsector >> 3, 0 | 1 | 2 | 4 | 8) => {
+                let mode = (self.tf.nsector & 0x07) as u8;
+                let dma_mode = match self.tf.nsector >> 3 {
+                    2 => DmaMode::SingleWord(mode),
+                    4 => DmaMode::Multiword(mode),
+                    8 => DmaMode::Ultra(mode),
+                    _ => DmaMode::None,
+                };
+                if let Media::Disk(disk) = &mut self.media {
+                    disk.dma_mode = dma_mode;
+                }
+                true
+            }
             _ => {
                 self.abort_command();
                 true
@@ -291,6 +328,31 @@ impl Drive {
     pub fn flush_done(&mut self, bus: &mut Bus) {
         self.tf.status = status::DRDY | status::DSC;
         bus.raise_irq();
+    }
+
+    /// READ/WRITE DMA (EXT): checks the range, then shows DRDY|DSC|DRQ (QEMU) and waits
+    /// for the bus master's start bit (the channel hands out a [`DmaStart`](super::DmaStart)).
+    /// A range past the end of the disk, or a write to a read-only one, aborts at once.
+    fn cmd_dma(&mut self, bus: &mut Bus, lba48: bool, to_memory: bool) -> bool {
+        let (nr_sectors, read_only) = match &self.media {
+            Media::Disk(disk) => (disk.nr_sectors, disk.read_only),
+            _ => {
+                self.abort_command();
+                return true;
+            }
+        };
+        self.lba48_transform(lba48);
+        let count = self.tf.nsector;
+        let in_range = self.get_sector().filter(|&sector| sector.saturating_add(u64::from(count)) <= nr_sectors);
+        let Some(sector) = in_range.filter(|_| to_memory || !read_only) else {
+            log::trace!("ide {:?}: DMA of {count} sector(s) refused (read-only {read_only})", self.id);
+            self.abort_command();
+            return true;
+        };
+        self.transfer = Transfer::Dma(DmaCommand { to_memory, sector, nr_sectors: count });
+        self.tf.status = status::DRDY | status::DSC | status::DRQ;
+        bus.dma_waiting = Some((self.unit(), u64::from(count) * 512));
+        false
     }
 
     fn cmd_read_sectors(&mut self, bus: &mut Bus, lba48: bool) -> bool {

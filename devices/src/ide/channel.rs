@@ -16,8 +16,9 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use super::bmdma::{self, BusMaster, PrdError, ScatterList};
 use super::drive::{Drive, status};
-use super::{BlockOp, BlockOutcome, BlockRequest, DriveId, DriveSpec, IdeEvent, MAX_QUEUED_EVENTS};
+use super::{BlockOp, BlockOutcome, BlockRequest, DmaStart, DriveId, DriveSpec, IdeEvent, MAX_QUEUED_EVENTS};
 
 /// Device control bits (0x3f6/0x376 write).
 pub(super) mod control {
@@ -42,6 +43,10 @@ pub(super) struct Bus {
     queued: [Option<BlockOp>; 2],
     /// the request taken and not completed: (unit, orphaned by a reset)
     in_flight: Option<(usize, bool)>,
+    /// the bus-master (BMIDE) registers
+    pub bm: BusMaster,
+    /// a drive with a DMA command waiting for the start bit: (unit, bytes to move)
+    pub dma_waiting: Option<(usize, u64)>,
     #[serde(skip)]
     pub events: Vec<IdeEvent>,
 }
@@ -55,14 +60,18 @@ impl Bus {
             srst_active: false,
             queued: [None, None],
             in_flight: None,
+            bm: BusMaster::default(),
+            dma_waiting: None,
             events: Vec::new(),
         }
     }
 
-    /// The drive interrupts. As QEMU's `ide_set_irq`: nothing is latched while nIEN is set.
+    /// The drive interrupts. As QEMU's `ide_set_irq`: nothing is latched while nIEN is
+    /// set; what is latched sets the BMIDE INTERRUPT bit too (QEMU's `bmdma_irq`).
     pub fn raise_irq(&mut self) {
         if self.device_control & control::NIEN == 0 {
             self.intrq = true;
+            self.bm.status |= bmdma::status::INTERRUPT;
         }
     }
 
@@ -79,6 +88,10 @@ impl Bus {
     pub fn cancel(&mut self, unit: usize) {
         if let Some(slot) = self.queued.get_mut(unit) {
             *slot = None;
+        }
+        if self.dma_waiting.is_some_and(|(waiting, _)| waiting == unit) {
+            self.dma_waiting = None;
+            self.bm.status &= !bmdma::status::ACTIVE;
         }
         if let Some((in_flight_unit, orphaned)) = &mut self.in_flight
             && *in_flight_unit == unit
@@ -278,6 +291,38 @@ impl Channel {
         self.drives[unit].write_data(&mut self.bus, len_bytes, value);
     }
 
+    /// A byte write of the BMIDE command register (QEMU's `bmdma_cmd_writeb`): a change
+    /// of the start bit sets or clears ACTIVE; only start and direction are kept.
+    pub fn write_bmdma_command(&mut self, value: u8) {
+        let start = value & bmdma::command::START != 0;
+        if start != self.bus.bm.is_started() {
+            if start {
+                self.bus.bm.status |= bmdma::status::ACTIVE;
+            } else {
+                self.bus.bm.status &= !bmdma::status::ACTIVE;
+            }
+        }
+        self.bus.bm.command = value & (bmdma::command::START | bmdma::command::TO_MEMORY);
+    }
+
+    pub fn take_dma_start(&mut self) -> Option<DmaStart> {
+        if !self.bus.bm.is_started() || self.bus.bm.status & bmdma::status::ACTIVE == 0 {
+            return None;
+        }
+        let (unit, len_bytes) = self.bus.dma_waiting.take()?;
+        Some(DmaStart {
+            drive: DriveId { channel: self.bus.channel, unit: unit as u8 },
+            prd_address: self.bus.bm.prd_address,
+            len_bytes,
+        })
+    }
+
+    pub fn start_dma(&mut self, unit: u8, table: Result<ScatterList, PrdError>) {
+        if let Some(drive) = self.drives.get_mut(usize::from(unit)) {
+            drive.start_dma(&mut self.bus, table);
+        }
+    }
+
     pub fn take_request(&mut self) -> Option<BlockRequest> {
         let (unit, op) = self.bus.take()?;
         Some(BlockRequest { drive: DriveId { channel: self.bus.channel, unit: unit as u8 }, op })
@@ -326,6 +371,9 @@ impl Channel {
         for drive in &mut self.drives {
             drive.machine_reset(&mut self.bus);
         }
+        // QEMU's bmdma_reset
+        self.bus.bm = BusMaster::default();
+        self.bus.dma_waiting = None;
     }
 }
 
@@ -340,6 +388,9 @@ impl Channel {
         }
         if saved.bus.in_flight.is_some() || saved.bus.queued.iter().any(Option::is_some) {
             return Err(alloc::format!("channel {} had a disk request outstanding", self.bus.channel));
+        }
+        if saved.bus.dma_waiting.is_some_and(|(unit, _)| unit > 1) {
+            return Err(alloc::format!("channel {}: its waiting DMA names no drive", self.bus.channel));
         }
         let mut changes = [None, None];
         for ((now, then), change) in self.drives.iter().zip(saved.drives.iter_mut()).zip(changes.iter_mut()) {

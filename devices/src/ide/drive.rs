@@ -13,6 +13,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::atapi::CdRom;
+use super::bmdma::{self, PrdError, ScatterList};
 use super::channel::Bus;
 use super::identify::Geometry;
 use super::{BlockOp, BlockOutcome, DriveId, DriveSpec};
@@ -50,6 +51,19 @@ pub(super) struct Disk {
     pub geometry: Geometry,
     /// SET FEATURES 0x02/0x82; when off, each write is followed by a flush
     pub write_cache: bool,
+    /// the DMA mode SET FEATURES 0x03 selected (IDENTIFY words 62, 63, 88 show it)
+    pub dma_mode: DmaMode,
+}
+
+/// The transfer mode SET FEATURES 0x03 last selected, as IDENTIFY reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) enum DmaMode {
+    /// PIO (the default, or a PIO mode): no DMA mode shown as selected
+    #[default]
+    None,
+    SingleWord(u8),
+    Multiword(u8),
+    Ultra(u8),
 }
 
 /// What the drive position holds.
@@ -137,6 +151,19 @@ pub(super) enum Pending {
     CdRead {
         nr_blocks: u32,
     },
+    /// a DMA transfer; ACTIVE stays set after it when the PRD table was longer
+    Dma {
+        longer_than_transfer: bool,
+    },
+}
+
+/// A READ/WRITE DMA (EXT) command: what it moves once the bus master starts.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct DmaCommand {
+    /// a read: the device writes guest memory
+    pub to_memory: bool,
+    pub sector: u64,
+    pub nr_sectors: u32,
 }
 
 /// A READ SECTORS (EXT) in progress.
@@ -190,6 +217,7 @@ pub(super) enum Transfer {
     AtaRead(AtaRead),
     AtaWrite(AtaWrite),
     Atapi(AtapiTransfer),
+    Dma(DmaCommand),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -212,9 +240,13 @@ impl Drive {
     pub fn new(id: DriveId, spec: Option<DriveSpec>) -> Self {
         let media = match spec {
             None => Media::Absent,
-            Some(DriveSpec::HardDisk { nr_sectors, read_only }) => {
-                Media::Disk(Disk { nr_sectors, read_only, geometry: Geometry::for_size(nr_sectors), write_cache: true })
-            }
+            Some(DriveSpec::HardDisk { nr_sectors, read_only }) => Media::Disk(Disk {
+                nr_sectors,
+                read_only,
+                geometry: Geometry::for_size(nr_sectors),
+                write_cache: true,
+                dma_mode: DmaMode::None,
+            }),
             Some(DriveSpec::CdRom { medium_nr_sectors }) => Media::Cd(CdRom::new(medium_nr_sectors)),
         };
         let mut drive = Drive {
@@ -287,6 +319,7 @@ impl Drive {
         self.reset(bus);
         if let Media::Disk(disk) = &mut self.media {
             disk.write_cache = true;
+            disk.dma_mode = DmaMode::None;
         }
         let id = self.id;
         if let Media::Cd(cd) = &mut self.media {
@@ -436,7 +469,62 @@ impl Drive {
                 BlockOutcome::Read(data) if data.len() == nr_blocks as usize * 2048 => self.cd_read_arrived(bus, data),
                 _ => self.cd_read_failed(bus),
             },
+            Pending::Dma { longer_than_transfer } => match outcome {
+                BlockOutcome::Transferred => self.dma_done(bus, longer_than_transfer),
+                BlockOutcome::GuestMemoryFault => self.dma_error(bus, true),
+                _ => self.dma_error(bus, false),
+            },
         }
+    }
+
+    /// The bus master started this drive's DMA command with `table` (QEMU's
+    /// `ide_dma_cb` on its first call).
+    pub fn start_dma(&mut self, bus: &mut Bus, table: Result<ScatterList, PrdError>) {
+        let Transfer::Dma(dma) = self.transfer else {
+            return;
+        };
+        let list = match table {
+            Ok(list) if list.len_bytes() == u64::from(dma.nr_sectors) * 512 => list,
+            _ => {
+                self.dma_error(bus, true);
+                return;
+            }
+        };
+        let pending = Pending::Dma { longer_than_transfer: list.longer_than_transfer };
+        let op = if dma.to_memory {
+            BlockOp::DmaRead { sector: dma.sector, nr_sectors: dma.nr_sectors, sg: list.entries }
+        } else {
+            let flush = matches!(&self.media, Media::Disk(disk) if !disk.write_cache);
+            BlockOp::DmaWrite { sector: dma.sector, nr_sectors: dma.nr_sectors, sg: list.entries, flush }
+        };
+        self.submit(bus, pending, op);
+    }
+
+    /// Every sector moved: registers past the last one, status 0x50, ACTIVE cleared
+    /// (unless the table was longer), an interrupt.
+    fn dma_done(&mut self, bus: &mut Bus, longer_than_transfer: bool) {
+        if let Transfer::Dma(dma) = self.transfer {
+            self.set_sector(dma.sector + u64::from(dma.nr_sectors));
+        }
+        self.tf.nsector = 0;
+        self.transfer = Transfer::None;
+        self.transfer_stop();
+        self.tf.status = status::DRDY | status::DSC;
+        if !longer_than_transfer {
+            bus.bm.status &= !bmdma::status::ACTIVE;
+        }
+        bus.raise_irq();
+    }
+
+    /// The DMA command fails: ABRT, ACTIVE cleared, the BMIDE ERROR bit when the bus
+    /// master itself failed (its PRD table or guest memory), an interrupt.
+    pub fn dma_error(&mut self, bus: &mut Bus, bus_master_error: bool) {
+        self.abort_command();
+        bus.bm.status &= !bmdma::status::ACTIVE;
+        if bus_master_error {
+            bus.bm.status |= bmdma::status::ERROR;
+        }
+        bus.raise_irq();
     }
 
     /// The sector number the registers address: LBA48, LBA28 or CHS (QEMU's
@@ -569,6 +657,7 @@ impl Drive {
                     && read.buffered_end.is_multiple_of(512)
             }
             Transfer::AtaWrite(write) => write.gathered <= super::MAX_REQUEST_SECTORS,
+            Transfer::Dma(dma) => dma.nr_sectors <= 65536,
             Transfer::Atapi(transfer) => {
                 transfer.data_start <= saved.io.len()
                     && transfer.fetch.is_none_or(|fetch| {

@@ -1,9 +1,12 @@
 //! IDENTIFY DEVICE and IDENTIFY PACKET DEVICE data, and the disk's CHS geometry.
 //!
-//! The words are QEMU's (hw/ide/core.c `ide_identify`, `ide_atapi_identify`) with every
-//! DMA capability removed: the controller has no bus-master function yet, so word 49 bit 8,
-//! the DMA mode words 62/63 and the UDMA word 88 are zero and guests stay on PIO. SMART and
-//! READ/WRITE MULTIPLE are not advertised either (word 47 = 0, word 82 bit 0 clear).
+//! The words are QEMU's (hw/ide/core.c `ide_identify`, `ide_atapi_identify`). A disk
+//! advertises DMA as QEMU's does: word 49 bit 8, single word DMA 0-2 (word 62), multiword
+//! DMA 0-2 (word 63) and Ultra DMA 0-5 (word 88), each word's high byte showing the mode
+//! SET FEATURES selected. Linux's ata_piix gives the PIIX3 (8086:7010) multiword DMA 1-2
+//! and no Ultra DMA, so a Linux guest runs its disk in MWDMA2. The CD-ROM advertises no
+//! DMA (ATAPI PACKET with the DMA bit is refused), so guests read it by PIO. SMART and
+//! READ/WRITE MULTIPLE are not advertised (word 47 = 0, word 82 bit 0 clear).
 
 /// Bytes in IDENTIFY data (256 little-endian words).
 pub(super) const IDENTIFY_LEN_BYTES: usize = 512;
@@ -76,8 +79,24 @@ impl Words {
     }
 }
 
+/// Supported single word (word 62) and multiword (word 63) DMA modes: 0-2.
+const DMA_MODES_0_TO_2: u16 = 0x07;
+/// Supported Ultra DMA modes (word 88): 0-5.
+const UDMA_MODES_0_TO_5: u16 = 0x3f;
+
+/// The selected-mode bit (high byte) of a DMA mode word for mode `mode`.
+fn selected(mode: u8) -> u16 {
+    1u16.checked_shl(u32::from(mode & 7) + 8).unwrap_or(0)
+}
+
 /// IDENTIFY DEVICE for an ATA disk of `nr_sectors` 512-byte sectors.
-pub(super) fn ata_identify(nr_sectors: u64, geometry: Geometry, serial: &[u8], write_cache: bool) -> [u8; 512] {
+pub(super) fn ata_identify(
+    nr_sectors: u64,
+    geometry: Geometry,
+    serial: &[u8],
+    write_cache: bool,
+    dma_mode: DmaMode,
+) -> [u8; 512] {
     let mut w = Words::new();
     w.set(0, 0x0040); // fixed device, not removable
     w.set(1, geometry.cylinders);
@@ -93,10 +112,10 @@ pub(super) fn ata_identify(nr_sectors: u64, geometry: Geometry, serial: &[u8], w
     w.set_string(27, 20, DISK_MODEL.as_bytes());
     // word 47 = 0: no READ/WRITE MULTIPLE
     w.set(48, 1); // dword I/O
-    w.set(49, (1 << 11) | (1 << 9)); // IORDY, LBA; no DMA (bit 8)
+    w.set(49, (1 << 11) | (1 << 9) | (1 << 8)); // IORDY, LBA, DMA
     w.set(51, 0x200); // PIO timing mode
     w.set(52, 0x200); // DMA timing mode
-    w.set(53, 0b11); // words 54-58 and 64-70 valid
+    w.set(53, 0b111); // words 54-58, 64-70 and 88 valid
     w.set(54, geometry.cylinders);
     w.set(55, u16::from(geometry.heads));
     w.set(56, u16::from(geometry.sectors_per_track));
@@ -106,7 +125,14 @@ pub(super) fn ata_identify(nr_sectors: u64, geometry: Geometry, serial: &[u8], w
     let lba28_sectors = nr_sectors.min(MAX_LBA28_SECTORS);
     w.set(60, lba28_sectors as u16);
     w.set(61, (lba28_sectors >> 16) as u16);
-    // words 62/63 = 0: no single- or multiword DMA
+    let (single_word, multiword, ultra) = match dma_mode {
+        DmaMode::None => (0, 0, 0),
+        DmaMode::SingleWord(mode) => (selected(mode), 0, 0),
+        DmaMode::Multiword(mode) => (0, selected(mode), 0),
+        DmaMode::Ultra(mode) => (0, 0, selected(mode)),
+    };
+    w.set(62, DMA_MODES_0_TO_2 | single_word);
+    w.set(63, DMA_MODES_0_TO_2 | multiword);
     w.set(64, 0b11); // PIO 3 and 4
     for word in 65..=68 {
         w.set(word, 120); // cycle times in ns
@@ -119,7 +145,7 @@ pub(super) fn ata_identify(nr_sectors: u64, geometry: Geometry, serial: &[u8], w
     w.set(85, (1 << 14) | (u16::from(write_cache) << 5));
     w.set(86, (1 << 13) | (1 << 12) | (1 << 10));
     w.set(87, 1 << 14);
-    // word 88 = 0: no UDMA
+    w.set(88, UDMA_MODES_0_TO_5 | ultra);
     w.set(93, 0x6001); // hardware reset result as QEMU reports it
     w.set(100, nr_sectors as u16);
     w.set(101, (nr_sectors >> 16) as u16);
@@ -154,6 +180,8 @@ pub(super) fn atapi_identify(serial: &[u8]) -> [u8; 512] {
     w.0
 }
 
+use super::drive::DmaMode;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,12 +193,13 @@ mod tests {
     #[test]
     fn disk_identify_words_libata_and_seabios_read() {
         let nr_sectors = 0x1_2345_6789u64;
-        let data = ata_identify(nr_sectors, Geometry::for_size(nr_sectors), &serial_number(0), true);
+        let data = ata_identify(nr_sectors, Geometry::for_size(nr_sectors), &serial_number(0), true, DmaMode::None);
         assert_eq!(word(&data, 0), 0x0040);
         assert_eq!(word(&data, 47), 0, "no multiple-sector transfers");
-        assert_eq!(word(&data, 49) & (1 << 8), 0, "no DMA");
+        assert_ne!(word(&data, 49) & (1 << 8), 0, "DMA");
         assert_ne!(word(&data, 49) & (1 << 9), 0, "LBA");
-        assert_eq!((word(&data, 62), word(&data, 63), word(&data, 88)), (0, 0, 0));
+        assert_eq!((word(&data, 62), word(&data, 63), word(&data, 88)), (0x07, 0x07, 0x3f), "nothing selected");
+        assert_eq!(word(&data, 53) & 0b100, 0b100, "word 88 valid");
         assert_eq!(u32::from(word(&data, 60)) | (u32::from(word(&data, 61)) << 16), 0x0fff_ffff);
         let lba48 = (0..4).fold(0u64, |acc, i| acc | (u64::from(word(&data, 100 + i)) << (16 * i)));
         assert_eq!(lba48, nr_sectors);
@@ -181,6 +210,16 @@ mod tests {
         // model: "QEMU HARDDISK" with bytes swapped in each word
         assert_eq!(&data[54..60], b"EQUMH ");
         assert_eq!(&data[20..28], b"MQ0000 1");
+    }
+
+    #[test]
+    fn disk_identify_shows_the_selected_dma_mode() {
+        let identify = |mode| ata_identify(1 << 20, Geometry::for_size(1 << 20), &serial_number(0), true, mode);
+        let words = |data: &[u8; 512]| (word(data, 62), word(data, 63), word(data, 88));
+        // libata's MWDMA2 on a PIIX3: SET FEATURES 0x03 with 0x22
+        assert_eq!(words(&identify(DmaMode::Multiword(2))), (0x07, 0x0407, 0x3f));
+        assert_eq!(words(&identify(DmaMode::Ultra(5))), (0x07, 0x07, 0x203f));
+        assert_eq!(words(&identify(DmaMode::SingleWord(0))), (0x0107, 0x07, 0x3f));
     }
 
     #[test]

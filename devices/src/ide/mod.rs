@@ -1,5 +1,5 @@
 //! The PIIX3 IDE controller in legacy mode: two channels of two drives, ATA disks and
-//! ATAPI CD/DVD-ROMs, by PIO only, as a synchronous state machine.
+//! ATAPI CD/DVD-ROMs, by PIO and (disks) bus-master DMA, as a synchronous state machine.
 //!
 //! It is what SeaBIOS (src/hw/ata.c) and Linux (ata_piix, libata-sff, sd, sr) talk to at
 //! 0x1f0-0x1f7/0x3f6 (IRQ 14) and 0x170-0x177/0x376 (IRQ 15), and it behaves as QEMU's
@@ -11,8 +11,17 @@
 //! are cut into requests, the next one made when the guest has drained (reads) or filled
 //! (writes) the buffer.
 //!
-//! There is no bus-master DMA yet: IDENTIFY advertises none, DMA commands are aborted and
-//! ATAPI PACKET with the DMA bit is refused.
+//! Bus-master DMA ([`bmdma`]): the BMIDE registers of BAR4 are read and written through
+//! [`IdeController::bmdma_read`] / [`bmdma_write`](IdeController::bmdma_write). A READ/WRITE
+//! DMA (EXT) command waits for its channel's start bit; then
+//! [`IdeController::take_dma_start`] hands the caller (the machine, which has guest
+//! memory) the PRD table address, and [`IdeController::start_dma`] takes the parsed
+//! scatter list back. The whole transfer is then one [`BlockOp::DmaRead`] or
+//! [`BlockOp::DmaWrite`] that the block worker moves straight between the PV disk and
+//! guest memory, in chunks each of which blkfront sends as several ring requests at
+//! once. A PRD table that does not fit, or guest memory that is not there, ends the
+//! command with ABRT and the BMIDE ERROR bit. IDENTIFY advertises DMA for disks only:
+//! the CD-ROM stays on PIO (ATAPI PACKET with the DMA bit is refused).
 //!
 //! - `channel`: the task-file registers as the bus presents them (device select, absent
 //!   drives, HOB, device control with nIEN and SRST, the interrupt line, the request slot).
@@ -20,9 +29,11 @@
 //! - `ata`: the ATA command set (IDENTIFY, READ/WRITE SECTORS (EXT), FLUSH CACHE, ...).
 //! - `atapi`: PACKET and the MMC commands of a CD/DVD-ROM, sense data, trays and media changes.
 //! - `identify`: IDENTIFY (PACKET) DEVICE data and CHS geometry.
+//! - [`bmdma`]: the bus-master registers, PRD tables and the scatter/gather copy.
 
 mod ata;
 mod atapi;
+pub mod bmdma;
 mod channel;
 mod drive;
 mod identify;
@@ -31,6 +42,7 @@ mod tests;
 
 use alloc::vec::Vec;
 
+pub use bmdma::{PrdError, ScatterList, SgEntry};
 use channel::Channel;
 
 /// Which drive: channel 0 = primary (0x1f0-0x1f7, 0x3f6, IRQ 14), 1 = secondary
@@ -64,6 +76,21 @@ pub enum BlockOp {
         data: Vec<u8>,
     },
     Flush,
+    /// READ DMA (EXT): `nr_sectors` from `sector` straight into guest memory, `sg` in
+    /// order (as long as the sectors)
+    DmaRead {
+        sector: u64,
+        nr_sectors: u32,
+        sg: Vec<SgEntry>,
+    },
+    /// WRITE DMA (EXT): guest memory at `sg` onto `nr_sectors` from `sector`, then a
+    /// flush when `flush` (the drive's write cache is off)
+    DmaWrite {
+        sector: u64,
+        nr_sectors: u32,
+        sg: Vec<SgEntry>,
+        flush: bool,
+    },
 }
 
 /// A [`BlockOp`] for one drive.
@@ -80,6 +107,10 @@ pub enum BlockOutcome {
     Read(Vec<u8>),
     Written,
     Flushed,
+    /// a DMA op moved all its bytes
+    Transferred,
+    /// a DMA op met guest memory that is not there (the PRD table pointed outside RAM)
+    GuestMemoryFault,
     /// the PV disk failed (I/O error, backend gone, timed out): the command ends with an error status
     Failed,
 }
@@ -142,6 +173,15 @@ fn all_ones(size: u8) -> u32 {
     }
 }
 
+/// A DMA transfer ready to start (a DMA command and the start bit): the machine reads
+/// its PRD table and answers with [`IdeController::start_dma`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaStart {
+    pub drive: DriveId,
+    pub prd_address: u32,
+    pub len_bytes: u64,
+}
+
 /// The PIIX3 IDE function's two legacy channels and their drives.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct IdeController {
@@ -196,6 +236,48 @@ impl IdeController {
             }
             (Port::Control { channel }, 1 | 2) => self.channels[channel].write_device_control(value as u8),
             _ => log::trace!("ide: write of {size} bytes to port {port:#x} ignored"),
+        }
+    }
+
+    /// A read of `size` bytes at `offset` (0..16) of the bus-master registers (BAR4);
+    /// see [`bmdma`] for the layout.
+    pub fn bmdma_read(&mut self, offset: u16, size: u8) -> u32 {
+        let Some((channel, register)) = bmdma::decode_offset(offset) else { return all_ones(size) };
+        let bm = &self.channels[channel].bus.bm;
+        match (register, size) {
+            (0, 1) => u32::from(bm.command),
+            (2, 1) => u32::from(bm.status),
+            (4..=7, _) => bm.read_prd_address(register, size),
+            _ => all_ones(size),
+        }
+    }
+
+    /// A write of `size` bytes at `offset` (0..16) of the bus-master registers. Setting
+    /// the start bit may leave a [`DmaStart`] to take.
+    pub fn bmdma_write(&mut self, offset: u16, size: u8, value: u32) {
+        let Some((channel, register)) = bmdma::decode_offset(offset) else { return };
+        let channel = &mut self.channels[channel];
+        match (register, size) {
+            (0, 1) => channel.write_bmdma_command(value as u8),
+            (2, 1) => channel.bus.bm.write_status(value as u8),
+            (4..=7, _) => channel.bus.bm.write_prd_address(register, size, value),
+            _ => log::trace!("ide: BMIDE write of {size} bytes at {offset:#x} ignored"),
+        }
+    }
+
+    /// The next DMA transfer ready to start, if any: a drive has a DMA command and its
+    /// channel's start bit is set. The caller reads the PRD table and calls
+    /// [`start_dma`](Self::start_dma) before anything else touches the controller.
+    pub fn take_dma_start(&mut self) -> Option<DmaStart> {
+        self.channels.iter_mut().find_map(Channel::take_dma_start)
+    }
+
+    /// The PRD table of a transfer from [`take_dma_start`](Self::take_dma_start): a
+    /// scatter list leaves a DMA [`BlockRequest`]; an error ends the command (ABRT, the
+    /// BMIDE ERROR bit, an interrupt).
+    pub fn start_dma(&mut self, start: DmaStart, table: Result<ScatterList, PrdError>) {
+        if let Some(channel) = self.channels.get_mut(usize::from(start.drive.channel)) {
+            channel.start_dma(start.drive.unit, table);
         }
     }
 
@@ -302,7 +384,10 @@ impl IdeController {
 /// [`SectionId::Ide`](crate::snapshot::SectionId::Ide).
 impl IdeController {
     /// The version of the IDE section this model writes and reads.
-    pub const STATE_VERSION: u16 = 1;
+    /// Version 2 added the bus-master registers, the DMA transfer and each disk's
+    /// transfer mode; a version 1 section is refused (no release wrote one for a guest
+    /// that could then be restored here with DMA).
+    pub const STATE_VERSION: u16 = 2;
 
     /// Whether the CD tray of `drive` is open (after a restore, the block layer is told).
     pub fn is_tray_open(&self, drive: DriveId) -> bool {

@@ -11,9 +11,11 @@
 //!   routes: every config write touching 0x60-0x63 re-sends each touched link as
 //!   `value & 0x80 ? 0 : value & 0x0f` (QEMU's `xen_piix_pci_write_config_client`),
 //!   which the caller passes to `xendevicemodel_set_pci_link_route`.
-//! - IDE: 8086:7010, class 01/01, PIO only for now: prog-if 0x00 (both channels in
-//!   legacy mode at 0x1f0/0x3f6 IRQ 14 and 0x170/0x376 IRQ 15, no bus mastering) and
-//!   no BAR4, so SeaBIOS and Linux use PIO. COMMAND 0 and STATUS 0x0280 (medium
+//! - IDE: 8086:7010, class 01/01, prog-if 0x80 (both channels in legacy mode at
+//!   0x1f0/0x3f6 IRQ 14 and 0x170/0x376 IRQ 15, bus-master capable) with BAR4 (BMIBA,
+//!   config 0x20), 16 I/O ports of bus-master registers ([`crate::ide::bmdma`]), which
+//!   SeaBIOS (CONFIG_ATA_DMA, set in Xen's build) and Linux's ata_piix use for disk
+//!   reads and writes. COMMAND 0 and STATUS 0x0280 (medium
 //!   DEVSEL, fast back-to-back) at reset, as QEMU's `piix_ide_reset`; IDETIM (0x40-0x43)
 //!   is writable: hvmloader writes 0x8000 to 0x40 and 0x42, and Linux's ata_piix uses a
 //!   channel only if bit 7 of 0x41 (primary) or 0x43 (secondary) reads back set.
@@ -23,8 +25,8 @@
 use alloc::vec::Vec;
 
 use super::{
-    COMMAND, ConfigSpace, HEADER_TYPE_MULTI_FUNCTION, QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID, STATUS,
-    STATUS_DEVSEL_MEDIUM, STATUS_FAST_BACK, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID,
+    BarKind, BarSpec, COMMAND, ConfigSpace, HEADER_TYPE_MULTI_FUNCTION, QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID,
+    STATUS, STATUS_DEVSEL_MEDIUM, STATUS_FAST_BACK, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID,
 };
 
 const INTEL: u16 = 0x8086;
@@ -34,8 +36,10 @@ const CLASS_BRIDGE: u8 = 0x06;
 const SUBCLASS_ISA_BRIDGE: u8 = 0x01;
 const CLASS_STORAGE: u8 = 0x01;
 const SUBCLASS_IDE: u8 = 0x01;
-/// legacy (compatibility) mode on both channels, no bus master
-const PROG_IF_LEGACY_PIO: u8 = 0x00;
+/// legacy (compatibility) mode on both channels, bus-master capable
+const PROG_IF_LEGACY_BUS_MASTER: u8 = 0x80;
+/// BMIBA, the bus-master registers' I/O BAR
+pub const IDE_BUS_MASTER_BAR: usize = 4;
 
 /// PIRQA route; PIRQB-D follow.
 const PIRQ_ROUTE: u16 = 0x60;
@@ -180,10 +184,15 @@ impl ResetControl {
     }
 }
 
-/// PIIX3 IDE function 00:01.1 (8086:7010, class 01/01), PIO-only for now: prog-if 0x00
-/// and no BAR4 (so SeaBIOS and Linux use PIO); 0x40-0x43 IDETIM writable.
+/// PIIX3 IDE function 00:01.1 (8086:7010, class 01/01): prog-if 0x80, BAR4 the 16 bus-master
+/// ports; 0x40-0x43 IDETIM writable.
 pub fn piix3_ide_function() -> ConfigSpace {
-    let mut config = ConfigSpace::new(INTEL, PIIX3_IDE, 0x00, CLASS_STORAGE, SUBCLASS_IDE, PROG_IF_LEGACY_PIO, 0x00);
+    let mut config =
+        ConfigSpace::new(INTEL, PIIX3_IDE, 0x00, CLASS_STORAGE, SUBCLASS_IDE, PROG_IF_LEGACY_BUS_MASTER, 0x00);
+    config.set_bar(
+        IDE_BUS_MASTER_BAR,
+        BarSpec { kind: BarKind::Io, size_bytes: u32::from(crate::ide::bmdma::BMIDE_LEN_BYTES) },
+    );
     config.set_u16(SUBSYSTEM_VENDOR_ID, QEMU_SUBSYSTEM_VENDOR_ID);
     config.set_u16(SUBSYSTEM_ID, QEMU_SUBSYSTEM_ID);
     config.set_u16(COMMAND, 0x0000);
@@ -272,17 +281,22 @@ mod tests {
     }
 
     #[test]
-    fn ide_function_is_legacy_pio_with_writable_idetim() {
+    fn ide_function_is_legacy_bus_master_with_bar4_and_writable_idetim() {
         let mut ide = piix3_ide_function();
         assert_eq!(ide.read(0x00, 4), 0x7010_8086);
-        assert_eq!(ide.read(0x08, 4), 0x0101_0000, "class 01/01, prog-if 0, revision 0");
+        assert_eq!(ide.read(0x08, 4), 0x0101_8000, "class 01/01, prog-if 0x80, revision 0");
         assert_eq!(ide.read(0x04, 4), 0x0280_0000);
         assert_eq!(ide.read(0x0e, 1), 0x00);
         assert_eq!(ide.interrupt_pin(), 0);
-        for reg in [0x10, 0x14, 0x18, 0x1c, 0x20, 0x24, 0x30] {
+        for reg in [0x10, 0x14, 0x18, 0x1c, 0x24, 0x30] {
             ide.write(reg, 4, !0);
-            assert_eq!(ide.read(reg, 4), 0, "no BAR at {reg:#x} (BMIBA hidden)");
+            assert_eq!(ide.read(reg, 4), 0, "no BAR at {reg:#x}");
         }
+        assert_eq!(ide.read(0x20, 4), 0x0000_0001, "BMIBA: an I/O BAR at reset");
+        ide.write(0x20, 4, !0);
+        assert_eq!(ide.read(0x20, 4), 0xffff_fff1, "16 bytes of I/O");
+        ide.write(0x20, 4, 0xc040);
+        assert_eq!(ide.bar_region(4), None, "no decoding before COMMAND I/O");
         // hvmloader: enable IDE0 and IDE1 decode
         ide.write(0x40, 2, 0x8000);
         ide.write(0x42, 2, 0x8000);
@@ -290,9 +304,10 @@ mod tests {
         assert_eq!(ide.read(0x41, 1) & 0x80, 0x80);
         assert_eq!(ide.read(0x43, 1) & 0x80, 0x80);
         assert_eq!(ide.read(0x40, 4), 0x8000_8000);
-        // hvmloader's final COMMAND |= MASTER; no BAR, so no I/O or memory decode
-        ide.write(0x04, 2, 0x0004);
-        assert_eq!(ide.read(0x04, 2), 0x0004);
+        // hvmloader: COMMAND |= I/O (BAR4) | MASTER
+        ide.write(0x04, 2, 0x0005);
+        assert_eq!(ide.read(0x04, 2), 0x0005);
+        assert_eq!(ide.bar_region(4), Some((BarKind::Io, 0xc040, 16)));
         assert_eq!(ide.read(0x06, 2), 0x0280, "STATUS unchanged");
     }
 }

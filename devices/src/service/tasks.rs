@@ -18,14 +18,17 @@ use xen_seams::Xen;
 use xen_seams::hvm::{DeviceModelHost, IoreqServer};
 
 use super::{BLOCK_IO_LIMIT, SAVE_CONSOLE, ServiceError, Shared, block_failure, is_client_fault};
-use crate::ide::{BlockOp, BlockOutcome, DriveId};
+use crate::dirty::DirtyLogged;
+use crate::ide::{BlockOp, BlockOutcome, DriveId, SgEntry, bmdma};
 use crate::nic::RxOutcome;
 use crate::task::{Either, first};
 
 /// Answers vCPU `vcpu`'s requests, one at a time, for as long as the service runs.
 /// While the VM is paused (QMP `stop`) a request waits, and so does the vCPU.
 pub(super) async fn serve_vcpu<X: Xen + DeviceModelHost + 'static>(shared: Rc<Shared<X>>, vcpu: u32) {
-    let (Some(server), Some(machine), Some(memory)) = (&shared.server, &shared.machine, &shared.memory) else {
+    let (Some(server), Some(machine), Some(memory), Some(control)) =
+        (&shared.server, &shared.machine, &shared.memory, &shared.control)
+    else {
         return;
     };
     loop {
@@ -36,7 +39,8 @@ pub(super) async fn serve_vcpu<X: Xen + DeviceModelHost + 'static>(shared: Rc<Sh
             }
         };
         shared.running.wait().await;
-        let data = machine.borrow_mut().handle_ioreq(&request, memory, shared.xen.now_ns());
+        let memory = DirtyLogged::new(memory, control, shared.vm.borrow().dirty_log());
+        let data = machine.borrow_mut().handle_ioreq(&request, &memory, shared.xen.now_ns());
         shared.after_machine_change();
         if let Err(error) = server.respond(vcpu, data) {
             shared.fail(ServiceError::IoreqServer { guest: shared.guest, error });
@@ -85,6 +89,12 @@ async fn carry_out_block<X: Xen + DeviceModelHost + 'static>(
 ) -> BlockOutcome {
     let xen = shared.xen;
     let (what, result) = match op {
+        BlockOp::DmaRead { sector, nr_sectors, sg } => {
+            return dma_to_guest(shared, disk, sector, nr_sectors, &sg).await;
+        }
+        BlockOp::DmaWrite { sector, nr_sectors, sg, flush } => {
+            return dma_from_guest(shared, disk, sector, nr_sectors, &sg, flush).await;
+        }
         BlockOp::Read { sector, nr_sectors } => {
             let mut data = vec![0u8; nr_sectors as usize * 512];
             match xen.timeout(BLOCK_IO_LIMIT, disk.read(sector, &mut data)).await {
@@ -108,6 +118,109 @@ async fn carry_out_block<X: Xen + DeviceModelHost + 'static>(
         log::warn!("PV disk {}: {what} failed: {}", disk.devid(), block_failure(result));
     }
     BlockOutcome::Failed
+}
+
+/// The most a DMA transfer moves per PV disk call: blkfront cuts each call into as many
+/// ring requests as its page budget (1 MiB) allows, all in flight at once, so one call of
+/// this size keeps several requests in flight while the stub domain's memory stays small.
+pub const DMA_CHUNK_BYTES: u64 = 256 * 1024;
+
+/// Logs (bounded) a DMA step that failed and gives the outcome.
+fn dma_failed<X: Xen + DeviceModelHost + 'static>(
+    shared: &Shared<X>,
+    disk: &Disk<'static, X>,
+    what: String,
+    outcome: BlockOutcome,
+) -> BlockOutcome {
+    if shared.log.borrow_mut().allow() {
+        log::warn!("PV disk {}: DMA {what} failed", disk.devid());
+    }
+    outcome
+}
+
+/// READ DMA: the sectors from the PV disk straight into guest memory, a chunk at a time;
+/// the pages written are reported while the dirty log is on.
+async fn dma_to_guest<X: Xen + DeviceModelHost + 'static>(
+    shared: &Shared<X>,
+    disk: &Disk<'static, X>,
+    sector: u64,
+    nr_sectors: u32,
+    sg: &[SgEntry],
+) -> BlockOutcome {
+    let (Some(memory), Some(control)) = (&shared.memory, &shared.control) else { return BlockOutcome::Failed };
+    let total_bytes = u64::from(nr_sectors) * 512;
+    let mut chunk = vec![0u8; total_bytes.min(DMA_CHUNK_BYTES) as usize];
+    let mut done_bytes = 0u64;
+    while done_bytes < total_bytes {
+        let len_bytes = (total_bytes - done_bytes).min(DMA_CHUNK_BYTES) as usize;
+        let at = sector + done_bytes / 512;
+        let buf = &mut chunk[..len_bytes];
+        match shared.xen.timeout(BLOCK_IO_LIMIT, disk.read(at, buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return dma_failed(shared, disk, format!("read at {at}: {e}"), BlockOutcome::Failed),
+            Err(t) => {
+                return dma_failed(
+                    shared,
+                    disk,
+                    format!("read at {at}: {}", block_failure(Err(t))),
+                    BlockOutcome::Failed,
+                );
+            }
+        }
+        let logged = DirtyLogged::new(memory, control, shared.vm.borrow().dirty_log());
+        if let Err(e) = bmdma::scatter(&logged, sg, done_bytes, buf) {
+            return dma_failed(shared, disk, format!("into guest memory: {e:?}"), BlockOutcome::GuestMemoryFault);
+        }
+        done_bytes += len_bytes as u64;
+    }
+    BlockOutcome::Transferred
+}
+
+/// WRITE DMA: guest memory straight onto the PV disk, a chunk at a time, then a flush
+/// when the drive's write cache is off.
+async fn dma_from_guest<X: Xen + DeviceModelHost + 'static>(
+    shared: &Shared<X>,
+    disk: &Disk<'static, X>,
+    sector: u64,
+    nr_sectors: u32,
+    sg: &[SgEntry],
+    flush: bool,
+) -> BlockOutcome {
+    let Some(memory) = &shared.memory else { return BlockOutcome::Failed };
+    let total_bytes = u64::from(nr_sectors) * 512;
+    let mut chunk = vec![0u8; total_bytes.min(DMA_CHUNK_BYTES) as usize];
+    let mut done_bytes = 0u64;
+    while done_bytes < total_bytes {
+        let len_bytes = (total_bytes - done_bytes).min(DMA_CHUNK_BYTES) as usize;
+        let at = sector + done_bytes / 512;
+        let buf = &mut chunk[..len_bytes];
+        if let Err(e) = bmdma::gather(memory, sg, done_bytes, buf) {
+            return dma_failed(shared, disk, format!("from guest memory: {e:?}"), BlockOutcome::GuestMemoryFault);
+        }
+        match shared.xen.timeout(BLOCK_IO_LIMIT, disk.write(at, buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return dma_failed(shared, disk, format!("write at {at}: {e}"), BlockOutcome::Failed),
+            Err(t) => {
+                return dma_failed(
+                    shared,
+                    disk,
+                    format!("write at {at}: {}", block_failure(Err(t))),
+                    BlockOutcome::Failed,
+                );
+            }
+        }
+        done_bytes += len_bytes as u64;
+    }
+    if flush {
+        match shared.xen.timeout(BLOCK_IO_LIMIT, disk.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return dma_failed(shared, disk, format!("flush: {e}"), BlockOutcome::Failed),
+            Err(t) => {
+                return dma_failed(shared, disk, format!("flush: {}", block_failure(Err(t))), BlockOutcome::Failed);
+            }
+        }
+    }
+    BlockOutcome::Transferred
 }
 
 /// COM1 to and from the guest's serial console: what the guest transmits goes to the
@@ -420,7 +533,11 @@ pub(super) async fn network<X: Xen + DeviceModelHost + 'static>(
     devid: u32,
     mac: [u8; 6],
 ) {
-    let (Some(machine), Some(memory)) = (shared.machine.clone(), shared.memory.as_ref()) else { return };
+    let (Some(machine), Some(memory), Some(control)) =
+        (shared.machine.clone(), shared.memory.as_ref(), shared.control.as_ref())
+    else {
+        return;
+    };
     let Some(wake) = shared.nic_wake.get(index) else { return };
     let xen = shared.xen;
     let set_link = |up: bool| {
@@ -453,7 +570,7 @@ pub(super) async fn network<X: Xen + DeviceModelHost + 'static>(
         }
         log::info!("NIC {index}: bridged to vif {devid}");
         set_link(true);
-        let failure = bridge(&shared, &machine, memory, wake, index, &mut net).await;
+        let failure = bridge(&shared, &machine, (memory, control), wake, index, &mut net).await;
         set_link(false);
         let _ = net.close().await;
         match failure {
@@ -472,7 +589,7 @@ pub(super) async fn network<X: Xen + DeviceModelHost + 'static>(
 async fn bridge<X: Xen + DeviceModelHost + 'static>(
     shared: &Shared<X>,
     machine: &core::cell::RefCell<crate::machine::Machine>,
-    memory: &X::Memory,
+    (memory, control): (&X::Memory, &X::Control),
     wake: &crate::task::Notify,
     index: usize,
     net: &mut Netfront<'static, X>,
@@ -525,7 +642,8 @@ async fn bridge<X: Xen + DeviceModelHost + 'static>(
                 Ok(None) => break,
                 Err(e) => return Some(e),
             };
-            let outcome = machine.borrow_mut().nic_mut(index).map(|nic| nic.receive(&frame, memory, xen.now_ns()));
+            let memory = DirtyLogged::new(memory, control, shared.vm.borrow().dirty_log());
+            let outcome = machine.borrow_mut().nic_mut(index).map(|nic| nic.receive(&frame, &memory, xen.now_ns()));
             if outcome == Some(RxOutcome::NoBuffer) {
                 // The card took a frame for a full ring (an overflow interrupt, so that
                 // the driver looks at its ring): the rest wait until the guest reads,

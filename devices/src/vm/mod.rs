@@ -382,8 +382,8 @@ impl Monitor for Vm {
     }
 
     fn set_global_dirty_log(&mut self, enable: bool) {
-        // PLACEHOLDER until bus-master DMA: the PIO devices write guest memory only
-        // through `rep ins`, whose pages Xen itself tracks (the vCPU's own write).
+        // While on, the service reports every guest page the device model writes
+        // (crate::dirty: IDE DMA, `rep ins`/`rep movs` into memory, NIC receive).
         self.dirty_log = enable;
         log::info!("device model: global dirty log {}", if enable { "on" } else { "off" });
     }

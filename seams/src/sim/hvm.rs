@@ -53,6 +53,8 @@ pub(super) struct GuestState {
     cf8: u32,
     isa_levels: [bool; 16],
     irq_log: Vec<IrqChange>,
+    /// `modified_memory` calls: (first gfn, pages), oldest first
+    modified: Vec<(u64, u32)>,
     shutdown: Option<ShutdownReason>,
     invalidations: u64,
     /// guest frames that are not RAM (holes) although inside `ram`
@@ -120,6 +122,7 @@ impl World {
                 cf8: 0,
                 isa_levels: [false; 16],
                 irq_log: Vec::new(),
+                modified: Vec::new(),
                 shutdown: None,
                 invalidations: 0,
                 holes: Vec::new(),
@@ -321,6 +324,12 @@ impl SimGuest {
     /// Every interrupt change the device model made, oldest first.
     pub fn irq_log(&self) -> Vec<IrqChange> {
         self.with(|g| g.irq_log.clone())
+    }
+
+    /// The frames the device model reported written (`modified_memory`): (first gfn,
+    /// pages), oldest first.
+    pub fn modified_memory_log(&self) -> Vec<(u64, u32)> {
+        self.with(|g| g.modified.clone())
     }
 
     /// Rising edges of ISA IRQ `irq` so far.
@@ -577,6 +586,17 @@ impl HvmControl for SimHvmControl {
     fn remote_shutdown(&self, reason: ShutdownReason) -> Result<(), Error> {
         self.with(|g| {
             g.shutdown = Some(reason);
+            Ok(())
+        })
+    }
+
+    fn modified_memory(&self, first_gfn: u64, nr_pages: u32) -> Result<(), Error> {
+        self.with(|g| {
+            let end = first_gfn.checked_add(u64::from(nr_pages)).ok_or(Error::Xen(-EINVAL))?;
+            if nr_pages == 0 || end > (g.ram.len() as u64).div_ceil(PAGE_BYTES) {
+                return Err(Error::Xen(-EINVAL));
+            }
+            g.modified.push((first_gfn, nr_pages));
             Ok(())
         })
     }

@@ -26,6 +26,11 @@ pub fn tests() -> Vec<Test> {
             run: linux_boots_from_cd_through_stub_domain,
         },
         Test {
+            name: "xen::hvm::dma_disk_reads_and_writes",
+            limit: Duration::from_secs(900),
+            run: dma_disk_reads_and_writes,
+        },
+        Test {
             name: "xen::hvm::guest_reboot_is_honoured",
             limit: Duration::from_secs(900),
             run: guest_reboot_is_honoured,
@@ -290,6 +295,85 @@ fn boot_and_power_off(guest: &mut HvmGuest, nonce_sha256: &str) -> Result<BootTi
         guest.domid,
     );
     Ok(times)
+}
+
+const DMA_NAME: &str = "hvm-dma";
+const DMA_HDA: &str = "/tmp/hvm-dma-hda.img";
+/// Where the DMA test writes its pattern, and how much: 1 MiB, many PRD entries.
+const DMA_PATTERN_SECTOR: u64 = 4096;
+const DMA_PATTERN_LEN_BYTES: usize = 1 << 20;
+
+/// Bus-master DMA on the disk: the guest's ata_piix puts the disk in a DMA mode (a
+/// PIIX3 gets multiword DMA 1-2 from ata_piix, so MWDMA2; a UDMA mode would do too),
+/// writes a nonce pattern with `dd oflag=direct` (1 MiB requests, so PRD tables of many
+/// entries), reads it back with `iflag=direct` and checks its sha256, and powers off;
+/// dom0 then finds the pattern in the disk file.
+fn dma_disk_reads_and_writes(ctx: &mut Ctx) -> Result<(), String> {
+    let cd = nonce_cd(&format!("/tmp/{DMA_NAME}-cd.iso"))?;
+    patterned_disk(DMA_HDA, 16)?;
+    let mut config = stubdom_guest(DMA_NAME, Some(DMA_HDA), Some(&cd.path));
+    config.device_model = our_stub_domain(STUBDOM_MEMORY_MIB);
+    config.on_poweroff = Action::Destroy;
+    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    let result = (|| {
+        guest.wait_created(Duration::from_secs(120))?;
+        wait_boot(&mut guest.shell, Duration::from_secs(600))?;
+        let short = Duration::from_secs(120);
+        let modes = guest.shell.run_ok(
+            "waitdev /dev/sda 30 && cat /sys/class/ata_device/dev1.0/xfer_mode; dmesg | grep -E 'configured for'",
+            short,
+        )?;
+        let dma_mode = modes
+            .lines()
+            .map(str::trim)
+            // sysfs names the mode XFER_MW_DMA_2 (or XFER_UDMA_n); libata's line says MWDMA2
+            .find(|line| {
+                line.starts_with("XFER_MW_DMA_")
+                    || line.starts_with("XFER_UDMA_")
+                    || line.contains("ata1.00: configured for MWDMA")
+                    || line.contains("ata1.00: configured for UDMA")
+            })
+            .ok_or_else(|| format!("the disk is not in a DMA mode: {modes:?}"))?
+            .to_string();
+        let tag = format!("rust-stubdom dma {}", harness::nonce());
+        let pattern = disk_pattern(&tag, DMA_PATTERN_LEN_BYTES);
+        let written = guest.shell.run_ok(
+            &format!(
+                "yes '{tag}' | head -c {DMA_PATTERN_LEN_BYTES} | dd of=/dev/sda bs=1M seek={} iflag=fullblock oflag=direct                  status=none && echo written",
+                DMA_PATTERN_SECTOR / 2048
+            ),
+            short,
+        )?;
+        expect_contains(&written, "written", "the guest's dd oflag=direct")?;
+        let read = guest.shell.run_ok(
+            &format!(
+                "dd if=/dev/sda bs=1M skip={} count=1 iflag=direct status=none | sha256sum",
+                DMA_PATTERN_SECTOR / 2048
+            ),
+            short,
+        )?;
+        expect_contains(&read, &sha256_hex(&pattern)?, "sha256sum of the pattern read back by DMA")?;
+        let errors =
+            guest.shell.run("dmesg | grep -iE 'ata[0-9.]+: (exception|failed|timeout)|DMA' | tail -5", short)?;
+        guest.shell.send_line("poweroff -f")?;
+        let stub_name = format!("{DMA_NAME}-dm");
+        proc::poll(Duration::from_secs(120), Duration::from_millis(500), || {
+            (matches!(xl::find(DMA_NAME), Ok(None)) && matches!(xl::find(&stub_name), Ok(None))).then_some(())
+        })
+        .ok_or_else(|| format!("{DMA_NAME} or {stub_name} still listed 120 s after poweroff"))?;
+        file_holds(DMA_HDA, DMA_PATTERN_SECTOR * 512, &pattern)?;
+        println!(
+            "@@metric xen::hvm::dma_disk_reads_and_writes| disk in {dma_mode}; 1 MiB written and read back by DMA \
+             (guest {}); the guest's ATA lines: {:?}",
+            guest.domid,
+            errors.text.trim()
+        );
+        Ok(())
+    })();
+    for line in guest.shell.transcript().render().lines() {
+        println!("@@console {DMA_NAME}-serial| {line}");
+    }
+    result.map_err(|e| with_device_model_log(DMA_NAME, e))
 }
 
 /// For `cargo xtask bench`: the test guest with `device_model` from `xl create` to its

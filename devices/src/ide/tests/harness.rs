@@ -5,7 +5,14 @@ use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use xen_seams::hvm::GuestMemory;
+
+use super::super::bmdma::{fetch_prd_table, parse_prd_table, scatter};
 use super::super::{BlockOp, BlockOutcome, BlockRequest, DriveId, DriveSpec, IdeController, MAX_REQUEST_SECTORS};
+use crate::vec_memory::VecGuestMemory;
+
+/// Bytes of the bed's guest RAM (DMA targets and PRD tables).
+pub const RAM_BYTES: usize = 4 << 20;
 
 /// Register offsets in a command block.
 pub const DATA: u16 = 0;
@@ -51,6 +58,8 @@ pub enum Seen {
     Read { sector: u64, nr_sectors: u32 },
     Write { sector: u64, nr_sectors: u32 },
     Flush,
+    DmaRead { sector: u64, nr_sectors: u32 },
+    DmaWrite { sector: u64, nr_sectors: u32, flush: bool },
 }
 
 pub struct Bed {
@@ -61,6 +70,10 @@ pub struct Bed {
     pub seen: Vec<(DriveId, Seen)>,
     /// fail the next request of this drive
     pub fail_next: Option<DriveId>,
+    /// the guest's RAM, for DMA
+    pub ram: VecGuestMemory,
+    /// bus mastering on in the PCI command register (what the machine checks)
+    pub bus_master: bool,
     level: [bool; 2],
     /// rising edges of each interrupt line
     pub edges: [u32; 2],
@@ -74,6 +87,8 @@ impl Bed {
             media: media.into_iter().collect(),
             seen: Vec::new(),
             fail_next: None,
+            ram: VecGuestMemory::new(RAM_BYTES),
+            bus_master: true,
             level: [false; 2],
             edges: [0; 2],
             consumed: [0; 2],
@@ -115,6 +130,7 @@ impl Bed {
     pub fn outb(&mut self, port: u16, value: u8) {
         self.ide.write(port, 1, u32::from(value));
         self.sample_irq();
+        self.start_dma();
     }
 
     pub fn inw(&mut self, port: u16) -> u16 {
@@ -165,6 +181,35 @@ impl Bed {
         }
     }
 
+    /// Plays the machine after a port access: starts ready DMA transfers with their PRD
+    /// tables from `ram` (what `Machine::start_ide_dma` does).
+    pub fn start_dma(&mut self) {
+        while let Some(start) = self.ide.take_dma_start() {
+            let table = if self.bus_master {
+                fetch_prd_table(&self.ram, start.prd_address).and_then(|table| parse_prd_table(&table, start.len_bytes))
+            } else {
+                Err(super::super::PrdError::BusMasterDisabled)
+            };
+            self.ide.start_dma(start, table);
+        }
+        self.sample_irq();
+    }
+
+    /// A byte write of BMIDE register `offset` (0..16), then what the machine does.
+    pub fn bm_outb(&mut self, offset: u16, value: u8) {
+        self.ide.bmdma_write(offset, 1, u32::from(value));
+        self.start_dma();
+    }
+
+    pub fn bm_outl(&mut self, offset: u16, value: u32) {
+        self.ide.bmdma_write(offset, 4, value);
+        self.start_dma();
+    }
+
+    pub fn bm_inb(&mut self, offset: u16) -> u8 {
+        self.ide.bmdma_read(offset, 1) as u8
+    }
+
     /// Plays the worker for one request; false if there was none.
     pub fn service_one(&mut self) -> bool {
         let Some(BlockRequest { drive, op }) = self.ide.take_request() else {
@@ -190,6 +235,10 @@ impl Bed {
             BlockOp::Read { sector, nr_sectors } => Seen::Read { sector: *sector, nr_sectors: *nr_sectors },
             BlockOp::Write { sector, data } => Seen::Write { sector: *sector, nr_sectors: (data.len() / 512) as u32 },
             BlockOp::Flush => Seen::Flush,
+            BlockOp::DmaRead { sector, nr_sectors, .. } => Seen::DmaRead { sector: *sector, nr_sectors: *nr_sectors },
+            BlockOp::DmaWrite { sector, nr_sectors, flush, .. } => {
+                Seen::DmaWrite { sector: *sector, nr_sectors: *nr_sectors, flush: *flush }
+            }
         };
         self.seen.push((drive, seen));
         if let Seen::Read { nr_sectors, .. } | Seen::Write { nr_sectors, .. } = seen {
@@ -223,7 +272,43 @@ impl Bed {
                 }
             }
             BlockOp::Flush => BlockOutcome::Flushed,
+            BlockOp::DmaRead { sector, nr_sectors, sg } => {
+                let start = sector as usize * 512;
+                let Some(bytes) = medium.get(start..start + nr_sectors as usize * 512) else {
+                    return BlockOutcome::Failed;
+                };
+                match scatter(&self.ram, &sg, 0, bytes) {
+                    Ok(()) => BlockOutcome::Transferred,
+                    Err(_) => BlockOutcome::GuestMemoryFault,
+                }
+            }
+            BlockOp::DmaWrite { sector, nr_sectors, sg, .. } => {
+                let mut data = vec![0u8; nr_sectors as usize * 512];
+                if super::super::bmdma::gather(&self.ram, &sg, 0, &mut data).is_err() {
+                    return BlockOutcome::GuestMemoryFault;
+                }
+                let start = sector as usize * 512;
+                match medium.get_mut(start..start + data.len()) {
+                    Some(bytes) => {
+                        bytes.copy_from_slice(&data);
+                        BlockOutcome::Transferred
+                    }
+                    None => BlockOutcome::Failed,
+                }
+            }
         }
+    }
+
+    /// Writes `data` into the bed's guest RAM.
+    pub fn poke(&self, gpa: u64, data: &[u8]) {
+        self.ram.write(gpa, data).expect("inside the bed's RAM");
+    }
+
+    /// Reads `len` bytes of the bed's guest RAM.
+    pub fn peek(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        self.ram.read(gpa, &mut out).expect("inside the bed's RAM");
+        out
     }
 
     /// QMP changes the medium of `drive` (None: removes it).

@@ -2,6 +2,7 @@
 
 mod atapi_commands;
 mod disk_data;
+mod dma;
 mod harness;
 mod linux;
 mod registers;

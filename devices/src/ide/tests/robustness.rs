@@ -55,6 +55,11 @@ fn check_request(request: &BlockRequest) {
             assert!(!data.is_empty() && data.len() % 512 == 0 && data.len() <= MAX_REQUEST_SECTORS as usize * 512)
         }
         BlockOp::Flush => {}
+        BlockOp::DmaRead { nr_sectors, sg, .. } | BlockOp::DmaWrite { nr_sectors, sg, .. } => {
+            let len_bytes: u64 = sg.iter().map(|entry| u64::from(entry.len_bytes)).sum();
+            assert_eq!(len_bytes, u64::from(*nr_sectors) * 512, "a scatter list as long as the transfer");
+            assert!(sg.len() <= super::super::bmdma::MAX_PRD_ENTRIES);
+        }
     }
 }
 
@@ -74,6 +79,8 @@ fn random_outcome(rng: &mut Rng, bed: &Bed, request: &BlockRequest) -> BlockOutc
         }
         (_, BlockOp::Write { .. }) => BlockOutcome::Written,
         (_, BlockOp::Flush) => BlockOutcome::Flushed,
+        (4, BlockOp::DmaRead { .. } | BlockOp::DmaWrite { .. }) => BlockOutcome::GuestMemoryFault,
+        (_, BlockOp::DmaRead { .. } | BlockOp::DmaWrite { .. }) => BlockOutcome::Transferred,
     }
 }
 
