@@ -69,7 +69,7 @@ fn main() -> ExitCode {
 /// substring to include or, after '!', a whole name to leave out (xtask's full run
 /// leaves out the tests not yet seen passing; the kernel command line that carries the
 /// filter is too short to name all the others). No part to include selects every test.
-fn selected(filter: &str, name: &str) -> bool {
+pub(crate) fn selected(filter: &str, name: &str) -> bool {
     let (left_out, included): (Vec<&str>, Vec<&str>) = filter.split('|').partition(|part| part.starts_with('!'));
     let included = included.is_empty() || included.iter().any(|part| name.contains(part));
     included && !left_out.iter().any(|part| part[1..] == *name)

@@ -229,7 +229,7 @@ fn parse_blkbench(line: &str) -> Option<(f64, f64)> {
 /// time limit.
 pub fn run(filter: &str, bed: &str) -> usize {
     let mut failed = 0;
-    for b in all().into_iter().filter(|b| b.name.contains(filter) && super::on_bed(b.name, bed)) {
+    for b in all().into_iter().filter(|b| crate::selected(filter, b.name) && super::on_bed(b.name, bed)) {
         println!("@@bench-start {}", b.name);
         let mut ctx = Ctx::default();
         let (tx, rx) = std::sync::mpsc::channel();
