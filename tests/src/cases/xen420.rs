@@ -367,7 +367,11 @@ fn expect_guest_finds_no_medium(shell: &mut GuestShell) -> Result<(), String> {
 /// What the guest saw of a CD change, for the report: the guest noticing a change
 /// (ATAPI UNIT ATTENTION / GESN through QMP) belongs to the "disks" issue, which has
 /// not landed, so these checks are reported rather than required. A first access
-/// that fails is tried once more (Linux revalidates a changed medium on the error).
+/// that fails is tried once more: without disk-event polling (this guest has no udev),
+/// Linux notices the change only when mount opens the drive, and the TEST UNIT READY
+/// that revalidates it meets the UNIT ATTENTION and sets `sdev->changed`, which makes
+/// sr refuse every read (an I/O error, as seen on the bed) until the next open checks
+/// the media again (drivers/scsi/sr.c, sr_init_command and sr_check_events).
 fn guest_sees(first: Result<(), String>, again: impl FnOnce() -> Result<(), String>) -> String {
     // The guest's own words up to the device model's log, on one line.
     let first_line = |e: &str| {
