@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Bump when the way the base initramfs is assembled changes.
-const BASE_LAYOUT: u32 = 5;
+const BASE_LAYOUT: u32 = 6;
 /// The host's packages: the 4.17 bed's dom0 userland and hypervisor, the kernel both
 /// beds' dom0 (and the HVM guest) run, the tools that assemble the initramfs.
 const PACKAGES: &[&str] = &[
@@ -427,6 +427,14 @@ pub fn base_initramfs(release: Release) -> Result<PathBuf> {
     copy_into(&root, &sys, "/usr/share/seabios/bios-256k.bin")?;
     copy_into(&root, &sys, "/usr/share/qemu/keymaps")?;
     copy_into(&root, &sys, "/usr/share/qemu/kvmvapic.bin")?;
+    // The option ROMs dom0's QEMU loads for the emulated NICs (the guest-net
+    // benchmark's peer; QEMU refuses to start without them), from ipxe-qemu.
+    for rom in ["efi-rtl8139.rom", "efi-e1000.rom"] {
+        let source = sys.source(&format!("/usr/lib/ipxe/qemu/{rom}"));
+        if source.exists() {
+            fs::copy(&source, root.join("usr/share/qemu").join(rom))?;
+        }
+    }
     copy_modules(&root, &kver, DOM0_MODULES)?;
     fs::create_dir_all(root.join("guest"))?;
     if release == Release::Xen417 {

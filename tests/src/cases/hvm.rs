@@ -662,7 +662,8 @@ pub fn nic_test(
     config.cdrom = Some(cd.path.clone());
     let host: u8 = ip.rsplit('.').next().and_then(|n| n.parse().ok()).unwrap_or(99);
     config.extra = format!("vif = [ \"bridge=xenbr0,model={model},mac=00:16:3e:5a:00:{host:02x}\" ]\n");
-    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    let mut guest =
+        HvmGuest::create(ctx, &config, Duration::from_secs(120)).map_err(|e| with_device_model_log(name, e))?;
     let figures = (|| {
         guest.wait_created(Duration::from_secs(120))?;
         wait_boot(&mut guest.shell, Duration::from_secs(600))?;
