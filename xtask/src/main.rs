@@ -113,8 +113,7 @@ fn run() -> Result<()> {
 
 /// Real-Xen tests and benchmarks that `cargo xtask test` / `bench` without a filter do
 /// not run yet: written, but not yet seen passing on the test bed.
-/// xen420-cd-insert's one run found the 4.20 bed silent after the guest's boot loader
-/// started. xen::hvm::save_restore_keeps_devices's first round
+/// xen::hvm::save_restore_keeps_devices's first round
 /// trip restored 68 KiB of device state, then the guest lost a CD interrupt (its libata
 /// then faulted); the fix (every interrupt level resent after a load) is untested there.
 const LEFT_OUT_OF_FULL_RUN: &[&str] =
