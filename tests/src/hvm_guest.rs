@@ -64,6 +64,8 @@ pub struct HvmGuestConfig {
     pub cdrom: Option<String>,
     /// The CD-ROM's `backendtype` (libxl's default, qdisk, when None).
     pub cdrom_backend: Option<String>,
+    /// An ISO file as hdd (the secondary slave), a second CD-ROM.
+    pub cdrom2: Option<String>,
     pub on_poweroff: Action,
     pub on_reboot: Action,
     pub on_crash: Action,
@@ -87,6 +89,7 @@ impl HvmGuestConfig {
             hda: None,
             cdrom: None,
             cdrom_backend: None,
+            cdrom2: None,
             on_poweroff: Action::Preserve,
             on_reboot: Action::Preserve,
             on_crash: Action::Preserve,
@@ -104,6 +107,9 @@ impl HvmGuestConfig {
         if let Some(cd) = &self.cdrom {
             let backend = self.cdrom_backend.as_ref().map(|b| format!("backendtype={b}, ")).unwrap_or_default();
             disks.push(format!("\"format=raw, vdev=hdc, access=ro, devtype=cdrom, {backend}target={cd}\""));
+        }
+        if let Some(cd) = &self.cdrom2 {
+            disks.push(format!("\"format=raw, vdev=hdd, access=ro, devtype=cdrom, target={cd}\""));
         }
         let mut cfg = format!(
             "name = \"{}\"\ntype = \"hvm\"\nmemory = {}\nvcpus = 1\nvnc = 0\nsdl = 0\nnographic = 1\nvga = \"none\"\n\

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The guest's /init and ISOLINUX's configuration; a change rebuilds the image.
-pub const INPUT_FILES: &[&str] = &["tests/guest/init", "tests/guest/isolinux.cfg"];
+pub const INPUT_FILES: &[&str] = &["tests/guest/init", "tests/guest/isolinux.cfg", CDEJECT_SOURCE];
+/// The guest's own eject of its CD-ROM tray (busybox has no eject applet), built static.
+const CDEJECT_SOURCE: &str = "tests/guest/cdeject.c";
 /// File names of the image and of the placeholder its /nonce.bin holds.
 const ISO_NAME: &str = "linux-cd.iso";
 const PLACEHOLDER_NAME: &str = "linux-cd-nonce-placeholder.bin";
@@ -69,6 +71,7 @@ pub fn build(work: &Path, kver: &str, out_dir: &Path) -> Result<GuestCd> {
     }
     run(Command::new("mknod").args(["-m", "600"]).arg(root.join("dev/console")).args(["c", "5", "1"]))?;
     fs::copy("tests/guest/init", root.join("init"))?;
+    run(Command::new("gcc").args(["-static", "-Os", "-Wall", "-o"]).arg(root.join("bin/cdeject")).arg(CDEJECT_SOURCE))?;
     copy_modules(&root, kver, MODULES)?;
 
     // The CD: ISOLINUX, the kernel, the initramfs, the nonce placeholder.

@@ -35,6 +35,7 @@ pub fn tests() -> Vec<Test> {
             limit: Duration::from_secs(900),
             run: guest_reboot_is_honoured,
         },
+        Test { name: "xen::hvm::guest_sees_cd_change", limit: Duration::from_secs(900), run: guest_sees_cd_change },
         Test { name: "xen::hvm::rtl8139_ping_and_tcp", limit: Duration::from_secs(900), run: rtl8139_ping_and_tcp },
         Test { name: "xen::hvm::e1000_ping_and_tcp", limit: Duration::from_secs(900), run: e1000_ping_and_tcp },
         Test {
@@ -608,6 +609,96 @@ fn save_restore_keeps_devices(ctx: &mut Ctx) -> Result<(), String> {
         "@@metric xen::hvm::save_restore_keeps_devices| {SR_ROUND_TRIPS} save/restore round trips and {SR_MIGRATIONS} migrations in {total:.0} s (128 MiB guest)"
     );
     guest.destroy()
+}
+
+const CD_CHANGE_NAME: &str = "hvm-cdchange";
+
+/// The guest's mount of its first CD drive (sr0, hdc), the sha256 of /nonce.bin on it,
+/// and the unmount. The guest opens the drive once before mounting, as udev's
+/// cdrom_id would: without disk-event polling, Linux finds a change only when the drive
+/// is opened, and the UNIT ATTENTION that revalidation meets leaves sr refusing reads
+/// until the next open checks the media again (drivers/scsi/sr.c).
+const READ_SR0: &str = ": < /dev/sr0 2>/dev/null; mount -t iso9660 -r /dev/sr0 /cdrom && \
+                        { sha256sum /cdrom/nonce.bin; umount /cdrom; }";
+
+/// What `sha256sum` printed for /cdrom/nonce.bin in `text`.
+fn nonce_digest(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.trim().strip_suffix("  /cdrom/nonce.bin"))
+}
+
+/// The guest sees a CD change made through libxl's QMP socket, and QMP sees the guest's
+/// tray: two CD-ROMs at create time (hdc with CD A, hdd with CD B, each a PV disk of the
+/// stub domain in its fdset); the guest reads A from sr0; `eject` of ide-5632 -> the
+/// guest finds no medium; `blockdev-change-medium` of ide-5632 with hdd's fdset -> the
+/// guest reads B from sr0 (nonce digest checked by dom0); the guest mounts sr0 (Linux
+/// locks the tray) -> `eject` fails as locked; the guest unmounts and ejects the tray
+/// itself (CDROMEJECT) -> dom0's QMP client receives DEVICE_TRAY_MOVED, tray open.
+fn guest_sees_cd_change(ctx: &mut Ctx) -> Result<(), String> {
+    use crate::cases::qmp::Client;
+    use serde_json::{Value, json};
+    let first = nonce_cd(&format!("/tmp/{CD_CHANGE_NAME}-a.iso"))?;
+    let second = nonce_cd(&format!("/tmp/{CD_CHANGE_NAME}-b.iso"))?;
+    let mut config = stubdom_guest(CD_CHANGE_NAME, None, Some(&first.path));
+    config.cdrom2 = Some(second.path.clone());
+    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    let result = (|| {
+        guest.wait_created(Duration::from_secs(120))?;
+        wait_boot(&mut guest.shell, Duration::from_secs(600))?;
+        let short = Duration::from_secs(120);
+        guest.shell.run_ok("waitdev /dev/sr0 30 && waitdev /dev/sr1 30", short)?;
+        let read = guest.shell.run_ok(READ_SR0, short)?;
+        if nonce_digest(&read) != Some(first.sha256_hex.as_str()) {
+            return Err(format!("before the change the guest read {read:?}, CD A has {}", first.sha256_hex));
+        }
+
+        let (mut qmp, _greeting) = Client::connect(&format!("/var/run/xen/qmp-libxl-{}", guest.domid))?;
+        qmp.execute("qmp_capabilities", Value::Null)?;
+        qmp.execute("eject", json!({ "id": "ide-5632" }))?;
+        let gone = guest.shell.run("dd if=/dev/sr0 of=/dev/null bs=2048 count=1", short)?;
+        if gone.status == 0 || !gone.text.contains("No medium found") {
+            return Err(format!("after QMP eject the guest's read of sr0 gave {gone:?}"));
+        }
+
+        let fdset = qmp.stub_fdset(5696)?.ok_or("no fdset stub-devid:5696 for hdd's PV disk")?;
+        qmp.execute(
+            "blockdev-change-medium",
+            json!({ "id": "ide-5632", "filename": format!("/dev/fdset/{fdset}"), "format": "raw" }),
+        )?;
+        let read = guest.shell.run_ok(READ_SR0, short)?;
+        if nonce_digest(&read) != Some(second.sha256_hex.as_str()) {
+            return Err(format!("after the change the guest read {read:?}, CD B has {}", second.sha256_hex));
+        }
+
+        guest.shell.run_ok("mount -t iso9660 -r /dev/sr0 /cdrom", short)?;
+        let refused = qmp.execute("eject", json!({ "id": "ide-5632" }));
+        let refusal = match refused {
+            Ok(v) => return Err(format!("QMP eject of the tray the guest locked succeeded: {v}")),
+            Err(e) => e,
+        };
+        expect_contains(&refusal, "is locked", "QMP eject of a locked tray")?;
+        // Only what the guest's own eject causes counts.
+        qmp.execute("query-status", Value::Null)?;
+        qmp.drop_events();
+        guest.shell.run_ok("umount /cdrom && cdeject /dev/sr0", short)?;
+        let moved = qmp.wait_event(
+            "DEVICE_TRAY_MOVED",
+            |e| e["data"]["id"] == json!("ide-5632") && e["data"]["tray-open"] == json!(true),
+            Duration::from_secs(30),
+        )?;
+        let block = qmp.drive("ide-5632")?;
+        if block["tray_open"] != json!(true) {
+            return Err(format!("query-block after the guest's eject: {block}"));
+        }
+        println!(
+            "@@metric xen::hvm::guest_sees_cd_change| no medium after eject; CD B read after \
+             blockdev-change-medium (fdset {fdset}); eject of the locked tray refused ({refusal}); the guest's eject \
+             gave {moved}"
+        );
+        Ok(())
+    })()
+    .map_err(|e| with_device_model_log(CD_CHANGE_NAME, e));
+    let _ = guest.destroy();
+    result
 }
 
 fn rtl8139_ping_and_tcp(ctx: &mut Ctx) -> Result<(), String> {

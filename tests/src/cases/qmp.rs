@@ -28,6 +28,8 @@ pub struct Client {
     stream: UnixStream,
     reader: BufReader<UnixStream>,
     next_id: u64,
+    /// Events that arrived, oldest first, until [`Client::wait_event`] takes them.
+    events: Vec<Value>,
 }
 
 impl Client {
@@ -38,7 +40,7 @@ impl Client {
                 .ok_or_else(|| format!("cannot connect to {socket}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
         let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-        let mut client = Client { stream, reader, next_id: 1 };
+        let mut client = Client { stream, reader, next_id: 1, events: Vec::new() };
         let greeting = client.message()?;
         Ok((client, greeting))
     }
@@ -61,7 +63,8 @@ impl Client {
         loop {
             let reply = self.message()?;
             if reply.get("event").is_some() {
-                continue; // libxl ignores events too
+                self.events.push(reply);
+                continue;
             }
             if reply["id"] != json!(id) {
                 return Err(format!("reply for another id: {reply}"));
@@ -70,6 +73,40 @@ impl Client {
                 Some(v) => Ok(v.clone()),
                 None => Err(format!("{command}: {}", reply["error"])),
             };
+        }
+    }
+
+    /// Forgets the events received so far.
+    pub fn drop_events(&mut self) {
+        self.events.clear();
+    }
+
+    /// The first event named `name` for which `wanted` holds (the events before it are
+    /// dropped), waiting for it up to `limit`.
+    pub fn wait_event(
+        &mut self,
+        name: &str,
+        wanted: impl Fn(&Value) -> bool,
+        limit: Duration,
+    ) -> Result<Value, String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(at) = self.events.iter().position(|e| e["event"] == json!(name) && wanted(e)) {
+                let event = self.events.remove(at);
+                self.events.drain(..at);
+                return Ok(event);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!("no {name} event within {} s (others: {:?})", limit.as_secs(), self.events));
+            }
+            self.stream.set_read_timeout(Some(left.min(Duration::from_secs(20)))).map_err(|e| e.to_string())?;
+            match self.message() {
+                Ok(message) if message.get("event").is_some() => self.events.push(message),
+                Ok(message) => return Err(format!("a reply nobody asked for: {message}")),
+                Err(e) if e.contains("timed out") || e.contains("temporarily unavailable") => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 
