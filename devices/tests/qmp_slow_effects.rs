@@ -33,7 +33,7 @@ fn the_save_reply_waits_for_the_state_file_to_be_written() {
     assert_eq!(out[0]["event"], "STOP");
     assert!(session.is_waiting());
     let effect = session.take_effect().expect("the write is handed out");
-    let SlowEffect::WriteStateFile { console, data } = effect;
+    let SlowEffect::WriteStateFile { console, data } = effect else { panic!("not the state file: {effect:?}") };
     assert_eq!((console, data), (1, state_file::encode(&[])));
     assert!(session.take_effect().is_none(), "handed out once");
     session.complete(&mut vm, Ok(()), NOW);
@@ -47,6 +47,8 @@ fn the_save_reply_waits_for_the_state_file_to_be_written() {
 fn a_failed_write_is_a_generic_error_with_the_reason() {
     let (mut vm, mut session) = negotiated();
     session.feed(&mut vm, b"{\"execute\":\"stop\"}", NOW);
+    assert_eq!(session.take_effect(), Some(SlowEffect::Quiesce));
+    session.complete(&mut vm, Ok(()), NOW);
     session.take_output();
     session.feed(&mut vm, SAVE, NOW);
     assert!(session.take_effect().is_some());

@@ -145,6 +145,10 @@ pub trait Monitor {
 pub enum SlowEffect {
     /// Write `data` to PV console `console` and wait until dom0 has taken all of it.
     WriteStateFile { console: u32, data: Vec<u8> },
+    /// `stop`: wait until the devices' I/O in flight has finished (a DMA transfer has
+    /// written guest memory and reported its pages to the dirty log), so that nothing
+    /// changes the guest after the reply (libxl saves memory and device state next).
+    Quiesce,
 }
 
 /// What running a command gave.
@@ -176,6 +180,13 @@ pub fn execute<M: Monitor + ?Sized>(
     if command == "xen-save-devices-state" {
         return start_save(monitor, arguments, now);
     }
+    if command == "stop" {
+        if let Err(error) = Args::new(arguments).finish() {
+            return Outcome::Done(Err(error));
+        }
+        monitor.stop(now);
+        return Outcome::Pending(SlowEffect::Quiesce);
+    }
     execute_now(monitor, version, command, arguments, now).into()
 }
 
@@ -199,13 +210,17 @@ fn start_save<M: Monitor + ?Sized>(monitor: &mut M, arguments: &Object, now: Tim
 }
 
 /// The slow work of the command [`execute`] left pending is done (`Err` says why it
-/// failed): finishes the command and returns its reply.
+/// failed): finishes the command (a save, if `save`, else a `stop`) and returns its reply.
 pub fn complete_effect<M: Monitor + ?Sized>(
     monitor: &mut M,
+    save: bool,
     result: Result<(), String>,
     now: Timestamp,
 ) -> Result<serde_json::Value, QmpError> {
-    monitor.complete_save(result, now).map(|()| empty())
+    if save {
+        return monitor.complete_save(result, now).map(|()| empty());
+    }
+    result.map(|()| empty()).map_err(QmpError::generic)
 }
 
 fn execute_now<M: Monitor + ?Sized>(
@@ -250,11 +265,6 @@ fn execute_now<M: Monitor + ?Sized>(
                     })
                     .collect(),
             ))
-        }
-        "stop" => {
-            args.finish()?;
-            monitor.stop(now);
-            Ok(empty())
         }
         "cont" => {
             args.finish()?;

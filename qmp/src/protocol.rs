@@ -136,6 +136,8 @@ struct Waiting {
     id: Option<Value>,
     /// the work, until the caller takes it
     effect: Option<SlowEffect>,
+    /// whether the work is a save (its completion goes through the monitor)
+    save: bool,
 }
 
 /// One client connection.
@@ -227,7 +229,7 @@ impl Session {
     /// reply, then runs the messages that arrived meanwhile.
     pub fn complete<M: Monitor + ?Sized>(&mut self, monitor: &mut M, result: Result<(), String>, now: Timestamp) {
         let Some(waiting) = self.waiting.take() else { return };
-        let reply = commands::complete_effect(monitor, result, now);
+        let reply = commands::complete_effect(monitor, waiting.save, result, now);
         self.finish(monitor, waiting.id.as_ref(), reply, false);
         while self.waiting.is_none() && !self.closed {
             let Some(frame) = self.held.pop_front() else { break };
@@ -334,7 +336,8 @@ impl Session {
             Ok(Outcome::Pending(effect)) => {
                 // Events so far (STOP) go out now; the reply waits for the effect.
                 self.deliver_events(monitor);
-                self.waiting = Some(Waiting { id: id.cloned(), effect: Some(effect) });
+                let save = matches!(effect, SlowEffect::WriteStateFile { .. });
+                self.waiting = Some(Waiting { id: id.cloned(), effect: Some(effect), save });
                 return;
             }
         };

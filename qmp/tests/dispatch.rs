@@ -192,7 +192,16 @@ fn lines(output: &[u8]) -> Vec<Value> {
 fn run(monitor: &mut Recorder, session: &mut Session, execute: &str, arguments: Value) -> Value {
     let request = json!({ "execute": execute, "arguments": arguments });
     session.feed(monitor, request.to_string().as_bytes(), NOW);
+    complete_quiesce(monitor, session);
     lines(&session.take_output()).pop().expect("a reply")
+}
+
+/// What the service does for a `stop` once no disk I/O is in flight.
+fn complete_quiesce(monitor: &mut Recorder, session: &mut Session) {
+    if let Some(effect) = session.take_effect() {
+        assert_eq!(effect, SlowEffect::Quiesce);
+        session.complete(monitor, Ok(()), NOW);
+    }
 }
 
 #[test]
@@ -395,6 +404,7 @@ fn events_the_monitor_queues_come_before_the_reply_and_only_once_negotiated() {
     session.take_output();
     let out = lines(&{
         session.feed(&mut monitor, b"{\"execute\":\"stop\",\"id\":9}", NOW);
+        complete_quiesce(&mut monitor, &mut session);
         session.take_output()
     });
     assert_eq!(
@@ -428,4 +438,29 @@ fn query_version_reports_what_the_greeting_announced() {
     let reply = lines(&session.take_output()).pop().unwrap();
     assert_eq!(reply["return"], greeting["QMP"]["version"]);
     assert_eq!(reply["return"]["package"], "test-package");
+}
+
+/// `stop` pauses at once (STOP goes out) but replies only when the caller says the
+/// devices' I/O in flight has finished; a quiesce that failed is the reply's error.
+#[test]
+fn the_stop_reply_waits_for_the_io_in_flight() {
+    let mut monitor = Recorder::default();
+    let mut session = negotiated(&mut monitor);
+    session.feed(&mut monitor, b"{\"execute\":\"stop\",\"id\":4}", NOW);
+    assert_eq!(monitor.calls, [Call::Stop], "paused at once");
+    let out = lines(&session.take_output());
+    assert_eq!(out.iter().map(|m| m["event"].clone()).collect::<Vec<_>>(), [json!("STOP")], "no reply yet: {out:?}");
+    assert!(session.is_waiting());
+    assert_eq!(session.take_effect(), Some(SlowEffect::Quiesce));
+    session.complete(&mut monitor, Ok(()), NOW);
+    assert_eq!(lines(&session.take_output()), [json!({ "return": {}, "id": 4 })]);
+
+    session.feed(&mut monitor, b"{\"execute\":\"stop\",\"id\":5}", NOW);
+    session.take_output();
+    assert_eq!(session.take_effect(), Some(SlowEffect::Quiesce));
+    session.complete(&mut monitor, Err("disk requests still in flight after 35 s".into()), NOW);
+    let reply = lines(&session.take_output()).pop().expect("a reply");
+    assert_eq!(reply["id"], json!(5));
+    assert_eq!(reply["error"]["class"], json!("GenericError"));
+    assert_eq!(reply["error"]["desc"], json!("disk requests still in flight after 35 s"));
 }

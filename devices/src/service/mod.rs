@@ -469,6 +469,17 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
     /// [`BLOCK_IO_LIMIT`]), so that the saved IDE state has none; None without a machine.
     async fn machine_state_file(&self) -> Result<Option<Vec<u8>>, String> {
         let Some(machine) = &self.machine else { return Ok(None) };
+        self.wait_disks_idle().await?;
+        let payload = machine.borrow().save_state(self.xen.now_ns());
+        log::info!("device model: {} bytes of device state", payload.len());
+        Ok(Some(state_file::encode(&payload)))
+    }
+
+    /// Waits until no disk request (PIO or DMA) is with a block worker: a transfer in
+    /// flight has then written guest memory and reported its pages. Bounded by
+    /// [`BLOCK_IO_LIMIT`] and a margin, as each request is.
+    pub(super) async fn wait_disks_idle(&self) -> Result<(), String> {
+        let Some(machine) = &self.machine else { return Ok(()) };
         let limit = BLOCK_IO_LIMIT + Duration::from_secs(5);
         let deadline = self.xen.now_ns().saturating_add(limit.as_nanos() as u64);
         while !machine.borrow().ide().is_idle() {
@@ -477,9 +488,7 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
             }
             self.xen.sleep(Duration::from_millis(2)).await;
         }
-        let payload = machine.borrow().save_state(self.xen.now_ns());
-        log::info!("device model: {} bytes of device state", payload.len());
-        Ok(Some(state_file::encode(&payload)))
+        Ok(())
     }
 
     /// Connects PV disk `devid`, gives it its fdset and a detach watcher.

@@ -432,6 +432,7 @@ async fn serve_client<X: Xen + DeviceModelHost + 'static>(
                     }
                     Err(e) => Err(e),
                 },
+                SlowEffect::Quiesce => shared.wait_disks_idle().await,
             };
             session.complete(&mut *shared.vm.borrow_mut(), result, (shared.now)());
             shared.sync_media();
@@ -480,6 +481,7 @@ async fn carry_out<X: Xen>(effect: SlowEffect, save_console: Option<&Console<'st
             log::info!("device model: {} bytes of state written to console {console}", data.len());
             Ok(())
         }
+        SlowEffect::Quiesce => Ok(()),
     }
 }
 

@@ -81,7 +81,8 @@ pub fn libxl_command(execute: &str, id: i64, arguments: Option<Value>) -> String
 }
 
 /// Carries out the slow work `session` waits for, if any, and completes it (what the
-/// service's QMP task does between reading and writing): state files go to `consoles`.
+/// service's QMP task does between reading and writing): state files go to `consoles`,
+/// a `stop` has no disk I/O to wait for.
 pub fn run_effects(
     session: &mut Session,
     vm: &mut Vm,
@@ -90,13 +91,16 @@ pub fn run_effects(
     now: Timestamp,
 ) {
     while let Some(effect) = session.take_effect() {
-        let SlowEffect::WriteStateFile { console, data } = effect;
-        let result = match fail_console_write {
-            Some(reason) => Err(reason.to_string()),
-            None => {
-                consoles.entry(console).or_default().extend_from_slice(&data);
-                Ok(())
-            }
+        let result = match effect {
+            SlowEffect::WriteStateFile { console, data } => match fail_console_write {
+                Some(reason) => Err(reason.to_string()),
+                None => {
+                    consoles.entry(console).or_default().extend_from_slice(&data);
+                    Ok(())
+                }
+            },
+            // No disk I/O runs here.
+            SlowEffect::Quiesce => Ok(()),
         };
         session.complete(vm, result, now);
     }
