@@ -112,11 +112,8 @@ fn run() -> Result<()> {
 }
 
 /// Real-Xen tests and benchmarks that `cargo xtask test` / `bench` without a filter do
-/// not run yet: written, but not yet seen passing on the test bed.
-/// xen::hvm::save_restore_keeps_devices's first round trip restored 68 KiB of device
-/// state, then the guest lost a CD interrupt (its libata then faulted); the fix (every
-/// interrupt level resent after a load) is untested there.
-const LEFT_OUT_OF_FULL_RUN: &[&str] = &["xen::hvm::save_restore_keeps_devices"];
+/// not run yet: written, but not yet seen passing on the test bed (none today).
+const LEFT_OUT_OF_FULL_RUN: &[&str] = &[];
 
 fn test(filter: &str) -> Result<()> {
     testbed::ensure_packages()?;
