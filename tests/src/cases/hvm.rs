@@ -773,7 +773,8 @@ pub fn nic_test(
                  cat /sys/class/net/eth0/carrier"
             ),
             short,
-        )?;
+        )
+        .map_err(|e| format!("{e}\n{}", network_views(&mut guest.shell)))?;
         let ping = proc::run(
             std::process::Command::new("ping").args(["-c", "100", "-A", "-W", "5", ip]),
             Duration::from_secs(200),
@@ -855,7 +856,10 @@ pub fn nic_test(
 /// a vif).
 fn network_views(shell: &mut GuestShell) -> String {
     let guest = shell
-        .run("cat /proc/net/dev; grep -i eth0 /proc/interrupts; dmesg | tail -20", Duration::from_secs(60))
+        .run(
+            "cat /proc/net/dev; grep -i eth0 /proc/interrupts; cut -f1,2 /proc/bus/pci/devices; dmesg | tail -25",
+            Duration::from_secs(60),
+        )
         .map_or_else(|e| format!("(no answer: {e})"), |o| o.text);
     let dom0 = proc::run(
         std::process::Command::new("sh")
