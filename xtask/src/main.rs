@@ -112,8 +112,19 @@ fn run() -> Result<()> {
 }
 
 /// Real-Xen tests and benchmarks that `cargo xtask test` / `bench` without a filter do
-/// not run yet: written, but not yet seen passing on the test bed (none today).
-const LEFT_OUT_OF_FULL_RUN: &[&str] = &[];
+/// not run yet. These five passed on the 4.17 bed (named), but each boots one more Linux
+/// HVM guest, and the bed under TCG sometimes stops as a whole right after a guest's
+/// "upcall vector" line (Xen, dom0 and the guests idle, no heartbeat; seen twice on
+/// 2026-11-30, once in a full run at its fifth Linux boot). Until that is understood, or
+/// the serial-line nudge (`testbed::boot`) is seen to bring a bed back, the full run
+/// keeps to the Linux boots it had when it last passed in CI.
+const LEFT_OUT_OF_FULL_RUN: &[&str] = &[
+    "xen::hvm::dma_disk_reads_and_writes",
+    "xen::hvm::guest_sees_cd_change",
+    "xen::hvm::rtl8139_ping_and_tcp",
+    "xen::hvm::e1000_ping_and_tcp",
+    "xen::hvm::save_restore_keeps_devices",
+];
 
 fn test(filter: &str) -> Result<()> {
     testbed::ensure_packages()?;

@@ -25,6 +25,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// A bed that prints nothing this long (dom0's heartbeat is every 2 minutes) gets one
+/// byte on its serial line; one silent this long is killed.
+const SILENCE_NUDGE: Duration = Duration::from_secs(300);
+const SILENCE_LIMIT: Duration = Duration::from_secs(600);
+
 /// Bump when the way the base initramfs is assembled changes.
 const BASE_LAYOUT: u32 = 6;
 /// The host's packages: the 4.17 bed's dom0 userland and hypervisor, the kernel both
@@ -552,9 +557,11 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
         overlay.release.bed_arg()
     );
     let mut cmd = qemu_command(overlay, &dom0_cmdline);
-    cmd.args(["-serial", "stdio"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    // stdin is a pipe kept open for the nudge below (nothing else is ever written).
+    cmd.args(["-serial", "stdio"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = KillOnDrop(cmd.spawn().context("starting qemu-system-x86_64")?);
     let stdout = child.0.stdout.take().expect("piped");
+    let mut serial_in = child.0.stdin.take().expect("piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -578,14 +585,40 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
     let started = Instant::now();
     let mut lines = Vec::new();
     let mut timed_out = false;
+    let mut froze = false;
+    let mut last_line_at = Instant::now();
+    let mut nudged = false;
     loop {
         let left = limit.saturating_sub(started.elapsed());
         if left.is_zero() {
             timed_out = true;
             break;
         }
+        // dom0 prints a heartbeat every 2 minutes, so a silent bed has stopped as a
+        // whole. Seen on this bed with Xen under TCG: right after an HVM guest's
+        // "upcall vector" line, Xen, dom0 and the guests all idle with QEMU's vCPUs
+        // halted, as if no timer were armed. One byte on the serial line is an
+        // interrupt for Xen (it reaches dom0's console as a NUL); if the bed stays
+        // silent after that, it is killed instead of waiting for the whole limit.
+        let silent = last_line_at.elapsed();
+        if silent >= SILENCE_NUDGE && !nudged {
+            nudged = true;
+            let note = format!("xtask: no output for {} s: one byte on the serial line", silent.as_secs());
+            writeln!(log, "{note}")?;
+            println!("{note}");
+            let _ = serial_in.write_all(&[0]).and_then(|()| serial_in.flush());
+        }
+        if silent >= SILENCE_LIMIT {
+            froze = true;
+            break;
+        }
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
+                last_line_at = Instant::now();
+                if nudged {
+                    nudged = false;
+                    writeln!(log, "xtask: the bed spoke again after the nudge")?;
+                }
                 let t = started.elapsed().as_secs_f64();
                 writeln!(log, "[{t:8.2}] {line}")?;
                 if echo {
@@ -599,10 +632,17 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    drop(serial_in);
     drop(child);
     if timed_out {
         writeln!(log, "xtask: test bed killed after {} s", limit.as_secs())?;
         println!("xtask: test bed killed after {} s", limit.as_secs());
+    }
+    if froze {
+        let note =
+            format!("xtask: test bed killed: no output for {} s (it had stopped as a whole)", SILENCE_LIMIT.as_secs());
+        writeln!(log, "{note}")?;
+        println!("{note}");
     }
     write_console_logs(&log_dir, &lines)?;
     Ok(BootOutcome { lines, timed_out, serial_log, log_dir })
