@@ -25,9 +25,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A bed that prints nothing this long (dom0's heartbeat is every 2 minutes) gets one
-/// byte on its serial line; one silent this long is killed.
-const SILENCE_NUDGE: Duration = Duration::from_secs(300);
+/// A bed that prints nothing for `SILENCE_NUDGE` gets a byte on its serial line (and
+/// another each `SILENCE_NUDGE` while it stays quiet); one silent for `SILENCE_LIMIT`
+/// is killed.
+const SILENCE_NUDGE: Duration = Duration::from_secs(60);
 const SILENCE_LIMIT: Duration = Duration::from_secs(600);
 
 /// Bump when the way the base initramfs is assembled changes.
@@ -571,7 +572,12 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
             match reader.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).replace('\r', "").trim_end_matches('\n').to_string();
+                    // "^@": dom0's tty echoing a nudge byte (see below).
+                    let line = String::from_utf8_lossy(&buf)
+                        .replace('\r', "")
+                        .replace("^@", "")
+                        .trim_end_matches('\n')
+                        .to_string();
                     if tx.send(line).is_err() {
                         break;
                     }
@@ -587,6 +593,7 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
     let mut timed_out = false;
     let mut froze = false;
     let mut last_line_at = Instant::now();
+    let mut last_nudge = Instant::now();
     let mut nudged = false;
     loop {
         let left = limit.saturating_sub(started.elapsed());
@@ -594,18 +601,21 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
             timed_out = true;
             break;
         }
-        // dom0 prints a heartbeat every 2 minutes, so a silent bed has stopped as a
-        // whole. Seen on this bed with Xen under TCG: right after an HVM guest's
-        // "upcall vector" line, Xen, dom0 and the guests all idle with QEMU's vCPUs
-        // halted, as if no timer were armed. One byte on the serial line is an
-        // interrupt for Xen (it reaches dom0's console as a NUL); if the bed stays
-        // silent after that, it is killed instead of waiting for the whole limit.
+        // Seen on this bed with Xen under TCG: right after an HVM guest's "upcall
+        // vector" line, Xen, dom0 and the guests all idle with QEMU's vCPUs halted, as
+        // if no timer were armed, until an interrupt comes; one byte on the serial line
+        // is one (it reaches dom0's console as a NUL, echoed as "^@", which the reader
+        // strips) and brought a frozen bed back. So a bed quiet for a minute gets a
+        // byte every minute (normal runs are often that quiet: the bytes are harmless),
+        // and one silent for 10 minutes (dom0's heartbeat is every 2) is killed instead
+        // of waiting for the whole limit.
         let silent = last_line_at.elapsed();
-        if silent >= SILENCE_NUDGE && !nudged {
-            nudged = true;
-            let note = format!("xtask: no output for {} s: one byte on the serial line", silent.as_secs());
-            writeln!(log, "{note}")?;
-            println!("{note}");
+        if silent >= SILENCE_NUDGE && last_nudge.elapsed() >= SILENCE_NUDGE {
+            last_nudge = Instant::now();
+            if !nudged {
+                nudged = true;
+                writeln!(log, "xtask: no output for {} s: a byte on the serial line", silent.as_secs())?;
+            }
             let _ = serial_in.write_all(&[0]).and_then(|()| serial_in.flush());
         }
         if silent >= SILENCE_LIMIT {
@@ -617,7 +627,7 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
                 last_line_at = Instant::now();
                 if nudged {
                     nudged = false;
-                    writeln!(log, "xtask: the bed spoke again after the nudge")?;
+                    writeln!(log, "xtask: the bed spoke again after {} s", silent.as_secs())?;
                 }
                 let t = started.elapsed().as_secs_f64();
                 writeln!(log, "[{t:8.2}] {line}")?;
