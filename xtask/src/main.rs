@@ -115,9 +115,10 @@ fn run() -> Result<()> {
 /// not run yet. These five passed on the 4.17 bed (named), but each boots one more Linux
 /// HVM guest, and the bed under TCG sometimes stops as a whole right after a guest's
 /// "upcall vector" line (Xen, dom0 and the guests idle, no heartbeat; seen twice on
-/// 2026-11-30, once in a full run at its fifth Linux boot). Until that is understood, or
-/// the serial-line nudge (`testbed::boot`) is seen to bring a bed back, the full run
-/// keeps to the Linux boots it had when it last passed in CI.
+/// 2026-11-30, once in a full run at its fifth Linux boot). A byte on the serial line
+/// brought a frozen bed back once (`testbed::boot` now sends one each quiet minute);
+/// until that is seen to hold over full runs, the full run keeps to the Linux boots it
+/// had when it last passed in CI.
 const LEFT_OUT_OF_FULL_RUN: &[&str] = &[
     "xen::hvm::dma_disk_reads_and_writes",
     "xen::hvm::guest_sees_cd_change",
