@@ -318,13 +318,17 @@ async fn ata_command(guest: &SimGuest, command: u8, lba: u32, count: u8) {
     guest.outb(0x1f7, command).await;
 }
 
-#[test]
-fn the_guest_reads_and_writes_its_disk_through_ioreqs_block_workers_and_blkback() {
-    let world = World::new();
+/// The service in the simulated Xen with one hard disk (devid 768, `len_bytes` of a
+/// sector-numbered pattern) behind the simulated blkback: the disk's bytes, blkback's
+/// log, the guest (1 vCPU, 16 MiB) and the executor with blkback and the service spawned.
+fn served_hard_disk(
+    world: &World,
+    len_bytes: usize,
+) -> (Vec<u8>, std::rc::Rc<RefCell<frontends::blkfront::sim::Log>>, SimGuest, Executor<'static>) {
     // The stub domain exists (with its home) before libxl attaches its disk.
     let stub: &'static SimXen = Box::leak(Box::new(world.domain(STUB)));
     world.toolstack(HDA, &[]);
-    let disk: Vec<u8> = (0..1 << 20).map(|i: usize| (i / 512) as u8 ^ (i % 251) as u8).collect();
+    let disk: Vec<u8> = (0..len_bytes).map(|i: usize| (i / 512) as u8 ^ (i % 251) as u8).collect();
     let backend = frontends::blkfront::sim::Backend::new(
         world.domain(0),
         HDA,
@@ -340,9 +344,16 @@ fn the_guest_reads_and_writes_its_disk_through_ioreqs_block_workers_and_blkback(
         read_only: false,
         medium: Some(devices::block::MediumSource { filename: "/dev/xvda".into(), format: Some("host_device".into()) }),
     }];
-    let mut executor = Executor::new(&world);
+    let mut executor = Executor::new(world);
     executor.spawn_background("blkback", backend.run());
     spawn_service(&mut executor, stub, config);
+    (disk, log, guest, executor)
+}
+
+#[test]
+fn the_guest_reads_and_writes_its_disk_through_ioreqs_block_workers_and_blkback() {
+    let world = World::new();
+    let (disk, log, guest, mut executor) = served_hard_disk(&world, 1 << 20);
     let watcher = world.clone();
     let clock = world.domain(0);
     let g = guest.clone();
@@ -412,27 +423,7 @@ async fn set_dirty_log(dom0: &SimXen, enable: bool) {
 #[test]
 fn linux_dma_reads_and_writes_through_the_service_and_reports_the_pages_it_wrote() {
     let world = World::new();
-    let stub: &'static SimXen = Box::leak(Box::new(world.domain(STUB)));
-    world.toolstack(HDA, &[]);
-    let disk: Vec<u8> = (0..4 << 20).map(|i: usize| (i / 512) as u8 ^ (i % 251) as u8).collect();
-    let backend = frontends::blkfront::sim::Backend::new(
-        world.domain(0),
-        HDA,
-        frontends::blkfront::sim::Config::default(),
-        disk.clone(),
-    );
-    let log = backend.log();
-    let guest = world.hvm_guest(GUEST, 1, 16 << 20);
-    let mut config = guest_config();
-    config.drives = vec![devices::block::DriveConfig {
-        devid: 768,
-        kind: devices::block::DriveKind::HardDisk,
-        read_only: false,
-        medium: Some(devices::block::MediumSource { filename: "/dev/xvda".into(), format: Some("host_device".into()) }),
-    }];
-    let mut executor = Executor::new(&world);
-    executor.spawn_background("blkback", backend.run());
-    spawn_service(&mut executor, stub, config);
+    let (disk, log, guest, mut executor) = served_hard_disk(&world, 4 << 20);
     let watcher = world.clone();
     let clock = world.domain(0);
     let g = guest.clone();

@@ -125,6 +125,18 @@ async fn carry_out_block<X: Xen + DeviceModelHost + 'static>(
 /// this size keeps several requests in flight while the stub domain's memory stays small.
 pub const DMA_CHUNK_BYTES: u64 = 256 * 1024;
 
+/// A PV disk call bounded by [`BLOCK_IO_LIMIT`]; Err says why it failed.
+async fn bounded_io<X: Xen>(
+    xen: &X,
+    io: impl core::future::Future<Output = Result<(), frontends::blkfront::Error>>,
+) -> Result<(), String> {
+    match xen.timeout(BLOCK_IO_LIMIT, io).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(block_failure(Ok(e))),
+        Err(t) => Err(block_failure(Err(t))),
+    }
+}
+
 /// Logs (bounded) a DMA step that failed and gives the outcome.
 fn dma_failed<X: Xen + DeviceModelHost + 'static>(
     shared: &Shared<X>,
@@ -155,17 +167,8 @@ async fn dma_to_guest<X: Xen + DeviceModelHost + 'static>(
         let len_bytes = (total_bytes - done_bytes).min(DMA_CHUNK_BYTES) as usize;
         let at = sector + done_bytes / 512;
         let buf = &mut chunk[..len_bytes];
-        match shared.xen.timeout(BLOCK_IO_LIMIT, disk.read(at, buf)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return dma_failed(shared, disk, format!("read at {at}: {e}"), BlockOutcome::Failed),
-            Err(t) => {
-                return dma_failed(
-                    shared,
-                    disk,
-                    format!("read at {at}: {}", block_failure(Err(t))),
-                    BlockOutcome::Failed,
-                );
-            }
+        if let Err(why) = bounded_io(shared.xen, disk.read(at, buf)).await {
+            return dma_failed(shared, disk, format!("read at {at}: {why}"), BlockOutcome::Failed);
         }
         let logged = DirtyLogged::new(memory, control, shared.vm.borrow().dirty_log());
         if let Err(e) = bmdma::scatter(&logged, sg, done_bytes, buf) {
@@ -197,28 +200,13 @@ async fn dma_from_guest<X: Xen + DeviceModelHost + 'static>(
         if let Err(e) = bmdma::gather(memory, sg, done_bytes, buf) {
             return dma_failed(shared, disk, format!("from guest memory: {e:?}"), BlockOutcome::GuestMemoryFault);
         }
-        match shared.xen.timeout(BLOCK_IO_LIMIT, disk.write(at, buf)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return dma_failed(shared, disk, format!("write at {at}: {e}"), BlockOutcome::Failed),
-            Err(t) => {
-                return dma_failed(
-                    shared,
-                    disk,
-                    format!("write at {at}: {}", block_failure(Err(t))),
-                    BlockOutcome::Failed,
-                );
-            }
+        if let Err(why) = bounded_io(shared.xen, disk.write(at, buf)).await {
+            return dma_failed(shared, disk, format!("write at {at}: {why}"), BlockOutcome::Failed);
         }
         done_bytes += len_bytes as u64;
     }
-    if flush {
-        match shared.xen.timeout(BLOCK_IO_LIMIT, disk.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return dma_failed(shared, disk, format!("flush: {e}"), BlockOutcome::Failed),
-            Err(t) => {
-                return dma_failed(shared, disk, format!("flush: {}", block_failure(Err(t))), BlockOutcome::Failed);
-            }
-        }
+    if flush && let Err(why) = bounded_io(shared.xen, disk.flush()).await {
+        return dma_failed(shared, disk, format!("flush: {why}"), BlockOutcome::Failed);
     }
     BlockOutcome::Transferred
 }
