@@ -76,6 +76,9 @@ pub struct DmArgs {
     pub ram_mib: Option<u32>,
     /// the NICs, in command-line order
     pub nics: Vec<NicConfig>,
+    /// the Xen platform device: `-machine xenfv` (libxl's machine unless
+    /// `xen_platform_pci = 0`, which gives `-machine pc,accel=xen`) or `-device xen-platform`
+    pub xen_platform: bool,
     /// options (with their values) this device model does not act on
     pub ignored: Vec<String>,
 }
@@ -92,6 +95,7 @@ impl Default for DmArgs {
             boot_order: String::from("cda"),
             ram_mib: None,
             nics: Vec::new(),
+            xen_platform: false,
             ignored: Vec::new(),
         }
     }
@@ -243,6 +247,15 @@ impl DmArgs {
                     if let Some(netdev) = args.nic_device(value)? {
                         nic_netdevs.push(netdev);
                     }
+                }
+                "-machine" => {
+                    let pairs = option_pairs(value);
+                    let machine = get(&pairs, "").or_else(|| get(&pairs, "type")).unwrap_or("");
+                    args.xen_platform |= machine == "xenfv" || machine.starts_with("xenfv-");
+                    args.ignored.push([option, value].join(" "));
+                }
+                "-device" if value == "xen-platform" || value.starts_with("xen-platform,") => {
+                    args.xen_platform = true;
                 }
                 "-netdev" => {
                     let pairs = option_pairs(value);
@@ -418,6 +431,7 @@ mod tests {
         assert_eq!(args.incoming, None);
         assert_eq!(args.boot_order, "dc");
         assert_eq!(args.ram_mib, Some(56));
+        assert!(args.xen_platform, "-machine xenfv has the Xen platform device");
         assert_eq!(
             args.drives,
             vec![
@@ -566,5 +580,15 @@ mod tests {
         let args = args.unwrap();
         assert!(args.drives.is_empty());
         assert!(args.ignored.iter().any(|o| o.contains("AHCI is not emulated")), "{args:?}");
+    }
+
+    #[test]
+    fn the_xen_platform_device_comes_with_xenfv_or_its_own_device() {
+        let platform = |argv: &[&str]| DmArgs::parse(argv).unwrap().xen_platform;
+        assert!(platform(&["-machine", "xenfv,suppress-vmdesc=on"]));
+        assert!(platform(&["-machine", "type=xenfv"]));
+        assert!(!platform(&["-machine", "pc,accel=xen,suppress-vmdesc=on"]), "xen_platform_pci = 0");
+        assert!(platform(&["-machine", "pc,accel=xen", "-device", "xen-platform"]));
+        assert!(!platform(&[]));
     }
 }

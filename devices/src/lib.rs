@@ -6,7 +6,8 @@
 //!   its devices are synchronous state machines:
 //!   [`pci`] (config spaces, i440FX, PIIX3), [`ide`] (ATA disk and ATAPI CD-ROM, PIO),
 //!   [`uart`] (16550A), [`cmos`] (NVRAM above Xen's RTC), [`pm`] (PM1a control, GPE0),
-//!   [`i8042`] (the keyboard controller, for reset).
+//!   [`i8042`] (the keyboard controller, for reset), [`platform`] (the Xen platform
+//!   device: unplug of emulated disks and NICs for PV drivers, blacklist, log port).
 //! - [`block`]: the block layer: drives named and numbered as libxl and QEMU do, trays,
 //!   locks, media that are the stub domain's own PV disks, and fdsets.
 //! - [`vm`]: the VM as QMP sees it: the run state (running or paused, STOP/RESUME),
@@ -34,6 +35,7 @@ pub mod ide;
 pub mod machine;
 pub mod nic;
 pub mod pci;
+pub mod platform;
 pub mod pm;
 pub mod ratelimit;
 pub mod service;

@@ -16,6 +16,7 @@
 //! | 0x1f0-0x1f7, 0x3f6, 0x170-0x177, 0x376 | IDE channels, IRQs 14 and 15 |
 //! | 0x3f8-0x3ff | COM1 16550A, IRQ 4 ([`uart`]) |
 //! | 0xb004, 0xafe0-0xafe3 | ACPI PM1a control and GPE0 as hvmloader's FADT has them ([`pm`]) |
+//! | PCI 00:02.0, 0x10-0x1f | the Xen platform device (with `-machine xenfv`): BAR0 I/O and BAR1 MMIO claimed where the guest puts them ([`platform`]) |
 //! | PCI 00:03.0, 00:04.0, ... | the NICs ([`nic`]): their BARs claimed where the guest puts them, INTA |
 //!
 //! The machine is a synchronous state machine: [`Machine::handle_ioreq`] answers one
@@ -28,6 +29,12 @@
 //! carries, or the error that ends the command. A malformed request
 //! (bad size, a `rep` larger than a page, memory the guest does not have) is answered
 //! (reads as all-ones) and logged at a bounded rate, never a panic.
+//!
+//! The platform device's unplug takes the IDE hard disks (never the CD-ROMs) or the NICs
+//! off the buses: an unplugged NIC's config space reads all-ones, its BARs are given
+//! back and its line is low. A request the platform device cannot answer yet (a log
+//! write without tokens, a magic read while the blacklist lookup is out) is left to
+//! wait: [`Machine::ioreq_wait`] says so before [`Machine::handle_ioreq`] is called.
 //!
 //! Its state saves and loads as [`crate::snapshot`] sections, one per device, behind a
 //! [`Layout`] a restore must match ([`Machine::save_state`], [`Machine::load_state`]).
@@ -48,9 +55,22 @@ use crate::nic::Nic;
 use crate::pci::BarKind;
 use crate::pci::piix3::{Piix3Isa, ResetControl};
 use crate::pci::{ConfigSpace, i440fx};
+use crate::platform::{PLATFORM_DEVFN, PlatformRequest, PlatformWait, XenPlatform};
 use crate::pm::{AcpiPm, PmRequest};
 use crate::ratelimit::LogLimiter;
 use crate::uart::Uart16550;
+
+/// A port access to the platform device, decoded from its ioreq.
+struct PlatformAccess {
+    port: u16,
+    size: u8,
+    /// the written value (0 for each element of a `rep` write); None for a read
+    value: Option<u32>,
+    /// how many elements (a `rep` carries several)
+    bytes: u64,
+    /// where BAR0 decodes, if it does
+    bar0: Option<u16>,
+}
 
 /// What the machine is built from (libxl's argv, read by [`crate::dm_args`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +83,9 @@ pub struct MachineConfig {
     pub ram_mib: u32,
     /// a `-serial` port: COM1 exists
     pub com1: bool,
+    /// the Xen platform device at 00:02.0 (`-machine xenfv`, libxl's choice unless
+    /// `xen_platform_pci = 0`)
+    pub xen_platform: bool,
 }
 
 /// Something only Xen can do, queued by the machine for the caller, in order.
@@ -95,6 +118,10 @@ pub const IDE_SECONDARY_IRQ: u8 = 15;
 /// machine, so NICs start at 00:03.0 (QEMU's order with `vga = "none"`).
 pub const FIRST_NIC_SLOT: u8 = 3;
 
+/// The platform device's fixed ports.
+const FIXED_PLATFORM_PORTS: core::ops::RangeInclusive<u16> =
+    crate::platform::FIXED_PORT_BASE..=crate::platform::FIXED_PORT_LAST;
+
 /// The longest `rep` one ioreq may carry: Xen never lets one cross a page.
 const MAX_REP_BYTES: u64 = 4096;
 
@@ -117,6 +144,8 @@ struct NicSlot {
     intx_level: bool,
     /// the guest touched the card's registers since the network task last looked
     touched: bool,
+    /// taken off the bus by the platform device's unplug
+    unplugged: bool,
 }
 
 /// The guest's machine.
@@ -143,6 +172,9 @@ pub struct Machine {
     drive_layout: [[Option<DriveLayout>; 2]; 2],
     /// the IDE bus-master ports (BAR4) the ioreq server holds: (base, length)
     bmide_claimed: Option<(u64, u64)>,
+    platform: Option<XenPlatform>,
+    /// the platform device's BAR0 and BAR1 ranges the ioreq server holds
+    platform_claimed: [Option<(BarKind, u64, u64)>; 2],
 }
 
 /// Bytes the guest's serial output may queue before THRE stays clear.
@@ -169,6 +201,8 @@ impl Machine {
             stats: MachineStats::default(),
             drive_layout: config.ide.map(|channel| channel.map(|spec| spec.map(DriveLayout::of))),
             bmide_claimed: None,
+            platform: config.xen_platform.then(|| XenPlatform::new(0)),
+            platform_claimed: [None; 2],
         }
     }
 
@@ -176,18 +210,85 @@ impl Machine {
     /// device number. Its BARs are claimed once the guest places and enables them.
     pub fn add_nic(&mut self, card: Box<dyn Nic>) -> u8 {
         let device = FIRST_NIC_SLOT + self.nics.len() as u8;
-        self.nics.push(NicSlot { device, card, claimed: [None; 6], intx_level: false, touched: false });
+        self.nics.push(NicSlot {
+            device,
+            card,
+            claimed: [None; 6],
+            intx_level: false,
+            touched: false,
+            unplugged: false,
+        });
         device
     }
 
-    /// NIC `index` (in the order added).
+    /// NIC `index` (in the order added); None once the guest unplugged it.
     pub fn nic(&self, index: usize) -> Option<&dyn Nic> {
-        self.nics.get(index).map(|slot| &*slot.card)
+        self.nics.get(index).filter(|slot| !slot.unplugged).map(|slot| &*slot.card)
     }
 
-    /// NIC `index`, for the network task. Call [`sync_irqs`](Self::sync_irqs) after.
+    /// NIC `index`, for the network task (None once unplugged). Call
+    /// [`sync_irqs`](Self::sync_irqs) after.
     pub fn nic_mut(&mut self, index: usize) -> Option<&mut (dyn Nic + 'static)> {
-        self.nics.get_mut(index).map(|slot| &mut *slot.card)
+        self.nics.get_mut(index).filter(|slot| !slot.unplugged).map(|slot| &mut *slot.card)
+    }
+
+    /// Whether NIC `index` was unplugged by the guest (its network task can end).
+    pub fn nic_unplugged(&self, index: usize) -> bool {
+        self.nics.get(index).is_some_and(|slot| slot.unplugged)
+    }
+
+    /// The Xen platform device, if the machine has one.
+    pub fn platform(&self) -> Option<&XenPlatform> {
+        self.platform.as_ref()
+    }
+
+    /// The platform device's blacklist lookup to carry out (xenstore), if one waits.
+    pub fn take_blacklist_query(&mut self) -> Option<crate::platform::BlacklistQuery> {
+        self.platform.as_mut().and_then(XenPlatform::take_blacklist_query)
+    }
+
+    /// The answer of a lookup from [`take_blacklist_query`](Self::take_blacklist_query).
+    pub fn answer_blacklist(&mut self, query: &crate::platform::BlacklistQuery, blacklisted: bool) {
+        if let Some(platform) = &mut self.platform {
+            platform.answer_blacklist(query.product, query.build, blacklisted);
+        }
+    }
+
+    /// Whether `req` must wait before [`handle_ioreq`](Self::handle_ioreq) answers it, at
+    /// `now_ns`: a log write to the platform device without the tokens for all its bytes
+    /// (until when), or a magic read while the blacklist lookup is out. Nothing changes.
+    pub fn ioreq_wait(&mut self, req: &Ioreq, now_ns: u64) -> Option<PlatformWait> {
+        let access = self.platform_access(req)?;
+        let platform = self.platform.as_mut()?;
+        platform.ioreq_wait(access.port, access.size, access.value, access.bytes, access.bar0, now_ns)
+    }
+
+    /// Whether `req` writes guest text to the platform device's log port (the service
+    /// holds such a write back while the device-model log is behind).
+    pub fn is_log_write(&self, req: &Ioreq) -> bool {
+        let Some(access) = self.platform_access(req) else { return false };
+        access.value.is_some_and(|value| XenPlatform::is_log_write(access.port, access.size, value, access.bar0))
+    }
+
+    /// `req` as an access to the platform device's ports, if it is one.
+    fn platform_access(&self, req: &Ioreq) -> Option<PlatformAccess> {
+        let bar0 = self.platform_claimed[0].and_then(|(_, base, _)| u16::try_from(base).ok());
+        self.platform.as_ref()?;
+        if req.kind != kind::PIO || !matches!(req.size, 1 | 2 | 4) || req.addr > 0xffff {
+            return None;
+        }
+        let port = req.addr as u16;
+        let ours = (FIXED_PLATFORM_PORTS).contains(&port) || bar0.is_some_and(|base| port.wrapping_sub(base) < 0x100);
+        if !ours {
+            return None;
+        }
+        let (value, bytes) = if req.data_is_ptr() {
+            // A rep write: every element is a log byte if the port logs; 0 stands for "not 1 or 2".
+            (if req.is_read() { None } else { Some(0) }, u64::from(req.count.max(1)))
+        } else {
+            (if req.is_read() { None } else { Some(req.data as u32) }, 1)
+        };
+        Some(PlatformAccess { port, size: req.size as u8, value, bytes, bar0 })
     }
 
     pub fn nr_nics(&self) -> usize {
@@ -225,6 +326,14 @@ impl Machine {
         }
         for devfn in [HOST_BRIDGE_DEVFN, PIIX3_ISA_DEVFN, PIIX3_IDE_DEVFN] {
             claims.push((IoRangeKind::PciConfig, u64::from(devfn), u64::from(devfn)));
+        }
+        if self.platform.is_some() {
+            claims.push((
+                IoRangeKind::Port,
+                u64::from(*FIXED_PLATFORM_PORTS.start()),
+                u64::from(*FIXED_PLATFORM_PORTS.end()),
+            ));
+            claims.push((IoRangeKind::PciConfig, u64::from(PLATFORM_DEVFN), u64::from(PLATFORM_DEVFN)));
         }
         for slot in &self.nics {
             let devfn = u64::from(slot.device) << 3;
@@ -286,7 +395,7 @@ impl Machine {
             }
         }
         for slot in &mut self.nics {
-            let level = slot.card.irq_level();
+            let level = !slot.unplugged && slot.card.irq_level();
             if level != slot.intx_level {
                 slot.intx_level = level;
                 self.effects.push_back(Effect::PciIntx { device: slot.device, intx: 0, level });
@@ -455,8 +564,14 @@ impl Machine {
             let high = self.mmio_access(address.wrapping_add(4), 4, value.map(|v| v >> 32), memory);
             return low | (high << 32);
         }
+        if let Some((_, base, len)) = self.platform_claimed[1]
+            && (base..base + len).contains(&address)
+        {
+            // BAR1 has nothing behind it: reads 0, writes are dropped.
+            return if value.is_some() { value.unwrap_or_default() } else { 0 };
+        }
         let now = self.now_ns;
-        let hit = self.nics.iter_mut().find_map(|slot| {
+        let hit = self.nics.iter_mut().filter(|slot| !slot.unplugged).find_map(|slot| {
             slot.claimed
                 .iter()
                 .enumerate()
@@ -490,7 +605,7 @@ impl Machine {
     /// The NIC whose I/O BAR covers `port`: (index, BAR, offset).
     fn nic_port(&self, port: u16) -> Option<(usize, usize, u64)> {
         let port = u64::from(port);
-        self.nics.iter().enumerate().find_map(|(index, slot)| {
+        self.nics.iter().enumerate().filter(|(_, slot)| !slot.unplugged).find_map(|(index, slot)| {
             slot.claimed.iter().enumerate().find_map(|(bar, claim)| match claim {
                 Some((BarKind::Io, base, len)) if (*base..base + len).contains(&port) => {
                     Some((index, bar, port - base))
@@ -539,6 +654,76 @@ impl Machine {
             self.effects.push_back(Effect::Claim { kind: IoRangeKind::Port, first: base, last: base + len - 1 });
         }
         self.bmide_claimed = now;
+    }
+
+    /// After a config write to the platform device: claims and releases its BARs.
+    fn update_platform_bars(&mut self) {
+        let Some(platform) = &self.platform else { return };
+        for bar in [crate::platform::IO_BAR, crate::platform::MMIO_BAR] {
+            let now = platform.config().bar_region(bar);
+            if now == self.platform_claimed[bar] {
+                continue;
+            }
+            let range = |(kind, base, len): (BarKind, u64, u64)| {
+                let kind = if kind == BarKind::Io { IoRangeKind::Port } else { IoRangeKind::Memory };
+                (kind, base, base + len - 1)
+            };
+            if let Some(old) = self.platform_claimed[bar] {
+                let (kind, first, last) = range(old);
+                self.effects.push_back(Effect::Release { kind, first, last });
+            }
+            if let Some(new) = now {
+                let (kind, first, last) = range(new);
+                self.effects.push_back(Effect::Claim { kind, first, last });
+            }
+            self.platform_claimed[bar] = now;
+        }
+    }
+
+    /// The offset in the platform device's BAR0 of `port`, when BAR0 decodes it.
+    fn platform_io_offset(&self, port: u16) -> Option<u64> {
+        let (_, base, len) = self.platform_claimed[0]?;
+        let port = u64::from(port);
+        (base..base + len).contains(&port).then(|| port - base)
+    }
+
+    /// Carries out what a write to the platform device asked for.
+    fn platform_request(&mut self, request: Option<PlatformRequest>) {
+        if let Some(PlatformRequest::Unplug(mask)) = request {
+            self.unplug(mask);
+        }
+    }
+
+    /// Takes the devices of the unplug mask `mask` off the buses (the platform
+    /// device's [`unplug`](crate::platform::unplug) bits): the IDE hard disks (all of
+    /// them, or all but the primary master), the NICs (config space all-ones, BARs given
+    /// back, line low). CD-ROMs stay.
+    pub fn unplug(&mut self, mask: u16) {
+        use crate::platform::unplug;
+        if mask & (unplug::ALL_IDE_DISKS | unplug::AUX_IDE_DISKS) != 0 {
+            let keep_primary_master = mask & unplug::ALL_IDE_DISKS == 0;
+            let gone = self.ide.unplug_hard_disks(keep_primary_master);
+            if !gone.is_empty() {
+                log::info!("machine: IDE disk(s) {gone:?} unplugged by the guest");
+            }
+        }
+        if mask & unplug::ALL_NICS != 0 {
+            for index in 0..self.nics.len() {
+                let Some(slot) = self.nics.get_mut(index) else { continue };
+                if slot.unplugged {
+                    continue;
+                }
+                slot.unplugged = true;
+                log::info!("machine: NIC at 00:{:02x}.0 unplugged by the guest", slot.device);
+                for bar in 0..6 {
+                    if let Some((kind, base, len)) = slot.claimed[bar].take() {
+                        let kind = if kind == BarKind::Io { IoRangeKind::Port } else { IoRangeKind::Memory };
+                        self.effects.push_back(Effect::Release { kind, first: base, last: base + len - 1 });
+                    }
+                }
+            }
+        }
+        self.sync_irqs();
     }
 
     /// The offset in BAR4 of `port`, when the bus-master ports decode it.
@@ -593,7 +778,10 @@ impl Machine {
             HOST_BRIDGE_DEVFN => self.host_bridge.read(reg, size),
             PIIX3_ISA_DEVFN => self.isa.config_read(reg, size),
             PIIX3_IDE_DEVFN => self.ide_function.read(reg, size),
-            _ => match self.nics.iter().find(|slot| slot.device << 3 == devfn) {
+            PLATFORM_DEVFN if self.platform.is_some() => {
+                self.platform.as_ref().map_or(all_ones(size.into()) as u32, |p| p.config_read(reg, size))
+            }
+            _ => match self.nics.iter().find(|slot| slot.device << 3 == devfn && !slot.unplugged) {
                 Some(slot) => slot.card.config_read(reg, size),
                 None => all_ones(size.into()) as u32,
             },
@@ -615,8 +803,14 @@ impl Machine {
                 self.ide_function.write(reg, size, value);
                 self.update_bmide_bar();
             }
+            PLATFORM_DEVFN if self.platform.is_some() => {
+                if let Some(platform) = &mut self.platform {
+                    platform.config_write(reg, size, value);
+                }
+                self.update_platform_bars();
+            }
             _ => {
-                if let Some(index) = self.nics.iter().position(|slot| slot.device << 3 == devfn) {
+                if let Some(index) = self.nics.iter().position(|slot| slot.device << 3 == devfn && !slot.unplugged) {
                     self.nics[index].card.config_write(reg, size, value);
                     self.update_nic_bars(index);
                 }
@@ -639,6 +833,13 @@ impl Machine {
                 self.bytewise_read(port, size, |m, p| m.com1.as_mut().map_or(0xff, |u| u.read((p - 0x3f8) as u8)))
             }
             AcpiPm::PM1A_CNT..=0xb005 | AcpiPm::GPE0_BLK..=0xafe3 => self.pm.read(port, size),
+            0x10..=0x1f if self.platform.is_some() => {
+                self.platform.as_ref().map_or(all_ones(size.into()) as u32, |p| p.fixed_read(port, size))
+            }
+            _ if self.platform_io_offset(port).is_some() => {
+                let offset = self.platform_io_offset(port).unwrap_or_default();
+                self.platform.as_ref().map_or(all_ones(size.into()) as u32, |p| p.io_bar_read(offset, size))
+            }
             _ if self.bmide_offset(port).is_some() => {
                 let offset = self.bmide_offset(port).unwrap_or_default();
                 self.ide.bmdma_read(offset, size)
@@ -691,6 +892,17 @@ impl Machine {
                     log::info!("machine: ACPI S5 (poweroff) requested by the guest");
                     self.effects.push_back(Effect::Shutdown(ShutdownReason::Poweroff));
                 }
+            }
+            0x10..=0x1f if self.platform.is_some() => {
+                let now = self.now_ns;
+                let request = self.platform.as_mut().and_then(|p| p.fixed_write(port, size, value, now));
+                self.platform_request(request);
+            }
+            _ if self.platform_io_offset(port).is_some() => {
+                let offset = self.platform_io_offset(port).unwrap_or_default();
+                let now = self.now_ns;
+                let request = self.platform.as_mut().and_then(|p| p.io_bar_write(offset, size, value, now));
+                self.platform_request(request);
             }
             _ if self.bmide_offset(port).is_some() => {
                 let offset = self.bmide_offset(port).unwrap_or_default();
@@ -790,7 +1002,7 @@ impl Machine {
             *sent = line.is_some_and(|level| !level);
         }
         for slot in &mut self.nics {
-            slot.intx_level = !slot.card.irq_level();
+            slot.intx_level = slot.unplugged || !slot.card.irq_level();
         }
         self.sync_irqs();
     }
@@ -825,6 +1037,9 @@ impl Machine {
             out.section(Id::Uart, 0, UART_VERSION, uart);
         }
         out.section(Id::Ide, 0, IdeController::STATE_VERSION, &self.ide);
+        if let Some(platform) = &self.platform {
+            out.section(Id::XenPlatform, 0, XenPlatform::STATE_VERSION, platform);
+        }
         for (index, slot) in self.nics.iter().enumerate() {
             let (id, version, body) = slot.card.save_state();
             out.raw_section(id as u16, index as u16, version, &body);
@@ -846,7 +1061,7 @@ impl Machine {
         if layout != ours {
             return Err(SnapshotError::LayoutMismatch(alloc::format!("saved {layout:?}, here {ours:?}")));
         }
-        let expected = 10 + usize::from(ours.com1) + ours.nics.len();
+        let expected = 10 + usize::from(ours.com1) + ours.nics.len() + usize::from(self.platform.is_some());
         if sections.len() != expected {
             return Err(SnapshotError::invalid(
                 Id::Layout,
@@ -884,6 +1099,20 @@ impl Machine {
             None => None,
         };
         let ide: IdeController = find(&sections, Id::Ide, 0)?.decode(IdeController::STATE_VERSION)?;
+        let platform = match &self.platform {
+            Some(current) => {
+                let saved: XenPlatform = find(&sections, Id::XenPlatform, 0)?.decode(XenPlatform::STATE_VERSION)?;
+                let mut platform = current.clone();
+                platform.load_state(saved, time).map_err(|what| SnapshotError::invalid(Id::XenPlatform, what))?;
+                Some(platform)
+            }
+            None => None,
+        };
+        // The disks the guest unplugged were gone when the IDE state was saved.
+        let unplugged = platform.as_ref().map_or(0, XenPlatform::unplugged);
+        if unplugged & (crate::platform::unplug::ALL_IDE_DISKS | crate::platform::unplug::AUX_IDE_DISKS) != 0 {
+            self.ide.unplug_hard_disks(unplugged & crate::platform::unplug::ALL_IDE_DISKS == 0);
+        }
         // The fallible loads that change the machine: NICs, then IDE.
         for (index, slot) in self.nics.iter_mut().enumerate() {
             let instance = index as u16;
@@ -903,15 +1132,26 @@ impl Machine {
         self.keyboard_controller = keyboard_controller;
         self.pm = pm;
         self.com1 = com1;
+        self.platform = platform;
         self.now_ns = now_ns;
         // Claims and interrupt lines again, for the new ioreq server and the caller.
         self.effects.clear();
         self.bmide_claimed = None;
         self.update_bmide_bar();
+        self.platform_claimed = [None; 2];
+        self.update_platform_bars();
+        if unplugged & crate::platform::unplug::ALL_NICS != 0 {
+            for slot in &mut self.nics {
+                slot.unplugged = true;
+            }
+        }
         for index in 0..self.nics.len() {
             if let Some(slot) = self.nics.get_mut(index) {
                 slot.claimed = [None; 6];
                 slot.touched = true;
+                if slot.unplugged {
+                    continue;
+                }
             }
             self.update_nic_bars(index);
         }
@@ -952,16 +1192,23 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
         0x1f0, 0x1f1, 0x1f2, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x177, 0x376, 0x3f8, 0x3fd, 0x70, 0x71, 0xcf8, 0xcf9, 0xb004,
         0x60, 0x64, 0xc000, 0xc002, 0xc004, 0xc00a,
     ];
+    // The platform device's ports: the magic, the product/log port, BAR0 (placed below).
+    const PLATFORM_PORTS: [u16; 5] = [0x10, 0x11, 0x12, 0xc100, 0xc108];
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
     ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 2048, read_only: false });
     ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(4096) });
-    let mut machine = Machine::new(MachineConfig { ide, boot_order: "dc".into(), ram_mib: 1, com1: true });
+    let mut machine =
+        Machine::new(MachineConfig { ide, boot_order: "dc".into(), ram_mib: 1, com1: true, xen_platform: true });
     let ram = crate::vec_memory::VecGuestMemory::new(1 << 20);
     // The bus-master ports at 0xc000, decoding, bus mastering on (as hvmloader leaves them).
     machine.config_write(PIIX3_IDE_DEVFN, 0x20, 4, 0xc000);
     machine.config_write(PIIX3_IDE_DEVFN, 0x04, 2, 0x0005);
+    // The platform device's BAR0 at 0xc100, BAR1 at 0xf000_0000.
+    machine.config_write(PLATFORM_DEVFN, 0x10, 4, 0xc100);
+    machine.config_write(PLATFORM_DEVFN, 0x14, 4, 0xf000_0000);
     machine.take_effects();
     let mut answered = 0;
+    let mut clock = 0u64;
     for (n, chunk) in data.chunks_exact(32).enumerate() {
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(chunk);
@@ -971,6 +1218,9 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
             req.kind = [ioreq_type::PIO, ioreq_type::PCI_CONFIG, ioreq_type::COPY][usize::from(bytes[1] % 3)];
             req.size = [1, 2, 4][usize::from(bytes[2] % 3)];
             req.addr = match req.kind {
+                ioreq_type::PIO if bytes[7] & 0x80 != 0 => {
+                    u64::from(PLATFORM_PORTS[usize::from(bytes[3]) % PLATFORM_PORTS.len()])
+                }
                 ioreq_type::PIO => u64::from(PORTS[usize::from(bytes[3]) % PORTS.len()]),
                 ioreq_type::PCI_CONFIG => (u64::from(bytes[4] % 12) << 32) | u64::from(bytes[5]),
                 _ => req.addr,
@@ -979,7 +1229,21 @@ pub fn fuzz_ioreqs(data: &[u8]) -> usize {
             req.data =
                 if req.data_is_ptr() { u64::from(u16::from_le_bytes([bytes[8], bytes[9]])) << 4 } else { req.data };
         }
-        machine.handle_ioreq(&req, &ram, n as u64 * 1000);
+        clock = clock.max(n as u64 * 1000);
+        let now_ns = clock;
+        // A request that would wait is answered anyway once its wait is over (the
+        // service waits); a blacklist lookup is answered at once.
+        if let Some(query) = machine.take_blacklist_query() {
+            machine.answer_blacklist(&query, query.build % 2 == 1);
+        }
+        let now_ns = match machine.ioreq_wait(&req, now_ns) {
+            Some(PlatformWait::Tokens { until_ns }) => until_ns,
+            Some(PlatformWait::Blacklist) => panic!("a magic read waits with no lookup out"),
+            None => now_ns,
+        };
+        clock = now_ns;
+        assert!(machine.ioreq_wait(&req, now_ns).is_none(), "a request still waits after its wait");
+        machine.handle_ioreq(&req, &ram, now_ns);
         answered += 1;
         while let Some(request) = machine.ide_mut().take_request() {
             let outcome = match (n % 2, request.op) {
@@ -1011,7 +1275,8 @@ pub fn fuzz_state_machine() -> Machine {
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
     ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 4096, read_only: false });
     ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(8192) });
-    let mut machine = Machine::new(MachineConfig { ide, boot_order: "dc".into(), ram_mib: 1, com1: true });
+    let mut machine =
+        Machine::new(MachineConfig { ide, boot_order: "dc".into(), ram_mib: 1, com1: true, xen_platform: true });
     let mac = [0x00, 0x16, 0x3e, 0x12, 0x34, 0x56];
     machine.add_nic(crate::nic::new_card(crate::dm_args::NicModel::Rtl8139, mac));
     machine.add_nic(crate::nic::new_card(crate::dm_args::NicModel::E1000, mac));
@@ -1035,6 +1300,17 @@ pub fn fuzz_saved_state() -> Vec<u8> {
     }
     if let Some(uart) = machine.com1_mut() {
         uart.receive(b"input");
+    }
+    // Linux's PV drivers: product, build, a half line of log; no unplug (the disk read
+    // below needs the disk).
+    machine.config_write(PLATFORM_DEVFN, 0x10, 4, 0xc300);
+    machine.port_write(0x12, 2, 3, &ram);
+    machine.port_write(0x10, 4, 1, &ram);
+    if let Some(query) = machine.take_blacklist_query() {
+        machine.answer_blacklist(&query, false);
+    }
+    for byte in b"half a line" {
+        machine.port_write(0x12, 1, u32::from(*byte), &ram);
     }
     for (port, value) in [(0x1f6, 0xe0), (0x1f2, 2), (0x1f3, 5), (0x1f7, 0x20)] {
         machine.port_write(port, 1, value, &ram);
@@ -1080,7 +1356,8 @@ pub fn fuzz_load_state(payload: &[u8]) -> bool {
         return false;
     }
     let ram = FuzzRam(core::cell::RefCell::new(vec![0; 1 << 16]));
-    let ports = (0x1f0..=0x1f7).chain(0x170..=0x177).chain([0x3f6, 0x376, 0x60, 0x64, 0x70, 0x71, 0xb004, 0xafe0]);
+    let ports =
+        (0x1f0..=0x1f7).chain(0x170..=0x177).chain([0x3f6, 0x376, 0x60, 0x64, 0x70, 0x71, 0xb004, 0xafe0, 0x10]);
     for (n, port) in ports.chain(0x3f8..=0x3ff).enumerate() {
         for size in [1, 2, 4] {
             machine.port_read(port, size, &ram);
@@ -1096,7 +1373,7 @@ pub fn fuzz_load_state(payload: &[u8]) -> bool {
             machine.ide_mut().complete(request.drive, outcome);
         }
     }
-    for devfn in [HOST_BRIDGE_DEVFN, PIIX3_ISA_DEVFN, PIIX3_IDE_DEVFN, 0x18, 0x20] {
+    for devfn in [HOST_BRIDGE_DEVFN, PIIX3_ISA_DEVFN, PIIX3_IDE_DEVFN, PLATFORM_DEVFN, 0x18, 0x20] {
         for reg in (0..256).step_by(4) {
             machine.config_read(devfn, reg, 4);
         }
@@ -1146,7 +1423,8 @@ pub fn fuzz_prd_table(data: &[u8]) -> bool {
     }
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
     ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: 1024, read_only: false });
-    let mut machine = Machine::new(MachineConfig { ide, boot_order: "c".into(), ram_mib: 1, com1: false });
+    let mut machine =
+        Machine::new(MachineConfig { ide, boot_order: "c".into(), ram_mib: 1, com1: false, xen_platform: false });
     let ram = crate::vec_memory::VecGuestMemory::new(1 << 20);
     let table_gpa = 0x1000u32;
     let table_len = table.len().min(4096);
@@ -1196,7 +1474,8 @@ pub fn fuzz_atapi_cdb(data: &[u8]) -> usize {
     use crate::ide::{BlockOp, BlockOutcome};
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
     ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(4096) });
-    let mut machine = Machine::new(MachineConfig { ide, boot_order: "d".into(), ram_mib: 1, com1: false });
+    let mut machine =
+        Machine::new(MachineConfig { ide, boot_order: "d".into(), ram_mib: 1, com1: false, xen_platform: false });
     let ram = crate::vec_memory::VecGuestMemory::new(1 << 16);
     let mut commands = 0;
     for chunk in data.chunks_exact(13) {

@@ -53,6 +53,9 @@ pub enum SectionId {
     Ide = 11,
     Rtl8139 = 12,
     E1000 = 13,
+    /// the Xen platform device (00:02.0): unplugged devices, driver product and build,
+    /// blacklist answer, log line and token bucket
+    XenPlatform = 14,
 }
 
 impl SectionId {
@@ -72,6 +75,7 @@ impl SectionId {
             Ide,
             Rtl8139,
             E1000,
+            XenPlatform,
         ]
         .into_iter()
         .find(|id| *id as u16 == value)
@@ -93,6 +97,7 @@ impl SectionId {
             SectionId::Ide => "IDE",
             SectionId::Rtl8139 => "RTL8139 NIC",
             SectionId::E1000 => "e1000 NIC",
+            SectionId::XenPlatform => "Xen platform device",
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{GUEST, STUB, guest_config, now, spawn_service, until_ready};
+use common::{GUEST, STUB, guest_config, now, pio, spawn_service, until_ready};
 use devices::machine::{Effect, Machine, MachineConfig};
 use devices::service::serve;
 use xen_seams::hvm::{GuestMemory, IoRangeKind, Ioreq, ShutdownReason, ioreq_type};
@@ -18,19 +18,13 @@ use xen_seams::sim::{Executor, IrqChange, SimGuest, SimXen, World};
 type Ram = devices::vec_memory::VecGuestMemory;
 
 fn machine() -> Machine {
-    Machine::new(MachineConfig { ide: Default::default(), boot_order: "dc".into(), ram_mib: 128, com1: true })
-}
-
-fn pio(port: u16, size: u32, read: bool, data: u64) -> Ioreq {
-    Ioreq {
-        addr: port.into(),
-        data,
-        count: 1,
-        size,
-        bits: Ioreq::make_bits(1, false, read, false),
-        kind: ioreq_type::PIO,
-        ..Ioreq::default()
-    }
+    Machine::new(MachineConfig {
+        ide: Default::default(),
+        boot_order: "dc".into(),
+        ram_mib: 128,
+        com1: true,
+        xen_platform: false,
+    })
 }
 
 fn pci(devfn: u8, reg: u16, size: u32, read: bool, data: u64) -> Ioreq {
@@ -291,6 +285,20 @@ fn each_vcpu_is_served_on_its_own() {
     });
 }
 
+/// Xen notifies every request; should a notification be lost, the vCPU (held in Xen
+/// until answered) must not wait for ever: the server looks at its slot each second.
+#[test]
+fn a_request_whose_event_was_lost_is_still_answered() {
+    with_service(async |guest| {
+        guest.outl(0xcf8, 0x8000_0000).await;
+        guest.lose_next_event();
+        assert_eq!(guest.inl(0xcfc).await, 0x1237_8086);
+        guest.lose_next_event();
+        guest.outl(0xcf8, 0x8000_0800).await;
+        assert_eq!(guest.inl(0xcfc).await, 0x7000_8086);
+    });
+}
+
 /// The guest's disk (hda) served from a simulated blkback.
 const HDA: xen_seams::sim::PvDevice = xen_seams::sim::PvDevice { kind: "vbd", devid: 768, frontend: STUB, backend: 0 };
 
@@ -319,22 +327,18 @@ async fn ata_command(guest: &SimGuest, command: u8, lba: u32, count: u8) {
 }
 
 /// The service in the simulated Xen with one hard disk (devid 768, `len_bytes` of a
-/// sector-numbered pattern) behind the simulated blkback: the disk's bytes, blkback's
+/// sector-numbered pattern) behind the simulated blkback (configured by `blkback`): the disk's bytes, blkback's
 /// log, the guest (1 vCPU, 16 MiB) and the executor with blkback and the service spawned.
 fn served_hard_disk(
     world: &World,
     len_bytes: usize,
+    blkback: frontends::blkfront::sim::Config,
 ) -> (Vec<u8>, std::rc::Rc<RefCell<frontends::blkfront::sim::Log>>, SimGuest, Executor<'static>) {
     // The stub domain exists (with its home) before libxl attaches its disk.
     let stub: &'static SimXen = Box::leak(Box::new(world.domain(STUB)));
     world.toolstack(HDA, &[]);
     let disk: Vec<u8> = (0..len_bytes).map(|i: usize| (i / 512) as u8 ^ (i % 251) as u8).collect();
-    let backend = frontends::blkfront::sim::Backend::new(
-        world.domain(0),
-        HDA,
-        frontends::blkfront::sim::Config::default(),
-        disk.clone(),
-    );
+    let backend = frontends::blkfront::sim::Backend::new(world.domain(0), HDA, blkback, disk.clone());
     let log = backend.log();
     let guest = world.hvm_guest(GUEST, 1, 16 << 20);
     let mut config = guest_config();
@@ -353,7 +357,7 @@ fn served_hard_disk(
 #[test]
 fn the_guest_reads_and_writes_its_disk_through_ioreqs_block_workers_and_blkback() {
     let world = World::new();
-    let (disk, log, guest, mut executor) = served_hard_disk(&world, 1 << 20);
+    let (disk, log, guest, mut executor) = served_hard_disk(&world, 1 << 20, Default::default());
     let watcher = world.clone();
     let clock = world.domain(0);
     let g = guest.clone();
@@ -415,6 +419,117 @@ async fn set_dirty_log(dom0: &SimXen, enable: bool) {
     client.close();
 }
 
+/// Where hvmloader put the IDE function's BAR4 (the bus-master registers) in these tests.
+const BM: u16 = 0xc000;
+
+/// As hvmloader and ata_piix: BAR4 placed, I/O and bus mastering on, the drive in MWDMA2.
+async fn enable_mwdma2(g: &SimGuest, clock: &SimXen) {
+    g.pci_write(1, 1, 0x20, 4, u32::from(BM)).await;
+    g.pci_write(1, 1, 0x04, 2, 0x0005).await;
+    // SET FEATURES: transfer mode MWDMA2
+    g.outb(0x1f1, 0x03).await;
+    ata_command(g, 0xef, 0, 0x22).await;
+    assert_eq!(wait_not_busy(g, clock).await, 0x50);
+}
+
+/// As `ata_bmdma_setup` and `ata_bmdma_start`: the PRD table (at 0x8000) for `table`,
+/// the command (LBA48 registers, so READ/WRITE DMA EXT see their HOB bytes), START.
+async fn start_dma(g: &SimGuest, command: u8, lba: u32, count: u16, table: &[(u32, u32)], to_memory: bool) {
+    let mut bytes = Vec::new();
+    for (i, &(gpa, len)) in table.iter().enumerate() {
+        let eot = if i + 1 == table.len() { 1u32 << 31 } else { 0 };
+        bytes.extend_from_slice(&gpa.to_le_bytes());
+        bytes.extend_from_slice(&((len & 0xffff) | eot).to_le_bytes());
+    }
+    g.write_ram(0x8000, &bytes);
+    g.outl(BM + 4, 0x8000).await;
+    g.outb(BM, if to_memory { 0x08 } else { 0 }).await;
+    g.outb(BM + 2, 0x06).await;
+    // the HOB bytes first (an LBA48 command reads them; LBA28 ignores them)
+    g.outb(0x3f6, 0x00).await;
+    g.outb(0x1f6, 0x40).await;
+    g.outb(0x1f2, (count >> 8) as u8).await;
+    g.outb(0x1f3, 0).await;
+    g.outb(0x1f4, 0).await;
+    g.outb(0x1f5, 0).await;
+    g.outb(0x1f2, count as u8).await;
+    g.outb(0x1f3, lba as u8).await;
+    g.outb(0x1f4, (lba >> 8) as u8).await;
+    g.outb(0x1f5, (lba >> 16) as u8).await;
+    g.outb(0x1f7, command).await;
+    g.outb(BM, if to_memory { 0x09 } else { 0x01 }).await;
+}
+
+/// Polls the bus-master status for its interrupt bit, then clears START as
+/// `ata_bmdma_stop` does: (the bus-master status's low bits, the ATA status).
+async fn finish_dma(g: &SimGuest, clock: &SimXen, to_memory: bool) -> (u8, u8) {
+    let mut bm_status = 0;
+    for _ in 0..10_000 {
+        bm_status = g.inb(BM + 2).await;
+        if bm_status & 0x04 != 0 {
+            break;
+        }
+        xen_seams::Clock::sleep(clock, Duration::from_micros(100)).await;
+    }
+    g.outb(BM, if to_memory { 0x08 } else { 0 }).await;
+    (bm_status & 0x07, g.inb(0x1f7).await)
+}
+
+/// One QMP command on a connection of its own, as libxl sends them: its reply.
+async fn qmp_command(dom0: &SimXen, command: &str) -> serde_json::Value {
+    let path = format!("/local/domain/{STUB}/device-model/{GUEST}/qmp-vchan");
+    let client = frontends::vchan::sim_client::connect(dom0, STUB, &path).await;
+    qmp_message(&client).await;
+    let mut reply = serde_json::Value::Null;
+    for request in [r#"{"execute":"qmp_capabilities"}"#, command] {
+        client.write_all(format!("{request}\r\n").as_bytes()).await.expect("sent");
+        // Events (STOP, RESUME) may come before the reply, as in QEMU.
+        reply = qmp_message(&client).await;
+        while reply.get("event").is_some() {
+            reply = qmp_message(&client).await;
+        }
+        assert!(reply.get("return").is_some(), "{request}: {reply}");
+    }
+    client.close();
+    reply
+}
+
+/// libxl's suspend of a guest whose DMA is in flight on a slow disk: dirty log on, then
+/// QMP `stop`. The reply must come only once the DMA has landed in guest RAM and its
+/// pages were reported, or the last pass of the save would miss them.
+#[test]
+fn stop_replies_after_the_dma_in_flight_landed_and_was_reported() {
+    let world = World::new();
+    let slow = frontends::blkfront::sim::Config { latency: Some(Duration::from_millis(20)), ..Default::default() };
+    let (disk, _log, guest, mut executor) = served_hard_disk(&world, 4 << 20, slow);
+    let watcher = world.clone();
+    let clock = world.domain(0);
+    let g = guest.clone();
+    const READ_SECTORS: u16 = 2048;
+    let done = executor.spawn("guest", async move {
+        until_ready(&watcher).await;
+        enable_mwdma2(&g, &clock).await;
+        set_dirty_log(&clock, true).await;
+        let table: Vec<(u32, u32)> = (0..16).map(|i| (0x10_0000 + i * 0x1_0000, 0x1_0000)).collect();
+        start_dma(&g, 0x25, 10, READ_SECTORS, &table, true).await;
+        qmp_command(&clock, r#"{"execute":"stop"}"#).await;
+        // Paused: nothing of the guest runs; look at its memory from outside.
+        let mut landed = vec![0u8; usize::from(READ_SECTORS) * 512];
+        g.read_ram(0x10_0000, &mut landed);
+        assert!(landed == disk[10 * 512..(10 + usize::from(READ_SECTORS)) * 512], "stop replied before the DMA landed");
+        let mut dirty: Vec<u64> =
+            g.modified_memory_log().iter().flat_map(|&(first, nr)| first..first + u64::from(nr)).collect();
+        dirty.sort();
+        dirty.dedup();
+        assert_eq!(dirty, (0x100..0x200).collect::<Vec<u64>>(), "stop replied before the pages were reported");
+        qmp_command(&clock, r#"{"execute":"cont"}"#).await;
+        assert_eq!(finish_dma(&g, &clock, true).await, (0x04, 0x50), "the read ends normally after cont");
+        set_dirty_log(&clock, false).await;
+    });
+    executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
+    assert!(done.is_ready());
+}
+
 /// Linux's ata_piix with the disk in MWDMA2, through the whole service: hvmloader places
 /// BAR4 and turns on bus mastering, libata selects MWDMA2, `ata_bmdma_setup` writes the
 /// PRD table address and direction, the command goes out, `ata_bmdma_start` sets START,
@@ -423,56 +538,19 @@ async fn set_dirty_log(dom0: &SimXen, enable: bool) {
 #[test]
 fn linux_dma_reads_and_writes_through_the_service_and_reports_the_pages_it_wrote() {
     let world = World::new();
-    let (disk, log, guest, mut executor) = served_hard_disk(&world, 4 << 20);
+    let (disk, log, guest, mut executor) = served_hard_disk(&world, 4 << 20, Default::default());
     let watcher = world.clone();
     let clock = world.domain(0);
     let g = guest.clone();
-    const BM: u16 = 0xc000;
     // A 1 MiB read: 16 PRD entries of 64 KiB (count 0), more than one blkfront call.
     const READ_SECTORS: u32 = 2048;
     let done = executor.spawn("guest", async move {
         until_ready(&watcher).await;
         set_dirty_log(&clock, true).await;
-        g.pci_write(1, 1, 0x20, 4, u32::from(BM)).await;
-        g.pci_write(1, 1, 0x04, 2, 0x0005).await;
-        // SET FEATURES: transfer mode MWDMA2
-        g.outb(0x1f1, 0x03).await;
-        ata_command(&g, 0xef, 0, 0x22).await;
-        assert_eq!(wait_not_busy(&g, &clock).await, 0x50);
+        enable_mwdma2(&g, &clock).await;
         let dma = async |command: u8, lba: u32, count: u16, table: &[(u32, u32)], to_memory: bool| {
-            let mut bytes = Vec::new();
-            for (i, &(gpa, len)) in table.iter().enumerate() {
-                let eot = if i + 1 == table.len() { 1u32 << 31 } else { 0 };
-                bytes.extend_from_slice(&gpa.to_le_bytes());
-                bytes.extend_from_slice(&((len & 0xffff) | eot).to_le_bytes());
-            }
-            g.write_ram(0x8000, &bytes);
-            g.outl(BM + 4, 0x8000).await;
-            g.outb(BM, if to_memory { 0x08 } else { 0 }).await;
-            g.outb(BM + 2, 0x06).await;
-            // the HOB bytes first (an LBA48 command reads them; LBA28 ignores them)
-            g.outb(0x3f6, 0x00).await;
-            g.outb(0x1f6, 0x40).await;
-            g.outb(0x1f2, (count >> 8) as u8).await;
-            g.outb(0x1f3, 0).await;
-            g.outb(0x1f4, 0).await;
-            g.outb(0x1f5, 0).await;
-            g.outb(0x1f2, count as u8).await;
-            g.outb(0x1f3, lba as u8).await;
-            g.outb(0x1f4, (lba >> 8) as u8).await;
-            g.outb(0x1f5, (lba >> 16) as u8).await;
-            g.outb(0x1f7, command).await;
-            g.outb(BM, if to_memory { 0x09 } else { 0x01 }).await;
-            let mut bm_status = 0;
-            for _ in 0..10_000 {
-                bm_status = g.inb(BM + 2).await;
-                if bm_status & 0x04 != 0 {
-                    break;
-                }
-                xen_seams::Clock::sleep(&clock, Duration::from_micros(100)).await;
-            }
-            g.outb(BM, if to_memory { 0x08 } else { 0 }).await;
-            (bm_status & 0x07, g.inb(0x1f7).await)
+            start_dma(&g, command, lba, count, table, to_memory).await;
+            finish_dma(&g, &clock, to_memory).await
         };
         let read_table: Vec<(u32, u32)> = (0..16).map(|i| (0x10_0000 + i * 0x1_0000, 0x1_0000)).collect();
         // READ DMA EXT of 2048 sectors (count 0x0800: the low byte is 0)
@@ -489,6 +567,8 @@ fn linux_dma_reads_and_writes_through_the_service_and_reports_the_pages_it_wrote
     guest.read_ram(0x10_0000, &mut read);
     assert!(read == disk[10 * 512..(10 + READ_SECTORS as usize) * 512], "the read landed in guest RAM");
     assert!(log.borrow().disk[3000 * 512..3002 * 512].iter().all(|&b| b == 0xdd), "the write reached blkback");
+    // One guest request, several blkfront requests at once (each carries at most 44 KiB).
+    assert!(log.borrow().max_in_flight >= 4, "the 1 MiB DMA kept {} requests in flight", log.borrow().max_in_flight);
     let mut dirty: Vec<u64> =
         guest.modified_memory_log().iter().flat_map(|&(first, nr)| first..first + u64::from(nr)).collect();
     dirty.sort();

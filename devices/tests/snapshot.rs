@@ -51,7 +51,7 @@ fn config(com1: bool, disk_sectors: u64) -> MachineConfig {
     let mut ide: [[Option<DriveSpec>; 2]; 2] = Default::default();
     ide[0][0] = Some(DriveSpec::HardDisk { nr_sectors: disk_sectors, read_only: false });
     ide[1][0] = Some(DriveSpec::CdRom { medium_nr_sectors: Some(8192) });
-    MachineConfig { ide, boot_order: "dc".into(), ram_mib: 128, com1 }
+    MachineConfig { ide, boot_order: "dc".into(), ram_mib: 128, com1, xen_platform: true }
 }
 
 fn machine_with(com1: bool, disk_sectors: u64, nics: &[NicModel]) -> Machine {

@@ -8,6 +8,10 @@
 //! arrives while we handle the previous one sets it again and is seen on the next
 //! scan: none is lost. Events on one port coalesce, as on real hardware, so waiters
 //! re-check their condition (ring indexes) after waking.
+//!
+//! A port has one waiter at a time: waiting consumes the port's event, and a port keeps
+//! one waker (a second waiter's would replace the first's). Every port belongs to one
+//! frontend or server task, which is the only one that waits on it.
 
 use crate::arch::hypercall::{self, XenError};
 use crate::shared_info;

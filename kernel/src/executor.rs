@@ -114,9 +114,20 @@ fn adopt_new_tasks(tasks: &mut BTreeMap<u64, Task>) {
     }
 }
 
+/// How often the executor looks at console 0 while it holds text back.
+const CONSOLE_POLL_NS: u64 = 5_000_000;
+
 /// Blocks in Xen unless there is work; returns when an event or timer may have fired.
 fn idle() {
-    if let Some(deadline) = time::next_deadline() {
+    // Console 0's held-back text moves on as dom0 reads it; while some is left, come
+    // back soon even if nothing else happens (dom0's console daemon notifies us when it
+    // reads, but not when its rate limit ends).
+    let console_deadline = crate::console::pump().then(|| time::now_ns().saturating_add(CONSOLE_POLL_NS));
+    let deadline = match (time::next_deadline(), console_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(deadline) = deadline {
         // Arm before the last check: a timer already due fires at once.
         let _ = hypercall::set_timer_op(deadline);
     }

@@ -3,7 +3,7 @@
 //! shut the domain down with reason crash so the toolstack sees a crash.
 
 use crate::arch::{self, boot, hypercall, traps::TrapFrame};
-use crate::console::{self, Console};
+use crate::console::{self, ConsoleWriter};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 use xen_abi::sched::ShutdownReason;
@@ -16,7 +16,7 @@ static DYING: AtomicBool = AtomicBool::new(false);
 /// At most this many return addresses are printed.
 const MAX_FRAMES: usize = 16;
 
-fn die(report: impl FnOnce(&mut Console)) -> ! {
+fn die(report: impl FnOnce(&mut ConsoleWriter)) -> ! {
     if !DYING.swap(true, Ordering::SeqCst) {
         console::with_console_for_fatal(|c| {
             report(c);
@@ -28,7 +28,7 @@ fn die(report: impl FnOnce(&mut Console)) -> ! {
 
 /// Prints the return addresses found by following saved frame pointers from `rbp`.
 /// Only frames inside the boot stack are followed, so a corrupt chain ends the walk.
-fn write_backtrace(c: &mut Console, mut rbp: u64) {
+fn write_backtrace(c: &mut ConsoleWriter, mut rbp: u64) {
     let stack = boot::boot_stack_range();
     let _ = write!(c, "backtrace:");
     for _ in 0..MAX_FRAMES {

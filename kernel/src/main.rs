@@ -20,6 +20,7 @@ mod arch;
 #[cfg(not(test))]
 #[macro_use]
 mod console;
+mod console_backlog;
 #[cfg(not(test))]
 mod device_model;
 #[cfg(not(test))]

@@ -155,6 +155,10 @@ impl Xen for KernelXen {
     fn domid(&self) -> DomId {
         self.domid
     }
+
+    fn log_backlog_bytes(&self) -> usize {
+        crate::console::backlog_bytes()
+    }
 }
 
 impl xen_seams::Spawn for KernelXen {

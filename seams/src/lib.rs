@@ -235,4 +235,11 @@ pub trait Spawn {
 pub trait Xen: Clock + EventChannels + Memory + Grants + Xenstore + Spawn {
     /// Our own domain id.
     fn domid(&self) -> DomId;
+
+    /// Bytes of log text written but not yet taken by dom0 (text the stub domain's
+    /// console holds back while dom0's console daemon is behind). Logging never waits;
+    /// a producer that can (the guest's log port) holds off while this is high.
+    fn log_backlog_bytes(&self) -> usize {
+        0
+    }
 }

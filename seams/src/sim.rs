@@ -103,6 +103,8 @@ struct State {
     guests: hvm::Guests,
     /// Tasks started with `Spawn::spawn`, for the executor to adopt.
     spawned: Vec<(String, SpawnedTask)>,
+    /// What `Xen::log_backlog_bytes` answers (a test sets it).
+    log_backlog_bytes: usize,
 }
 
 struct Domain {
@@ -277,6 +279,12 @@ impl World {
         self.with(|state| state.domains.keys().copied().collect())
     }
 
+    /// Sets the log backlog every domain reports (`Xen::log_backlog_bytes`), as a
+    /// console daemon falling behind would.
+    pub fn set_log_backlog_bytes(&self, len_bytes: usize) {
+        self.with(|state| state.log_backlog_bytes = len_bytes);
+    }
+
     /// The virtual clock, in nanoseconds since the world began.
     pub fn now_ns(&self) -> u64 {
         self.with(|state| state.now_ns)
@@ -383,6 +391,10 @@ impl crate::Spawn for SimXen {
 impl Xen for SimXen {
     fn domid(&self) -> DomId {
         self.domid
+    }
+
+    fn log_backlog_bytes(&self) -> usize {
+        self.world.with(|state| state.log_backlog_bytes)
     }
 }
 

@@ -129,12 +129,38 @@ pub fn nonce() -> String {
 pub trait Cleanup {
     /// Reports on `domain` (its console log) and destroys it.
     fn report_and_destroy(&self, domain: &str);
+
+    /// Removes the scratch files (disk images, CD images, save files) a test wrote
+    /// since `since`: dom0's /tmp is a tmpfs in its 1 GiB, and a full run's images
+    /// filled it once (`xl save` then failed with ENOSPC).
+    fn remove_scratch(&self, _since: std::time::SystemTime) {}
+}
+
+/// What tests leave in /tmp that is theirs alone: (directory, extensions).
+const SCRATCH: (&str, &[&str]) = ("/tmp", &["iso", "img", "save"]);
+
+/// Removes the files in `dir` (not below) whose extension is one of `extensions` and
+/// that were written since `since`.
+fn remove_scratch_in(dir: &str, extensions: &[&str], since: std::time::SystemTime) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = path.extension().and_then(|e| e.to_str()).is_some_and(|e| extensions.contains(&e));
+        let written_since = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since);
+        if ours && written_since && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// The real clean-up: console logs to stdout, then `xl destroy`.
 pub struct Xl;
 
 impl Cleanup for Xl {
+    fn remove_scratch(&self, since: std::time::SystemTime) {
+        remove_scratch_in(SCRATCH.0, SCRATCH.1, since);
+    }
+
     fn report_and_destroy(&self, domain: &str) {
         for line in console_log(domain).lines() {
             println!("@@console {domain}| {line}");
@@ -178,13 +204,30 @@ pub fn run_with(tests: &[Test], filter: &str, cleanup: &dyn Cleanup) -> (usize, 
                 println!("test {} ... FAILED ({secs:.1} s)", t.name);
             }
         }
+        println!("@@memory after {}| {}", t.name, memory_summary());
     }
     println!("@@suite-done passed={passed} failed={failed}");
     (passed, failed)
 }
 
+/// The machine's available memory and its tmpfs share (/proc/meminfo's MemAvailable
+/// and Shmem): dom0 has 1 GiB and its /tmp is a tmpfs, so a test that leaves files
+/// behind, or a slow bed, shows here.
+fn memory_summary() -> String {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or_else(|| "?".to_string(), |kib| (kib / 1024).to_string())
+    };
+    format!("MemAvailable {} MiB, Shmem (tmpfs) {} MiB", mib("MemAvailable"), mib("Shmem"))
+}
+
 /// Runs one test in its own thread within its limit, then cleans up its domains.
 fn run_one(t: &Test, cleanup: &dyn Cleanup) -> Result<(), String> {
+    // A second's margin: some file systems keep coarse modification times.
+    let started = std::time::SystemTime::now() - Duration::from_secs(1);
     let shared = Arc::new(Run::default());
     let (tx, rx) = mpsc::channel();
     let run = t.run;
@@ -212,6 +255,7 @@ fn run_one(t: &Test, cleanup: &dyn Cleanup) -> Result<(), String> {
     for domain in shared.domains().iter() {
         cleanup.report_and_destroy(domain);
     }
+    cleanup.remove_scratch(started);
     result
 }
 
@@ -279,6 +323,25 @@ mod tests {
             EVENTS.lock().unwrap().iter().any(|e| e.starts_with("late registration")).then_some(())
         });
         tried.ok_or_else(|| "the late thread never tried to act".to_string())
+    }
+
+    #[test]
+    fn scratch_written_during_a_test_is_removed_and_older_files_stay() {
+        let dir = std::env::temp_dir().join(format!("scratch-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = dir.join("before.img");
+        std::fs::write(&old, b"x").unwrap();
+        let since = std::time::SystemTime::now() + Duration::from_millis(10);
+        std::thread::sleep(Duration::from_millis(50));
+        for name in ["disk.img", "cd.iso", "guest.save", "xl-create.log"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        remove_scratch_in(dir.to_str().unwrap(), SCRATCH.1, since);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(left, ["before.img", "xl-create.log"]);
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub const STUB_RAMDISK: &str = "/tmp/stub-ramdisk.img";
 pub enum DeviceModel {
     /// dom0's qemu-xen (device_model_version = "qemu-xen", no stub domain).
     Dom0Qemu,
-    /// A stub domain running `kernel` with `memory_mib` and `cmdline`.
-    StubDomain { kernel: String, memory_mib: u32, cmdline: String },
+    /// A stub domain running `kernel` with `memory_mib` and `cmdline`, and `ramdisk`
+    /// (None: [`STUB_RAMDISK`], which our image ignores).
+    StubDomain { kernel: String, ramdisk: Option<String>, memory_mib: u32, cmdline: String },
 }
 
 /// What xl does when the guest powers off, reboots or crashes.
@@ -75,6 +76,8 @@ pub struct HvmGuestConfig {
     /// another: on a loaded host ISOLINUX read the kernel from the CD in 41 s pinned,
     /// and had not finished after 300 s unpinned.
     pub one_pcpu: bool,
+    /// The guest's vCPUs (`vcpus`).
+    pub vcpus: u32,
     /// More xl.cfg lines, verbatim.
     pub extra: String,
 }
@@ -94,6 +97,7 @@ impl HvmGuestConfig {
             on_reboot: Action::Preserve,
             on_crash: Action::Preserve,
             one_pcpu: true,
+            vcpus: 1,
             extra: String::new(),
         }
     }
@@ -112,11 +116,12 @@ impl HvmGuestConfig {
             disks.push(format!("\"format=raw, vdev=hdd, access=ro, devtype=cdrom, target={cd}\""));
         }
         let mut cfg = format!(
-            "name = \"{}\"\ntype = \"hvm\"\nmemory = {}\nvcpus = 1\nvnc = 0\nsdl = 0\nnographic = 1\nvga = \"none\"\n\
+            "name = \"{}\"\ntype = \"hvm\"\nmemory = {}\nvcpus = {}\nvnc = 0\nsdl = 0\nnographic = 1\nvga = \"none\"\n\
              serial = \"pty\"\nboot = \"dc\"\ndevice_model_version = \"qemu-xen\"\n\
              on_poweroff = \"{}\"\non_reboot = \"{}\"\non_crash = \"{}\"\ndisk = [ {} ]\n",
             self.name,
             self.memory_mib,
+            self.vcpus,
             self.on_poweroff.as_xl(),
             self.on_reboot.as_xl(),
             self.on_crash.as_xl(),
@@ -125,10 +130,11 @@ impl HvmGuestConfig {
         if self.one_pcpu {
             cfg.push_str("cpus = \"0\"\n");
         }
-        if let DeviceModel::StubDomain { kernel, memory_mib, cmdline } = &self.device_model {
+        if let DeviceModel::StubDomain { kernel, ramdisk, memory_mib, cmdline } = &self.device_model {
+            let ramdisk = ramdisk.as_deref().unwrap_or(STUB_RAMDISK);
             cfg.push_str(&format!(
                 "device_model_stubdomain_override = 1\nstubdomain_kernel = \"{kernel}\"\n\
-                 stubdomain_ramdisk = \"{STUB_RAMDISK}\"\nstubdomain_memory = {memory_mib}\n\
+                 stubdomain_ramdisk = \"{ramdisk}\"\nstubdomain_memory = {memory_mib}\n\
                  stubdomain_cmdline = \"{cmdline}\"\n"
             ));
         }
@@ -698,6 +704,23 @@ pub fn nonce_cd(dest: &str) -> Result<NonceCd, String> {
     Ok(NonceCd { path: dest.to_string(), sha256_hex: sha256_hex(&nonce)? })
 }
 
+/// The test guest's kernel command line keeps the emulated disks and NICs
+/// (`xen_emul_unplug=never`); [`unplugging_cd`] blanks that option in a copy of a CD.
+pub const KEEP_EMULATED: &[u8] = b"xen_emul_unplug=never";
+
+/// Blanks [`KEEP_EMULATED`] (spaces, same length) in the CD image at `path`, in place,
+/// so that the guest's Linux unplugs the emulated disks and NICs through the Xen
+/// platform device and uses its PV drivers.
+pub fn unplugging_cd(path: &str) -> Result<(), String> {
+    let mut image = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let at = find_bytes(&image, KEEP_EMULATED, 0).ok_or_else(|| format!("{path}: no {:?}", "xen_emul_unplug=never"))?;
+    image[at..at + KEEP_EMULATED.len()].fill(b' ');
+    if find_bytes(&image, KEEP_EMULATED, at).is_some() {
+        return Err(format!("{path}: the option twice"));
+    }
+    std::fs::write(path, &image).map_err(|e| format!("{path}: {e}"))
+}
+
 /// The sha256 of `data` in hex, by dom0's `sha256sum` (busybox).
 pub fn sha256_hex(data: &[u8]) -> Result<String, String> {
     let path = format!("/tmp/sha256-input-{}", std::process::id());
@@ -773,8 +796,12 @@ mod tests {
 
     #[test]
     fn config_for_a_stub_domain_names_kernel_ramdisk_and_memory() {
-        let dm =
-            DeviceModel::StubDomain { kernel: "/suite/rust-stubdom".into(), memory_mib: 16, cmdline: "x=1".into() };
+        let dm = DeviceModel::StubDomain {
+            kernel: "/suite/rust-stubdom".into(),
+            ramdisk: None,
+            memory_mib: 16,
+            cmdline: "x=1".into(),
+        };
         let text = HvmGuestConfig::new("g", dm).xl_config();
         for line in [
             "device_model_stubdomain_override = 1\n",

@@ -17,9 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The guest's /init and ISOLINUX's configuration; a change rebuilds the image.
-pub const INPUT_FILES: &[&str] = &["tests/guest/init", "tests/guest/isolinux.cfg", CDEJECT_SOURCE];
+pub const INPUT_FILES: &[&str] = &["tests/guest/init", "tests/guest/isolinux.cfg", CDEJECT_SOURCE, PORTIO_SOURCE];
 /// The guest's own eject of its CD-ROM tray (busybox has no eject applet), built static.
 const CDEJECT_SOURCE: &str = "tests/guest/cdeject.c";
+/// The port-I/O benchmark's guest program (times reads of one I/O port), built static.
+const PORTIO_SOURCE: &str = "tests/guest/portio.c";
 /// File names of the image and of the placeholder its /nonce.bin holds.
 const ISO_NAME: &str = "linux-cd.iso";
 const PLACEHOLDER_NAME: &str = "linux-cd-nonce-placeholder.bin";
@@ -72,6 +74,7 @@ pub fn build(work: &Path, kver: &str, out_dir: &Path) -> Result<GuestCd> {
     run(Command::new("mknod").args(["-m", "600"]).arg(root.join("dev/console")).args(["c", "5", "1"]))?;
     fs::copy("tests/guest/init", root.join("init"))?;
     run(Command::new("gcc").args(["-static", "-Os", "-Wall", "-o"]).arg(root.join("bin/cdeject")).arg(CDEJECT_SOURCE))?;
+    run(Command::new("gcc").args(["-static", "-O2", "-Wall", "-o"]).arg(root.join("bin/portio")).arg(PORTIO_SOURCE))?;
     copy_modules(&root, kver, MODULES)?;
 
     // The CD: ISOLINUX, the kernel, the initramfs, the nonce placeholder.
@@ -121,6 +124,49 @@ pub fn run_in_qemu(cd: &GuestCd, work: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The command loop of tests/guest/init (from its init line on), run by the
+    /// busybox the guest gets, with `input` as its serial; what it printed once `until`
+    /// appears (or 20 s pass).
+    fn run_init_loop(input: &str, until: &str) -> String {
+        use std::io::{BufRead, Write};
+        let init = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/guest/init")).unwrap();
+        let at = init.find("echo \"@@guest: init").expect("the init line");
+        let mut child = Command::new("busybox")
+            .args(["ash", "-c", &format!("exec 2>&1; {}", &init[at..])])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("busybox (the guest's shell)");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let until = until.to_string();
+        std::thread::spawn(move || {
+            let mut seen = String::new();
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line == until {
+                    break;
+                }
+            }
+            let _ = tx.send(seen);
+        });
+        let seen = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap_or_default();
+        let _ = child.kill();
+        let _ = child.wait();
+        seen
+    }
+
+    #[test]
+    fn the_guest_init_survives_a_malformed_command_line() {
+        // A line cut short (as a serial read that gave up mid-line left it), then a
+        // command that must still run, in the same shell (its variable persists).
+        let seen = run_init_loop("@\"\"beg 7\"; true; echo \"@@\"\"end 7 $?\"\ni=5\necho \"after $i\"\n", "after 5");
+        assert!(seen.contains("unterminated quoted string"), "{seen}");
+        assert!(seen.ends_with("after 5\n"), "{seen}");
+    }
 
     #[test]
     fn placeholder_has_the_nonce_length_and_no_shifted_self_match() {

@@ -89,9 +89,10 @@ pub fn unit_tests(filter: &str, tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
-/// Builds the dom0 suite program (a host binary: dom0 runs Debian's userland).
+/// Builds the dom0 suite program (a host binary: dom0 runs Debian's userland), and
+/// beside it stubctl, the dom0 helper the suite tests.
 pub fn build_suite() -> Result<PathBuf> {
-    run(cargo().args(["build", "--release", "--quiet", "-p", "xen-suite"]))?;
+    run(cargo().args(["build", "--release", "--quiet", "-p", "xen-suite", "-p", "stubctl"]))?;
     Ok(PathBuf::from("target/release/xen-suite"))
 }
 

@@ -63,6 +63,27 @@ impl Tally {
     }
 }
 
+/// " (260.3 s; MemAvailable 612 MiB, Shmem (tmpfs) 180 MiB)": how long dom0 saw test
+/// `name` take and its memory afterwards, so that a slow or starved run shows where.
+fn details(name: &str, lines: &[String]) -> String {
+    let verdict = format!("test {name} ... ");
+    let secs = lines.iter().find_map(|l| {
+        let rest = &l[l.find(&verdict)? + verdict.len()..];
+        let inner = rest.split_once('(')?.1.split_once(" s)")?.0;
+        inner.parse::<f64>().ok()
+    });
+    let memory = lines.iter().find_map(|l| {
+        let tag = format!("@@memory after {name}| ");
+        Some(l[l.find(&tag)? + tag.len()..].trim().to_string())
+    });
+    match (secs, memory) {
+        (Some(secs), Some(memory)) => format!(" ({secs:.1} s; {memory})"),
+        (Some(secs), None) => format!(" ({secs:.1} s)"),
+        (None, Some(memory)) => format!(" ({memory})"),
+        (None, None) => String::new(),
+    }
+}
+
 /// Prints one verdict line per expected real-Xen test. A test with no result line
 /// (the boot timed out, dom0 died) fails; failure reasons from dom0 are shown.
 pub fn judge_xen_suite(expected: &[String], outcome: &BootOutcome, tally: &mut Tally) {
@@ -74,7 +95,7 @@ pub fn judge_xen_suite(expected: &[String], outcome: &BootOutcome, tally: &mut T
         match verdict {
             Some(Verdict::Ok) => {
                 tally.passed += 1;
-                println!("test {name} ... ok");
+                println!("test {name} ... ok{}", details(name, &outcome.lines));
             }
             other => {
                 tally.failed += 1;
@@ -91,7 +112,7 @@ pub fn judge_xen_suite(expected: &[String], outcome: &BootOutcome, tally: &mut T
                         outcome.serial_log.display()
                     );
                 }
-                println!("test {name} ... FAILED");
+                println!("test {name} ... FAILED{}", details(name, &outcome.lines));
             }
         }
     }
@@ -99,6 +120,18 @@ pub fn judge_xen_suite(expected: &[String], outcome: &BootOutcome, tally: &mut T
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn details_name_the_duration_and_memory() {
+        let lines: Vec<String> = vec![
+            "[ 12.0] test xen::a ... ok (3.5 s)".into(),
+            "[ 12.1] @@memory after xen::a| MemAvailable 600 MiB, Shmem (tmpfs) 20 MiB".into(),
+            "[ 13.0] test xen::ab ... ok (9.0 s)".into(),
+        ];
+        assert_eq!(super::details("xen::a", &lines), " (3.5 s; MemAvailable 600 MiB, Shmem (tmpfs) 20 MiB)");
+        assert_eq!(super::details("xen::ab", &lines), " (9.0 s)");
+        assert_eq!(super::details("xen::c", &lines), "");
+    }
+
     use super::*;
 
     #[test]

@@ -8,8 +8,9 @@
 //! a large base (busybox, Xen's toolstack, dom0's QEMU, firmware, kernel modules,
 //! the Linux PV domU (4.17 only) and the Linux HVM guest's CD), rebuilt only when the
 //! packages or files it is made from change, and a small overlay with
-//! the project's files (/init, /suite/xen-suite, /suite/rust-stubdom and
-//! /suite/rust-stubdom-selftest) made every run.
+//! the project's files (/init, /suite/xen-suite, /suite/rust-stubdom,
+//! /suite/rust-stubdom-selftest and /suite/rust-stubdom.deb, the Debian package that
+//! dom0's /init installs with `dpkg -i`) made every run.
 //! Every boot is bounded by a host-side limit and a watchdog inside dom0; the serial
 //! log and the guests' console logs are left under the bed's directory (target/testbed/
 //! for 4.17, target/testbed420/ for 4.20), in logs/.
@@ -48,6 +49,8 @@ const PACKAGES: &[&str] = &[
     "bash",
     "binutils",
     "gcc",
+    // Xen's headers (the ABI layout tests) and libxenctrl/libxenguest, which stubctl
+    // links for its checkpoints.
     "libxen-dev",
     // The Linux HVM test guest's CD (guest.rs).
     "isolinux",
@@ -245,7 +248,7 @@ fn base_inputs(release: Release, sys: &Sysroot, kver: &str) -> Result<String> {
 
 /// Copies `file` (and the target of a symlink) from `sys` into `root`, with the
 /// shared libraries the tree's `ldd` names for it.
-fn copy_with_libs(root: &Path, sys: &Sysroot, file: &str) -> Result<()> {
+pub(crate) fn copy_with_libs(root: &Path, sys: &Sysroot, file: &str) -> Result<()> {
     copy_into(root, sys, file)?;
     for lib in sys.libraries(file)? {
         copy_into(root, sys, &lib)?;
@@ -257,18 +260,25 @@ fn copy_with_libs(root: &Path, sys: &Sysroot, file: &str) -> Result<()> {
 /// libraries this machine's `ldd` names for it taken from `sys` (a program built on
 /// Debian 12 runs on Debian 13's newer libraries of the same names).
 fn copy_program(root: &Path, sys: &Sysroot, program: &Path, dest: &str) -> Result<()> {
-    let out = Command::new("ldd").arg(program).output()?;
-    for lib in ldd_paths(&String::from_utf8_lossy(&out.stdout)) {
-        copy_into(root, sys, &lib)?;
-    }
+    copy_libraries(root, sys, program)?;
     let dest = root.join(dest.trim_start_matches('/'));
     fs::create_dir_all(dest.parent().context("no parent directory")?)?;
     fs::copy(program, &dest).with_context(|| format!("copying {}", program.display()))?;
     Ok(())
 }
 
+/// Copies the shared libraries this machine's `ldd` names for `program` from `sys`
+/// into `root` (for a program that gets into dom0 another way).
+fn copy_libraries(root: &Path, sys: &Sysroot, program: &Path) -> Result<()> {
+    let out = Command::new("ldd").arg(program).output()?;
+    for lib in ldd_paths(&String::from_utf8_lossy(&out.stdout)) {
+        copy_into(root, sys, &lib)?;
+    }
+    Ok(())
+}
+
 /// Copies one path of `sys` into `root` at the same place; symlinks are kept and followed.
-fn copy_into(root: &Path, sys: &Sysroot, path: &str) -> Result<()> {
+pub(crate) fn copy_into(root: &Path, sys: &Sysroot, path: &str) -> Result<()> {
     let dest = root.join(path.trim_start_matches('/'));
     if dest.symlink_metadata().is_ok() {
         return Ok(());
@@ -483,12 +493,26 @@ pub fn prepare_overlay(release: Release, images: &crate::image::Images, suite: &
     fs::copy(&images.image, root.join("suite/rust-stubdom"))?;
     fs::copy(&images.selftest, root.join("suite/rust-stubdom-selftest"))?;
     copy_program(&root, &sys, suite, "/suite/xen-suite")?;
+    // The Debian package users install (the image, stubctl): dom0's /init installs it
+    // with `dpkg -i`; stubctl's libraries are dom0's own. stubctl is built against this
+    // machine's Xen 4.17 libraries (libxenctrl/libxenguest change ABI with each
+    // release), so it runs on the 4.17 bed only; the 4.20 bed's libxl changes CDs
+    // itself and its tests do not use stubctl.
+    let stubctl = suite.with_file_name("stubctl");
+    if release == Release::Xen417 {
+        copy_libraries(&root, &sys, &stubctl)?;
+    }
+    fs::copy(crate::package::build(&images.image, &stubctl)?, root.join("suite/rust-stubdom.deb"))?;
     let overlay = dir.join("overlay-initrd.gz");
     pack(&root, &overlay)?;
 
     let initrd = dir.join("dom0-initrd.gz");
     let mut combined = fs::read(&base)?;
     combined.extend(fs::read(&overlay)?);
+    if release == Release::Xen417 {
+        // The Linux stub domain peer's kernel and initramfs (peer.rs).
+        crate::peer::append_to_initramfs(&mut combined, &crate::peer::build(dir, &kernel_version()?)?)?;
+    }
     fs::write(&initrd, combined)?;
 
     let xen = dir.join("xen");
@@ -514,6 +538,42 @@ fn qemu_command(overlay: &Overlay, dom0_cmdline: &str) -> Command {
         // QEMU's multiboot module list is comma-separated: a comma inside is doubled.
         .arg(format!("{} {},{}", overlay.vmlinuz.display(), dom0_cmdline.replace(',', ",,"), overlay.initrd.display()));
     cmd
+}
+
+/// Asks the bed's QEMU for its status over QMP every 2 s, for as long as it runs. The
+/// answer does not matter: each request wakes QEMU's main loop, which runs the timers it
+/// owns (the emulated LAPIC and HPET timers Xen depends on). The whole bed was seen to
+/// stop with every vCPU halted until a byte came in on the serial line (see `boot`), as
+/// if a timer's deadline had been missed until the main loop woke for I/O.
+fn poke_main_loop(monitor: PathBuf) {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(&monitor) {
+                Ok(stream) => break stream,
+                Err(_) if started.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) => return,
+            }
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut reader = BufReader::new(match stream.try_clone() {
+            Ok(s) => s,
+            Err(_) => return,
+        });
+        let mut writer = stream;
+        let mut line = String::new();
+        let mut request = |text: &str| -> bool {
+            line.clear();
+            writer.write_all(text.as_bytes()).is_ok() && reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false)
+        };
+        // The greeting, then capabilities negotiation.
+        if !request("") || !request("{\"execute\":\"qmp_capabilities\"}\n") {
+            return;
+        }
+        while request("{\"execute\":\"query-status\"}\n") {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
 }
 
 /// What a bounded boot of the test bed printed.
@@ -559,8 +619,12 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
     );
     let mut cmd = qemu_command(overlay, &dom0_cmdline);
     // stdin is a pipe kept open for the nudge below (nothing else is ever written).
+    // In /tmp: a socket's path must stay short (108 bytes), wherever the clone is.
+    let monitor = std::env::temp_dir().join(format!("rust-stubdom-bed-{}.qmp", std::process::id()));
+    cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", monitor.display()));
     cmd.args(["-serial", "stdio"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = KillOnDrop(cmd.spawn().context("starting qemu-system-x86_64")?);
+    poke_main_loop(monitor.clone());
     let stdout = child.0.stdout.take().expect("piped");
     let mut serial_in = child.0.stdin.take().expect("piped");
     let (tx, rx) = mpsc::channel();
@@ -644,6 +708,7 @@ pub fn boot(overlay: &Overlay, mode: &str, filter: &str, limit: Duration, echo: 
     }
     drop(serial_in);
     drop(child);
+    let _ = fs::remove_file(&monitor);
     if timed_out {
         writeln!(log, "xtask: test bed killed after {} s", limit.as_secs())?;
         println!("xtask: test bed killed after {} s", limit.as_secs());

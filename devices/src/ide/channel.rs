@@ -362,6 +362,19 @@ impl Channel {
         self.drives.iter().map(|drive| drive.io.capacity()).sum()
     }
 
+    /// Takes the hard disk at `unit` off the channel (the Xen platform device's unplug);
+    /// a CD-ROM or an empty position stays. Returns whether a disk went.
+    pub fn unplug_hard_disk(&mut self, unit: usize) -> bool {
+        let channel = self.bus.channel;
+        match self.drives.get_mut(unit) {
+            Some(drive) if drive.is_present() && !drive.is_cd() => {
+                *drive = Drive::new(DriveId { channel, unit: unit as u8 }, None);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Power-on state (QEMU's `ide_bus_reset`).
     pub fn reset(&mut self) {
         self.unit = 0;

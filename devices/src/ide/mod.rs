@@ -380,6 +380,31 @@ impl IdeController {
     }
 }
 
+/// The Xen platform device's unplug ([`crate::platform`]).
+impl IdeController {
+    /// Takes every hard disk off its channel (CD-ROMs stay), all but the primary master
+    /// when `keep_primary_master`, then resets both channels as QEMU resets the IDE
+    /// function after an unplug (a request in flight is forgotten, its outcome ignored).
+    /// Returns the positions of the disks that went.
+    pub fn unplug_hard_disks(&mut self, keep_primary_master: bool) -> Vec<DriveId> {
+        let mut gone = Vec::new();
+        for (channel_index, channel) in self.channels.iter_mut().enumerate() {
+            for unit in 0..2usize {
+                if keep_primary_master && channel_index == 0 && unit == 0 {
+                    continue;
+                }
+                if channel.unplug_hard_disk(unit) {
+                    gone.push(DriveId { channel: channel_index as u8, unit: unit as u8 });
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.reset();
+        }
+        gone
+    }
+}
+
 /// Save/restore ([`crate::snapshot`]): both channels with their drives, section
 /// [`SectionId::Ide`](crate::snapshot::SectionId::Ide).
 impl IdeController {

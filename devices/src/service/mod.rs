@@ -24,7 +24,15 @@
 //! bounded by [`BLOCK_IO_LIMIT`]), the **serial task** (COM1 to and from console 3),
 //! the **QMP task** (one client at a time over libvchan; a state file for `xl save`
 //! is written and drained to console 1 before its reply), the **hot-plug task** (PV
-//! disks that dom0 attaches) and one **detach watcher per PV disk**. They share the
+//! disks that dom0 attaches), one **detach watcher per PV disk**, and with the Xen
+//! platform device the **platform task** (the blacklist lookups its driver asks for,
+//! read from xenstore). A request the platform device cannot answer yet (a log write
+//! without its tokens, a magic read before the blacklist answer) waits in its vCPU's
+//! ioreq task ([`Machine::ioreq_wait`](crate::machine::Machine::ioreq_wait)), and so
+//! does a log write while dom0 has not caught up with the device-model log
+//! ([`xen_seams::Xen::log_backlog_bytes`]); the other tasks, and the other vCPUs,
+//! carry on. A NIC the guest unplugged ends its
+//! network task. They share the
 //! machine and the [`Vm`] (run state and block layer, which QMP commands reach) through
 //! `RefCell`s that are never held across an await. The IDE model follows the block
 //! layer: after every QMP command and disk change the service gives it the trays and
@@ -100,6 +108,8 @@ pub struct GuestConfig {
     pub serial_console: Option<u32>,
     /// the NICs, each bridged to the stub domain's vif of the same devid
     pub nics: Vec<NicConfig>,
+    /// the Xen platform device at 00:02.0
+    pub xen_platform: bool,
 }
 
 /// What to serve, and where.
@@ -145,6 +155,7 @@ impl Config {
                 ram_mib: args.ram_mib.unwrap_or(128),
                 serial_console,
                 nics: args.nics.clone(),
+                xen_platform: args.xen_platform,
             }),
             lifetime: None,
         }
@@ -243,6 +254,8 @@ pub(crate) struct Shared<X: Xen + DeviceModelHost + 'static> {
     qmp_events: Notify,
     /// COM1 has output, or has room for input the serial task holds
     serial_wake: Notify,
+    /// the platform device has a blacklist lookup for the platform task
+    platform_wake: Notify,
     serial_holds_input: Cell<bool>,
     /// the NICs on the machine, by index, and what wakes each one's network task (the
     /// guest touched its registers)
@@ -251,6 +264,8 @@ pub(crate) struct Shared<X: Xen + DeviceModelHost + 'static> {
     /// bytes the serial console brought in, and how many the guest's UART took
     serial_in_bytes: Cell<u64>,
     serial_taken_bytes: Cell<u64>,
+    /// vCPU requests found pending by the periodic look rather than by their event
+    lost_ioreq_events: Cell<u64>,
     /// interrupt lines raised (rising edges sent to Xen), by ISA IRQ
     isa_raised: RefCell<[u64; 16]>,
     /// set when the service is to end (quit, or a task's fatal error)
@@ -276,8 +291,9 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
     /// work.
     fn after_machine_change(&self) {
         let Some(machine) = &self.machine else { return };
-        let (effects, requests, events, serial_work, touched_nics) = {
+        let (effects, requests, events, serial_work, touched_nics, lookup) = {
             let mut m = machine.borrow_mut();
+            let lookup = m.platform().is_some_and(crate::platform::XenPlatform::has_blacklist_query);
             let touched_nics = m.take_touched_nics();
             let effects = m.take_effects();
             let mut requests = Vec::new();
@@ -289,8 +305,11 @@ impl<X: Xen + DeviceModelHost + 'static> Shared<X> {
             let serial_work = m
                 .com1()
                 .is_some_and(|u| u.output_len() > 0 || (self.serial_holds_input.get() && u.receive_capacity() > 0));
-            (effects, requests, events, serial_work, touched_nics)
+            (effects, requests, events, serial_work, touched_nics, lookup)
         };
+        if lookup {
+            self.platform_wake.notify();
+        }
         for (index, wake) in self.nic_wake.iter().enumerate() {
             if index < 64 && touched_nics & (1 << index) != 0 {
                 wake.notify();
@@ -602,6 +621,7 @@ fn machine_config(guest: &GuestConfig, vm: &Vm, drives: &[DriveConfig]) -> (Mach
         boot_order: guest.boot_order.clone(),
         ram_mib: guest.ram_mib,
         com1: guest.serial_console.is_some(),
+        xen_platform: guest.xen_platform,
     };
     (config, ide_drives)
 }
@@ -637,11 +657,13 @@ where
         running,
         qmp_events: Notify::new(),
         serial_wake: Notify::new(),
+        platform_wake: Notify::new(),
         serial_holds_input: Cell::new(false),
         nics: Vec::new(),
         nic_wake: Vec::new(),
         serial_in_bytes: Cell::new(0),
         serial_taken_bytes: Cell::new(0),
+        lost_ioreq_events: Cell::new(0),
         isa_raised: RefCell::new([0; 16]),
         stopping: Signal::new(false),
         failure: RefCell::new(None),
@@ -777,6 +799,11 @@ where
     }
     for (index, nic) in shared.nics.iter().enumerate() {
         xen.spawn("network", tasks::network(shared.clone(), index, nic.devid, nic.mac));
+    }
+    if shared.machine.as_ref().is_some_and(|m| m.borrow().platform().is_some()) {
+        xen.spawn("platform", tasks::platform(shared.clone()));
+        // A restored lookup that was in flight is asked again.
+        shared.platform_wake.notify();
     }
     xen.spawn("hotplug", tasks::hotplug(shared.clone(), watch));
     xen.spawn("stats", tasks::stats(shared.clone()));

@@ -21,7 +21,13 @@ use super::{BLOCK_IO_LIMIT, SAVE_CONSOLE, ServiceError, Shared, block_failure, i
 use crate::dirty::DirtyLogged;
 use crate::ide::{BlockOp, BlockOutcome, DriveId, SgEntry, bmdma};
 use crate::nic::RxOutcome;
+use crate::platform::PlatformWait;
 use crate::task::{Either, first};
+
+/// How long a vCPU's request may wait for its event before the ioreq page is looked at
+/// anyway. Xen notifies each request; should one notification ever be lost, the guest's
+/// vCPU (held in Xen until we answer) would otherwise wait for ever.
+pub(super) const IOREQ_RECHECK: Duration = Duration::from_secs(1);
 
 /// Answers vCPU `vcpu`'s requests, one at a time, for as long as the service runs.
 /// While the VM is paused (QMP `stop`) a request waits, and so does the vCPU.
@@ -31,13 +37,52 @@ pub(super) async fn serve_vcpu<X: Xen + DeviceModelHost + 'static>(shared: Rc<Sh
     else {
         return;
     };
+    let mut notified = true;
     loop {
         let Some(request) = server.pending(vcpu) else {
-            match first(server.wait(vcpu), shared.stopping.wait()).await {
-                Either::First(()) => continue,
-                Either::Second(()) => return,
+            let woken = first(server.wait(vcpu), first(shared.xen.sleep(IOREQ_RECHECK), shared.stopping.wait()));
+            match woken.await {
+                Either::First(()) => notified = true,
+                Either::Second(Either::First(())) => notified = false,
+                Either::Second(Either::Second(())) => return,
             }
+            continue;
         };
+        if !notified {
+            shared.lost_ioreq_events.set(shared.lost_ioreq_events.get() + 1);
+            if shared.log.borrow_mut().allow() {
+                log::warn!(
+                    "ioreq: vCPU {vcpu}'s request ({:?} at {:#x}) was found after {} ms without its event ({} so far)",
+                    request.kind,
+                    request.addr,
+                    IOREQ_RECHECK.as_millis(),
+                    shared.lost_ioreq_events.get()
+                );
+            }
+            notified = true;
+        }
+        // A request the platform device cannot answer yet (a log write without its
+        // tokens, a magic read before the blacklist answer) waits here, and so does a
+        // log write while the device-model log is behind (logging itself never waits,
+        // so text past the log's backlog would be lost): only this vCPU waits, every
+        // other task carries on. Then, while the VM is paused, it waits for the VM to
+        // run (nothing changes the machine while it is paused).
+        loop {
+            let now = shared.xen.now_ns();
+            let log_behind = shared.xen.log_backlog_bytes() > GUEST_LOG_BACKLOG_LIMIT_BYTES;
+            let limit = if log_behind && machine.borrow().is_log_write(&request) {
+                LOG_BACKLOG_POLL
+            } else {
+                let Some(wait) = machine.borrow_mut().ioreq_wait(&request, now) else { break };
+                match wait {
+                    PlatformWait::Tokens { until_ns } => Duration::from_nanos(until_ns.saturating_sub(now)),
+                    PlatformWait::Blacklist => BLACKLIST_POLL,
+                }
+            };
+            if let Either::Second(()) = first(shared.xen.sleep(limit), shared.stopping.wait()).await {
+                return;
+            }
+        }
         shared.running.wait().await;
         let memory = DirtyLogged::new(memory, control, shared.vm.borrow().dirty_log());
         let data = machine.borrow_mut().handle_ioreq(&request, &memory, shared.xen.now_ns());
@@ -46,6 +91,53 @@ pub(super) async fn serve_vcpu<X: Xen + DeviceModelHost + 'static>(shared: Rc<Sh
             shared.fail(ServiceError::IoreqServer { guest: shared.guest, error });
             return;
         }
+    }
+}
+
+/// How often a magic read waiting for the blacklist answer looks again.
+const BLACKLIST_POLL: Duration = Duration::from_millis(10);
+
+/// A guest log write waits while the log holds back more than this: one write (a
+/// `rep outsb` of up to a page, some 400 lines of log) then still fits in the console's
+/// backlog with room to spare for the device model's own lines.
+pub const GUEST_LOG_BACKLOG_LIMIT_BYTES: usize = 8 << 10;
+
+/// How often a log write held by the log's backlog looks again.
+const LOG_BACKLOG_POLL: Duration = Duration::from_millis(10);
+
+/// How long the blacklist lookup may take in xenstore before the driver counts as not
+/// blacklisted.
+const BLACKLIST_LOOKUP_LIMIT: Duration = Duration::from_secs(5);
+
+/// The platform device's blacklist lookups: each `/mh/driver-blacklist/<product>/<build>`
+/// the guest's driver names is read from xenstore (it exists: blacklisted; absent,
+/// unreadable or too slow: not), and the answer goes back to the device.
+pub(super) async fn platform<X: Xen + DeviceModelHost + 'static>(shared: Rc<Shared<X>>) {
+    let Some(machine) = shared.machine.clone() else { return };
+    loop {
+        if let Either::Second(()) = first(shared.platform_wake.wait(), shared.stopping.wait()).await {
+            return;
+        }
+        let Some(query) = machine.borrow_mut().take_blacklist_query() else { continue };
+        let read = shared.xen.timeout(BLACKLIST_LOOKUP_LIMIT, shared.xen.read(xen_seams::Tx::NONE, &query.path)).await;
+        let blacklisted = match read {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) if e.is_missing() => false,
+            Ok(Err(e)) => {
+                log::warn!("platform: reading {}: {e}; the driver is not blacklisted", query.path);
+                false
+            }
+            Err(_) => {
+                log::warn!(
+                    "platform: no answer for {} within {} s; the driver is not blacklisted",
+                    query.path,
+                    BLACKLIST_LOOKUP_LIMIT.as_secs()
+                );
+                false
+            }
+        };
+        log::info!("platform: {} {}", query.path, if blacklisted { "exists: blacklisted" } else { "absent" });
+        machine.borrow_mut().answer_blacklist(&query, blacklisted);
     }
 }
 
@@ -542,6 +634,10 @@ pub(super) async fn network<X: Xen + DeviceModelHost + 'static>(
         shared.apply(effects);
     };
     while !shared.stopping.is_on() {
+        if machine.borrow().nic_unplugged(index) {
+            log::info!("NIC {index}: unplugged by the guest; vif {devid} is left alone");
+            return;
+        }
         let mut net = match Netfront::connect(xen, devid).await {
             Ok(net) => net,
             Err(e) => {
@@ -589,6 +685,10 @@ async fn bridge<X: Xen + DeviceModelHost + 'static>(
     let mut next_stats_ns = xen.now_ns().saturating_add(super::STATS_PERIOD.as_nanos() as u64);
     let mut last_stats = None;
     while !shared.stopping.is_on() {
+        if machine.borrow().nic_unplugged(index) {
+            log::info!("NIC {index}: unplugged by the guest; its bridge ends");
+            return None;
+        }
         // Every STATS_PERIOD, if anything moved: the card's and the vif's counters, so
         // that the log shows where frames stop.
         if xen.now_ns() >= next_stats_ns {

@@ -33,6 +33,7 @@ pub fn guest_config() -> Config {
             ram_mib: 16,
             serial_console: None,
             nics: Vec::new(),
+            xen_platform: false,
         }),
         lifetime: Some(Duration::from_secs(60)),
     }
@@ -54,4 +55,18 @@ pub fn spawn_service(executor: &mut Executor<'_>, stub: &'static SimXen, config:
             panic!("the service failed: {e}");
         }
     });
+}
+
+/// A port access as Xen's ioreq page carries it (state READY, one element).
+pub fn pio(port: u16, size: u32, read: bool, data: u64) -> xen_seams::hvm::Ioreq {
+    use xen_seams::hvm::{Ioreq, ioreq_type};
+    Ioreq {
+        addr: port.into(),
+        data,
+        count: 1,
+        size,
+        bits: Ioreq::make_bits(1, false, read, false),
+        kind: ioreq_type::PIO,
+        ..Ioreq::default()
+    }
 }

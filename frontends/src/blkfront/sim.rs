@@ -95,6 +95,8 @@ pub struct Config {
     /// Answers before unmapping: a request's pages stay mapped until the next wake.
     pub unmap_late: bool,
     pub fault: Fault,
+    /// How long it takes to answer each batch of requests (a slow disk).
+    pub latency: Option<Duration>,
 }
 
 impl Default for Config {
@@ -115,6 +117,7 @@ impl Default for Config {
             reverse: false,
             unmap_late: false,
             fault: Fault::None,
+            latency: None,
         }
     }
 }
@@ -320,6 +323,9 @@ impl Backend {
             };
             match woke {
                 Either::Left(()) if !connection.stopped => {
+                    if let Some(latency) = self.config.latency {
+                        self.xen.sleep(latency).await;
+                    }
                     if let After::Vanish = self.serve(&mut connection) {
                         self.xen.world().xenstore_rm(&self.back_path).expect("the backend's directory");
                         self.xen.sleep(Duration::from_millis(5)).await;

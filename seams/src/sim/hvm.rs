@@ -59,6 +59,8 @@ pub(super) struct GuestState {
     invalidations: u64,
     /// guest frames that are not RAM (holes) although inside `ram`
     holes: Vec<(u64, u64)>,
+    /// the next forwarded request's event is lost (a test of the server's bounded wait)
+    lose_next_event: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -126,6 +128,7 @@ impl World {
                 shutdown: None,
                 invalidations: 0,
                 holes: Vec::new(),
+                lose_next_event: false,
             };
             state.guests.insert(domid, guest);
         });
@@ -162,6 +165,9 @@ impl SimGuest {
             let slot = &mut guest.slots[vcpu as usize];
             assert_eq!(slot.req.state(), STATE_IOREQ_NONE, "vCPU {vcpu} issued a request while one is outstanding");
             slot.req = req;
+            if core::mem::take(&mut guest.lose_next_event) {
+                return;
+            }
             slot.notified = true;
             state.wake_where(|w| *w == Wait::Ioreq { guest: domid, vcpu });
         });
@@ -315,6 +321,12 @@ impl SimGuest {
     /// Makes guest frames `first..end` not RAM (mapping them fails).
     pub fn add_hole(&self, first_gfn: u64, end_gfn: u64) {
         self.with(|g| g.holes.push((first_gfn, end_gfn)));
+    }
+
+    /// The next request forwarded to the device model arrives without its event, as
+    /// if the notification were lost.
+    pub fn lose_next_event(&self) {
+        self.with(|g| g.lose_next_event = true);
     }
 
     pub fn isa_irq_level(&self, irq: u8) -> bool {

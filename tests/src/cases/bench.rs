@@ -26,9 +26,14 @@ pub fn all() -> Vec<Bench> {
         Bench { name: "blk", limit: minutes(15), run: blk },
         Bench { name: "net", limit: minutes(15), run: net },
         Bench { name: "vchan", limit: minutes(15), run: vchan },
-        Bench { name: "guest-boot", limit: minutes(40), run: guest_boot },
+        Bench { name: "stubdom-size", limit: minutes(1), run: crate::cases::peer::bench_size },
+        Bench { name: "guest-boot", limit: minutes(75), run: guest_boot },
         Bench { name: "stubdom-memory", limit: minutes(60), run: stubdom_memory },
+        Bench { name: "peer-memory", limit: minutes(60), run: crate::cases::peer::bench_memory },
         Bench { name: "guest-net", limit: minutes(60), run: guest_net },
+        Bench { name: "guest-disk", limit: minutes(40), run: guest_disk },
+        Bench { name: "guest-portio-idle", limit: minutes(60), run: crate::cases::peer::bench_portio_idle },
+        Bench { name: "cd-change", limit: minutes(45), run: crate::cases::cd_change::bench },
         // On the Xen 4.20 bed (cases::on_bed).
         Bench { name: "xen420-cd-insert", limit: minutes(30), run: crate::cases::xen420::bench_cd_insert },
     ]
@@ -50,8 +55,12 @@ fn guest_net(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             driver,
             "192.0.2.31",
         )?;
+        // QEMU's rtl8139 is an RTL8139C+ (revision 0x20), which 8139too refuses ("use
+        // 8139cp"): the guest drives it with 8139cp, in C+ mode, as any Linux guest of
+        // dom0 qemu-xen with model=rtl8139 does.
+        let qemu_driver = if model == "rtl8139" { "8139cp" } else { driver };
         let qemu =
-            nic_test(ctx, &format!("bench-net-qemu-{model}"), DeviceModel::Dom0Qemu, model, driver, "192.0.2.32")?;
+            nic_test(ctx, &format!("bench-net-qemu-{model}"), DeviceModel::Dom0Qemu, model, qemu_driver, "192.0.2.32")?;
         figures.push((format!("guest-net-{model}-to-guest/image"), ours.to_guest_mb_per_s, "MB/s"));
         figures.push((format!("guest-net-{model}-to-guest/qemu-dom0"), qemu.to_guest_mb_per_s, "MB/s"));
         figures.push((format!("guest-net-{model}-from-guest/image"), ours.from_guest_mb_per_s, "MB/s"));
@@ -60,31 +69,84 @@ fn guest_net(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     Ok(figures)
 }
 
-/// The Linux test guest from `xl create` to its first serial byte (ISOLINUX) and to
-/// its /init's first line, with our stub domain (16 MiB) and with dom0's qemu-xen as
-/// device model, alternating, two rounds each; medians.
+/// The guest's sequential read of its emulated disk (`dd iflag=direct`, 32 MiB a round,
+/// three rounds in one boot), our stub domain against dom0 qemu-xen and the Linux stub
+/// domain peer on the same kind of file; medians. A peer that fails loses its row (the
+/// reason is printed).
+fn guest_disk(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
+    use crate::cases::hvm::{STUBDOM_MEMORY_MIB, guest_disk_read_rates, our_stub_domain};
+    use crate::cases::peer::{PEER_MEMORY_MIB, peer_stub_domain};
+    use crate::hvm_guest::DeviceModel;
+    let mut ours = guest_disk_read_rates(ctx, "bench-disk-stubdom", our_stub_domain(STUBDOM_MEMORY_MIB), 3)?;
+    let mut qemu = guest_disk_read_rates(ctx, "bench-disk-qemu", DeviceModel::Dom0Qemu, 3)?;
+    let mut figures = vec![
+        ("guest-disk-read/image".to_string(), median(&mut ours), "MB/s"),
+        ("guest-disk-read/qemu-dom0".to_string(), median(&mut qemu), "MB/s"),
+    ];
+    match guest_disk_read_rates(ctx, "bench-disk-peer", peer_stub_domain(PEER_MEMORY_MIB), 3) {
+        Ok(mut peer) => figures.push(("guest-disk-read/linux-stubdom".to_string(), median(&mut peer), "MB/s")),
+        Err(e) => println!("@@bench-detail guest-disk| the Linux stub domain failed: {e}"),
+    }
+    Ok(figures)
+}
+
+/// The Linux test guest with our stub domain (16 MiB), with dom0's qemu-xen and with
+/// the Linux stub domain peer (128 MiB, libxl's default) as device model, in turn, two
+/// rounds each; medians. From `xl create`: the stub domain's `state = running` and
+/// `xl create` done (QMP `cont` answered, guest unpaused), the guest's first serial
+/// byte (ISOLINUX) and its /init's first line; then, in the first round, 1000 QMP
+/// `query-status` round trips through libxl's socket (median and p99). A peer that
+/// fails to serve the guest loses its rows (the reason is printed), not the others.
 fn guest_boot(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     use crate::cases::hvm::{STUBDOM_MEMORY_MIB, measure_boot, our_stub_domain};
+    use crate::cases::peer::{Measured, PEER_MEMORY_MIB, measure, peer_stub_domain, percentile};
     use crate::hvm_guest::DeviceModel;
-    let (mut ours_first, mut ours_init, mut qemu_first, mut qemu_init) = (vec![], vec![], vec![], vec![]);
+    const QMP_ROUND_TRIPS: usize = 1000;
+    let (mut ours, mut peer, mut qemu_first, mut qemu_init) = (vec![], vec![], vec![], vec![]);
     for round in 0..2 {
-        let ours = measure_boot(ctx, &format!("bench-boot-stubdom-{round}"), our_stub_domain(STUBDOM_MEMORY_MIB))?;
-        ours_first.push(ours.first_byte.as_secs_f64());
-        ours_init.push(ours.init.as_secs_f64());
+        let qmp = if round == 0 { QMP_ROUND_TRIPS } else { 0 };
+        ours.push(measure(ctx, &format!("bench-boot-stubdom-{round}"), our_stub_domain(STUBDOM_MEMORY_MIB), qmp)?);
         let qemu = measure_boot(ctx, &format!("bench-boot-qemu-{round}"), DeviceModel::Dom0Qemu)?;
         qemu_first.push(qemu.first_byte.as_secs_f64());
         qemu_init.push(qemu.init.as_secs_f64());
+        match measure(ctx, &format!("bench-boot-peer-{round}"), peer_stub_domain(PEER_MEMORY_MIB), qmp) {
+            Ok(m) => peer.push(m),
+            Err(e) => println!("@@bench-detail guest-boot| the Linux stub domain failed in round {round}: {e}"),
+        }
     }
-    println!(
-        "@@bench-detail guest-boot| stub domain: first byte {ours_first:.1?} s, init {ours_init:.1?} s; \
-         dom0 qemu-xen: first byte {qemu_first:.1?} s, init {qemu_init:.1?} s"
-    );
-    Ok(vec![
-        ("guest-boot-first-byte/image".to_string(), median(&mut ours_first), "s"),
-        ("guest-boot-first-byte/qemu-dom0".to_string(), median(&mut qemu_first), "s"),
-        ("guest-boot-init/image".to_string(), median(&mut ours_init), "s"),
-        ("guest-boot-init/qemu-dom0".to_string(), median(&mut qemu_init), "s"),
-    ])
+    let column = |runs: &[Measured], f: fn(&Measured) -> Duration| -> Vec<f64> {
+        runs.iter().map(|m| f(m).as_secs_f64()).collect()
+    };
+    let mut figures = Vec::new();
+    for (row, f) in [
+        ("stubdom-start-running", (|m| m.start.running) as fn(&Measured) -> Duration),
+        ("stubdom-start-unpaused", |m| m.start.created),
+        ("guest-boot-first-byte", |m| m.boot.first_byte),
+        ("guest-boot-init", |m| m.boot.init),
+    ] {
+        let (mut a, mut b) = (column(&ours, f), column(&peer, f));
+        println!("@@bench-detail guest-boot| {row} s per round: ours {a:.1?}, linux stub domain {b:.1?}");
+        figures.push((format!("{row}/image"), median(&mut a), "s"));
+        if !b.is_empty() {
+            figures.push((format!("{row}/linux-stubdom"), median(&mut b), "s"));
+        }
+    }
+    println!("@@bench-detail guest-boot| dom0 qemu-xen: first byte {qemu_first:.1?} s, init {qemu_init:.1?} s");
+    figures.push(("guest-boot-first-byte/qemu-dom0".to_string(), median(&mut qemu_first), "s"));
+    figures.push(("guest-boot-init/qemu-dom0".to_string(), median(&mut qemu_init), "s"));
+    for (who, first) in [("image", ours.first()), ("linux-stubdom", peer.first())] {
+        let Some(first) = first else { continue };
+        match &first.qmp_error {
+            Some(e) => println!("@@bench-detail guest-boot| QMP round trips with {who} failed: {e}"),
+            None => {
+                let trips = &first.qmp_round_trips;
+                println!("@@bench-detail guest-boot| {} QMP round trips with {who}", trips.len());
+                figures.push((format!("qmp-query-status-median/{who}"), percentile(trips, 0.5) * 1e3, "ms"));
+                figures.push((format!("qmp-query-status-p99/{who}"), percentile(trips, 0.99) * 1e3, "ms"));
+            }
+        }
+    }
+    Ok(figures)
 }
 
 /// The smallest `stubdomain_memory` (of 16, 12, 8, 6 MiB) with which the whole boot

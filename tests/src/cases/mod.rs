@@ -2,13 +2,16 @@
 
 pub mod bench;
 pub mod blk;
+pub mod cd_change;
 pub mod grant;
 pub mod hvm;
 pub mod kernel;
 pub mod linux;
 pub mod net;
+pub mod peer;
 pub mod qmp;
 pub mod runtime;
+pub mod stubctl;
 pub mod stubdom;
 pub mod testbed;
 pub mod testbed_guest;
@@ -30,7 +33,9 @@ pub fn all() -> Vec<Test> {
     v.extend(qmp::tests());
     v.extend(testbed::tests());
     v.extend(hvm::tests());
+    v.extend(stubctl::tests());
     v.extend(testbed_guest::tests());
+    v.extend(peer::tests());
     v.extend(xen420::tests());
     v
 }
