@@ -99,6 +99,75 @@ pub fn dmesg() -> Result<String, String> {
     if out.success { Ok(out.stdout) } else { Err(format!("xl dmesg failed: {}", out.stderr)) }
 }
 
+/// What dom0 knows about libxl's QMP socket `socket` (`/var/run/xen/qmp-libxl-<domid>`)
+/// when a client cannot connect to it: the socket files there, the running
+/// vchan-socket-proxy processes, `xl list`, the domain's last hypervisor-log lines and
+/// the tails of xl's and the proxy's logs. libxl removes the socket when it destroys
+/// the domain's stub domain (a guest that crashed, rebooted or powered off with
+/// `destroy` as its action); the proxy leaves it behind when it exits.
+pub fn qmp_socket_picture(socket: &str) -> String {
+    let mut out = String::new();
+    let domid = socket.rsplit('-').next().and_then(|d| d.parse::<u32>().ok());
+    let sockets: Vec<String> = std::fs::read_dir("/var/run/xen")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("qmp-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&format!("  /var/run/xen/qmp-*: {sockets:?}\n"));
+    out.push_str(&format!("  vchan-socket-proxy processes: {:?}\n", processes_named("vchan-socket-proxy")));
+    if let Ok(list) = xl(&["list"], 30) {
+        out.push_str(&format!("  xl list:\n{}", indent(&list.stdout)));
+    }
+    if let (Some(domid), Ok(log)) = (domid, dmesg()) {
+        let tag = format!("(d{domid}) ");
+        let vcpu = format!("d{domid}v");
+        let domain = format!("Domain {domid} ");
+        let lines: Vec<&str> =
+            log.lines().filter(|l| l.contains(&tag) || l.contains(&vcpu) || l.contains(&domain)).collect();
+        let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+        out.push_str(&format!("  hypervisor log, domain {domid}'s last lines:\n{}", indent(&tail)));
+    }
+    for log in newest_logs("/var/log/xen", &["xl-", "qmp-proxy-"], 3) {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+        out.push_str(&format!("  {log} (last lines):\n{}", indent(&tail)));
+    }
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// The pids and command lines of processes whose command line contains `needle`.
+fn processes_named(needle: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(needle).then(|| format!("{pid}: {}", cmdline.trim()))
+        })
+        .collect()
+}
+
+/// The `count` most recently written files in `dir` whose names start with one of `prefixes`.
+fn newest_logs(dir: &str, prefixes: &[&str], count: usize) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut logs: Vec<(std::time::SystemTime, String)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| prefixes.iter().any(|p| e.file_name().to_string_lossy().starts_with(p)))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path().display().to_string())))
+        .collect();
+    logs.sort();
+    logs.into_iter().rev().take(count).map(|(_, path)| path).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

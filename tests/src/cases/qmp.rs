@@ -35,9 +35,14 @@ pub struct Client {
 impl Client {
     /// Connects to `socket`; returns the client and the greeting.
     pub fn connect(socket: &str) -> Result<(Self, Value), String> {
-        let stream =
-            proc::poll(Duration::from_secs(30), Duration::from_millis(100), || UnixStream::connect(socket).ok())
-                .ok_or_else(|| format!("cannot connect to {socket}"))?;
+        let mut last_error = None;
+        let stream = proc::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+            UnixStream::connect(socket).map_err(|e| last_error = Some(e)).ok()
+        })
+        .ok_or_else(|| {
+            let why = last_error.map_or_else(String::new, |e| format!(": {e}"));
+            format!("cannot connect to {socket} for 30 s{why}\n{}", xl::qmp_socket_picture(socket))
+        })?;
         stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
         let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
         let mut client = Client { stream, reader, next_id: 1, events: Vec::new() };
