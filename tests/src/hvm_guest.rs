@@ -442,9 +442,23 @@ pub struct CommandOutput {
     pub begin_seen: bool,
 }
 
+/// A line for the guest's /init: `<length>:<line>` and a newline. /init runs it only
+/// if all `length` bytes arrived, and otherwise answers [`GARBLED`] (a byte lost on
+/// the way, seen on the bed, would have run a different command).
+pub fn length_prefixed(line: &str) -> String {
+    format!("{}:{line}\n", line.len())
+}
+
+/// What the guest's /init prints for a line that did not arrive whole.
+pub const GARBLED: &str = "@@garbled ";
+
+/// How often [`GuestShell::run`] sends a command again that arrived garbled.
+const GARBLED_RESENDS: u32 = 3;
+
 /// The line sent to the guest's shell for command number `id`: markers before and
-/// after, the end marker with the exit status. The markers are split by quotes in
-/// the line itself, so an echo of the line never looks like one.
+/// after, the end marker with the exit status, behind its length
+/// ([`length_prefixed`]). The markers are split by quotes in the line itself, so an
+/// echo of the line never looks like one.
 pub fn framed_command(id: u64, cmd: &str) -> Result<String, String> {
     let cmd = cmd.trim().trim_end_matches(';').trim_end();
     if cmd.is_empty() || cmd.contains(['\n', '\r']) || cmd.len() > 3000 {
@@ -453,7 +467,7 @@ pub fn framed_command(id: u64, cmd: &str) -> Result<String, String> {
     // A command put in the background ends with `&`, which already separates it from
     // the next one: `& ;` is a syntax error, which ends the guest's /init.
     let separator = if cmd.ends_with('&') && !cmd.ends_with("&&") { " " } else { "; " };
-    Ok(format!("echo \"@@\"\"beg {id}\"; {cmd}{separator}echo \"@@\"\"end {id} $?\"\n"))
+    Ok(length_prefixed(&format!("echo \"@@\"\"beg {id}\"; {cmd}{separator}echo \"@@\"\"end {id} $?\"")))
 }
 
 /// Finds command `id`'s result in serial output `bytes`, looking from `from` (where
@@ -513,12 +527,22 @@ pub struct GuestShell {
     transcript: Transcript,
     next_id: u64,
     closed: bool,
+    /// command lines that reached the guest garbled (sent again)
+    garbled_lines: u32,
 }
 
 impl GuestShell {
     /// A shell writing to `writer` and reading `rx`; times count from `origin`.
     pub fn new(writer: Box<dyn Write + Send>, rx: mpsc::Receiver<Vec<u8>>, origin: Instant) -> Self {
-        GuestShell { writer, rx, origin, transcript: Transcript::default(), next_id: 1, closed: false }
+        GuestShell {
+            writer,
+            rx,
+            origin,
+            transcript: Transcript::default(),
+            next_id: 1,
+            closed: false,
+            garbled_lines: 0,
+        }
     }
 
     pub fn transcript(&self) -> &Transcript {
@@ -585,22 +609,35 @@ impl GuestShell {
         }
     }
 
-    /// Sends one raw line (a newline is added), e.g. `poweroff -f`.
+    /// Sends one line with no end marker to wait for (e.g. `poweroff -f`), behind its
+    /// length: a line that arrives garbled is not run (the transcript shows
+    /// [`GARBLED`]).
     pub fn send_line(&mut self, line: &str) -> Result<(), String> {
-        self.writer.write_all(format!("{line}\n").as_bytes()).map_err(|e| format!("writing to the guest's serial: {e}"))
+        self.writer
+            .write_all(length_prefixed(line).as_bytes())
+            .map_err(|e| format!("writing to the guest's serial: {e}"))
     }
 
-    /// Runs `cmd` (one line of shell) in the guest and returns what it printed.
+    /// Runs `cmd` (one line of shell) in the guest and returns what it printed. A line
+    /// the guest reports garbled (it did not run it) is sent again, up to
+    /// [`GARBLED_RESENDS`] times, each noted on stdout.
     pub fn run(&mut self, cmd: &str, limit: Duration) -> Result<CommandOutput, String> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let line = framed_command(id, cmd)?;
-        let from = self.transcript.bytes().len();
-        self.writer.write_all(line.as_bytes()).map_err(|e| format!("writing to the guest's serial: {e}"))?;
         let deadline = Instant::now() + limit;
+        let mut resends = 0;
+        let (mut id, mut from) = self.send_command(cmd)?;
         loop {
             if let Some(out) = parse_command_output(self.transcript.bytes(), from, id) {
                 return Ok(out);
+            }
+            if find_bytes(self.transcript.bytes(), GARBLED.as_bytes(), from).is_some() && resends < GARBLED_RESENDS {
+                resends += 1;
+                self.garbled_lines += 1;
+                println!(
+                    "@@note guest-serial| command {id} reached the guest garbled ({} so far); sent again: {cmd:?}",
+                    self.garbled_lines
+                );
+                (id, from) = self.send_command(cmd)?;
+                continue;
             }
             if Instant::now() >= deadline || !self.pump(deadline) {
                 return Err(format!(
@@ -610,6 +647,17 @@ impl GuestShell {
                 ));
             }
         }
+    }
+
+    /// Sends `cmd` as a new framed command; returns its id and where the transcript
+    /// ended before it.
+    fn send_command(&mut self, cmd: &str) -> Result<(u64, usize), String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = framed_command(id, cmd)?;
+        let from = self.transcript.bytes().len();
+        self.writer.write_all(line.as_bytes()).map_err(|e| format!("writing to the guest's serial: {e}"))?;
+        Ok((id, from))
     }
 
     /// [`GuestShell::run`], failing unless the command exits with 0.
@@ -854,16 +902,53 @@ mod tests {
     #[test]
     fn framed_command_hides_its_markers_from_an_echo() {
         let line = framed_command(7, "sha256sum /cdrom/nonce.bin;").unwrap();
-        assert_eq!(line, "echo \"@@\"\"beg 7\"; sha256sum /cdrom/nonce.bin; echo \"@@\"\"end 7 $?\"\n");
+        assert_eq!(line, "65:echo \"@@\"\"beg 7\"; sha256sum /cdrom/nonce.bin; echo \"@@\"\"end 7 $?\"\n");
+        assert_eq!(line.len(), "65:".len() + 65 + 1);
         assert!(!line.contains("@@beg 7") && !line.contains("@@end 7"));
         let background = framed_command(8, "(nc -l -p 5001 | sha256sum > /tmp/rx.sum) >/dev/null 2>&1 &").unwrap();
         assert_eq!(
             background,
-            "echo \"@@\"\"beg 8\"; (nc -l -p 5001 | sha256sum > /tmp/rx.sum) >/dev/null 2>&1 & echo \"@@\"\"end 8 $?\"\n"
+            "97:echo \"@@\"\"beg 8\"; (nc -l -p 5001 | sha256sum > /tmp/rx.sum) >/dev/null 2>&1 & echo \"@@\"\"end 8 $?\"\n"
         );
         assert!(framed_command(9, "true && true").unwrap().contains("true && true; echo"));
         assert!(framed_command(1, "a\nb").is_err());
         assert!(framed_command(1, " ; ").is_err());
+    }
+
+    /// A guest whose serial loses one byte of the first line it gets: its /init says
+    /// "@@garbled"; the second copy arrives whole and runs.
+    struct LossyGuest {
+        tx: mpsc::Sender<Vec<u8>>,
+        lines: usize,
+    }
+
+    impl Write for LossyGuest {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let line = String::from_utf8_lossy(buf).trim_end().to_string();
+            self.lines += 1;
+            let (length, body) = line.split_once(':').unwrap();
+            assert_eq!(body.len(), length.parse::<usize>().unwrap(), "{line}");
+            let reply = if self.lines == 1 {
+                format!("@@garbled {} bytes\r\n", line.len() - 1)
+            } else {
+                let id: String = body["echo \"@@\"\"beg ".len()..].chars().take_while(char::is_ascii_digit).collect();
+                format!("@@beg {id}\r\nran\r\n@@end {id} 0\r\n")
+            };
+            self.tx.send(reply.into_bytes()).unwrap();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_command_that_arrives_garbled_is_sent_again() {
+        let (tx, rx) = mpsc::channel();
+        let mut shell = GuestShell::new(Box::new(LossyGuest { tx, lines: 0 }), rx, Instant::now());
+        let out = shell.run("true", Duration::from_secs(5)).unwrap();
+        assert_eq!((out.text.as_str(), out.status, shell.garbled_lines), ("ran\n", 0, 1));
     }
 
     #[test]

@@ -169,6 +169,20 @@ mod tests {
     }
 
     #[test]
+    fn the_guest_init_runs_only_whole_length_prefixed_lines() {
+        // "true" lost its "t" on the way (seen on the bed); then the same line whole;
+        // then a line whose length prefix lost its colon.
+        let whole = "echo \"ran $((1 + 1))\"";
+        let cut = whole.replacen("echo", "cho", 1);
+        let input = format!("{}:{cut}\n{}:{whole}\n{}{whole}\necho done\n", whole.len(), whole.len(), whole.len());
+        let seen = run_init_loop(&input, "done");
+        assert_eq!(seen.lines().filter(|l| l.starts_with("@@garbled")).count(), 2, "{seen}");
+        assert_eq!(seen.matches("ran 2").count(), 1, "{seen}");
+        assert!(!seen.contains("not found"), "{seen}");
+        assert!(seen.ends_with("done\n"), "{seen}");
+    }
+
+    #[test]
     fn placeholder_has_the_nonce_length_and_no_shifted_self_match() {
         let p = nonce_placeholder();
         assert_eq!(p.len(), NONCE_LEN_BYTES);
