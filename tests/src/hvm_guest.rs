@@ -629,12 +629,19 @@ impl GuestShell {
             if let Some(out) = parse_command_output(self.transcript.bytes(), from, id) {
                 return Ok(out);
             }
-            if find_bytes(self.transcript.bytes(), GARBLED.as_bytes(), from).is_some() && resends < GARBLED_RESENDS {
+            if let Some(at) = find_bytes(self.transcript.bytes(), GARBLED.as_bytes(), from)
+                && resends < GARBLED_RESENDS
+            {
                 resends += 1;
                 self.garbled_lines += 1;
+                let bytes = self.transcript.bytes();
+                let eol = find_bytes(bytes, b"\n", at).unwrap_or(bytes.len());
                 println!(
-                    "@@note guest-serial| command {id} reached the guest garbled ({} so far); sent again: {cmd:?}",
-                    self.garbled_lines
+                    "@@note guest-serial| command {id} reached the guest garbled ({} so far), sent again; \
+                     sent {:?}, the guest said {:?}",
+                    self.garbled_lines,
+                    framed_command(id, cmd)?.trim_end(),
+                    String::from_utf8_lossy(&bytes[at..eol]).trim_end()
                 );
                 (id, from) = self.send_command(cmd)?;
                 continue;
