@@ -209,9 +209,43 @@ fn hvmloader_sees_our_pci_devices(ctx: &mut Ctx) -> Result<(), String> {
 const BOOT_NAME: &str = "linux-stubdom";
 const BOOT_CD: &str = "/tmp/linux-stubdom-cd.iso";
 const BOOT_HDA: &str = "/tmp/linux-stubdom-hda.img";
-const PATTERN_SECTOR: u64 = 2048;
-const PATTERN_LEN_BYTES: usize = 64 << 10;
+/// Where the boot tests' guests write their pattern on hda, and how much.
+pub const PATTERN_SECTOR: u64 = 2048;
+pub const PATTERN_LEN_BYTES: usize = 64 << 10;
 const READ_SECTOR: u64 = 100;
+
+/// What the boot tests check of the Linux guest's drives, whichever device model serves
+/// them: both drives probed and each of `needles` in its dmesg; the CD's nonce file
+/// hashes to `nonce_sha256`; sector [`READ_SECTOR`] of the patterned hda reads back; then
+/// the pattern tagged `tag` is written at [`PATTERN_SECTOR`] (dom0 checks the file).
+pub fn check_guest_drives(
+    shell: &mut GuestShell,
+    nonce_sha256: &str,
+    needles: &[&str],
+    tag: &str,
+) -> Result<(), String> {
+    let short = Duration::from_secs(60);
+    // sd and sr attach asynchronously; then the lines that say so (every serial byte
+    // is a device-model round trip).
+    let dmesg = shell.run_ok(
+        "waitdev /dev/sda 30 && waitdev /dev/sr0 30 && \
+         dmesg | grep -E 'scsi host|ata[0-9.]+: [AP]|CD-ROM|\\[sda\\] [0-9]+ 512|ttyS0 at'",
+        short,
+    )?;
+    for needle in needles {
+        expect_contains(&dmesg, needle, "the guest's dmesg")?;
+    }
+    let sums = shell.run_ok("mount -t iso9660 -r /dev/sr0 /cdrom && sha256sum /cdrom/nonce.bin", short)?;
+    expect_contains(&sums, &format!("{nonce_sha256}  /cdrom/nonce.bin"), "sha256sum of the CD's nonce file")?;
+    let sector: Vec<u8> = (0..64).flat_map(|_| READ_SECTOR.to_le_bytes()).collect();
+    let read = shell.run_ok(
+        &format!("dd if=/dev/sda bs=512 skip={READ_SECTOR} count=1 iflag=direct status=none | sha256sum"),
+        short,
+    )?;
+    expect_contains(&read, &sha256_hex(&sector)?, "sha256sum of a sector the guest read from hda")?;
+    shell.run_ok(&write_pattern_command("/dev/sda", tag, PATTERN_SECTOR, PATTERN_LEN_BYTES)?, short)?;
+    Ok(())
+}
 
 /// Times from `xl create`, for the report.
 pub struct BootTimes {
@@ -265,33 +299,21 @@ fn boot_and_power_off(guest: &mut HvmGuest, nonce_sha256: &str) -> Result<BootTi
     let stub = guest.stub_domid.ok_or("no stub domain")?;
     let times = wait_boot(&mut guest.shell, Duration::from_secs(600))?;
 
-    let short = Duration::from_secs(60);
-    let dmesg = guest.shell.run_ok(
-        "waitdev /dev/sda 30 && waitdev /dev/sr0 30 && \
-         dmesg | grep -E 'scsi host|ata[0-9.]+: [AP]|CD-ROM|\\[sda\\] [0-9]+ 512|ttyS0 at'",
-        short,
-    )?;
-    for needle in [
-        "scsi host0: ata_piix",
-        "ATA-7: QEMU HARDDISK",
-        "ATAPI: QEMU DVD-ROM",
-        "CD-ROM",
-        "[sda] 32768 512-byte logical blocks",
-        // Linux's autoconfig found our UART to be a 16550A.
-        "ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A",
-    ] {
-        expect_contains(&dmesg, needle, "the guest's dmesg")?;
-    }
-    let sums = guest.shell.run_ok("mount -t iso9660 -r /dev/sr0 /cdrom && sha256sum /cdrom/nonce.bin", short)?;
-    expect_contains(&sums, &format!("{nonce_sha256}  /cdrom/nonce.bin"), "sha256sum of the CD's nonce file")?;
-    let sector: Vec<u8> = (0..64).flat_map(|_| READ_SECTOR.to_le_bytes()).collect();
-    let read = guest.shell.run_ok(
-        &format!("dd if=/dev/sda bs=512 skip={READ_SECTOR} count=1 iflag=direct status=none | sha256sum"),
-        short,
-    )?;
-    expect_contains(&read, &sha256_hex(&sector)?, "sha256sum of a sector the guest read from hda")?;
     let tag = format!("rust-stubdom hda {}", harness::nonce());
-    guest.shell.run_ok(&write_pattern_command("/dev/sda", &tag, PATTERN_SECTOR, PATTERN_LEN_BYTES)?, short)?;
+    check_guest_drives(
+        &mut guest.shell,
+        nonce_sha256,
+        &[
+            "scsi host0: ata_piix",
+            "ATA-7: QEMU HARDDISK",
+            "ATAPI: QEMU DVD-ROM",
+            "CD-ROM",
+            "[sda] 32768 512-byte logical blocks",
+            // Linux's autoconfig found our UART to be a 16550A.
+            "ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A",
+        ],
+        &tag,
+    )?;
 
     guest.shell.send_line("poweroff -f")?;
     // xl destroys both domains on a poweroff; its log says why the guest stopped.

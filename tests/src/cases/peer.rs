@@ -4,15 +4,14 @@
 //! against a working peer, and where its start-up time goes.
 
 use crate::cases::bench::Figure;
-use crate::cases::hvm::{BootTimes, wait_boot, with_device_model_log};
+use crate::cases::hvm::{
+    BootTimes, PATTERN_LEN_BYTES, PATTERN_SECTOR, check_guest_drives, wait_boot, with_device_model_log,
+};
 use crate::cases::kernel::IMAGE;
 use crate::cases::linux::patterned_disk;
 use crate::cases::qmp::Client;
 use crate::harness::{self, Ctx, Test, expect_contains};
-use crate::hvm_guest::{
-    Action, DeviceModel, HvmGuest, HvmGuestConfig, disk_pattern, file_holds, nonce_cd, sha256_hex,
-    write_pattern_command,
-};
+use crate::hvm_guest::{Action, DeviceModel, HvmGuest, HvmGuestConfig, disk_pattern, file_holds, nonce_cd};
 use crate::{proc, xl, xs};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -323,9 +322,6 @@ pub fn bench_portio_idle(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
 const NAME: &str = "peer-linux";
 const CD: &str = "/tmp/peer-linux-cd.iso";
 const HDA: &str = "/tmp/peer-linux-hda.img";
-const PATTERN_SECTOR: u64 = 2048;
-const PATTERN_LEN_BYTES: usize = 64 << 10;
-const READ_SECTOR: u64 = 100;
 
 /// The Linux test guest boots from its CD with the peer as device model (libxl's
 /// default 128 MiB), as xen::hvm::linux_boots_from_cd_through_stub_domain does with
@@ -366,31 +362,19 @@ fn boot_and_power_off(guest: &mut HvmGuest, origin: Instant, nonce_sha256: &str)
     let stub = guest.stub_domid.ok_or("no stub domain")?;
     let times = wait_boot(&mut guest.shell, Duration::from_secs(600))?;
 
-    let short = Duration::from_secs(60);
-    let dmesg = guest.shell.run_ok(
-        "waitdev /dev/sda 30 && waitdev /dev/sr0 30 && \
-         dmesg | grep -E 'scsi host|ata[0-9.]+: [AP]|CD-ROM|\\[sda\\] [0-9]+ 512|ttyS0 at'",
-        short,
-    )?;
-    for needle in [
-        "scsi host0: ata_piix",
-        "ATA-7: QEMU HARDDISK",
-        "ATAPI: QEMU DVD-ROM",
-        "[sda] 32768 512-byte logical blocks",
-        "ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A",
-    ] {
-        expect_contains(&dmesg, needle, "the guest's dmesg")?;
-    }
-    let sums = guest.shell.run_ok("mount -t iso9660 -r /dev/sr0 /cdrom && sha256sum /cdrom/nonce.bin", short)?;
-    expect_contains(&sums, &format!("{nonce_sha256}  /cdrom/nonce.bin"), "sha256sum of the CD's nonce file")?;
-    let sector: Vec<u8> = (0..64).flat_map(|_| READ_SECTOR.to_le_bytes()).collect();
-    let read = guest.shell.run_ok(
-        &format!("dd if=/dev/sda bs=512 skip={READ_SECTOR} count=1 iflag=direct status=none | sha256sum"),
-        short,
-    )?;
-    expect_contains(&read, &sha256_hex(&sector)?, "sha256sum of a sector the guest read from hda")?;
     let tag = format!("linux peer hda {}", harness::nonce());
-    guest.shell.run_ok(&write_pattern_command("/dev/sda", &tag, PATTERN_SECTOR, PATTERN_LEN_BYTES)?, short)?;
+    check_guest_drives(
+        &mut guest.shell,
+        nonce_sha256,
+        &[
+            "scsi host0: ata_piix",
+            "ATA-7: QEMU HARDDISK",
+            "ATAPI: QEMU DVD-ROM",
+            "[sda] 32768 512-byte logical blocks",
+            "ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A",
+        ],
+        &tag,
+    )?;
 
     guest.shell.send_line("poweroff -f")?;
     let stub_name = format!("{NAME}-dm");
