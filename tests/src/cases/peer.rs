@@ -82,13 +82,12 @@ pub struct StubStart {
 pub fn wait_stub_start(guest: &mut HvmGuest, origin: Instant) -> Result<StubStart, String> {
     let stub = guest.stub_domid.ok_or("no stub domain")?;
     let state = format!("/local/domain/{stub}/device-model/{}/state", guest.domid);
-    // libxl gives up after 30 s of the stub domain running; this also covers the build before.
-    let running = proc::poll(Duration::from_secs(120), Duration::from_millis(100), || {
-        (xs::read(&state).as_deref() == Some("running")).then(|| origin.elapsed())
-    });
+    // libxl gives up after 30 s of the stub domain running; this also covers the build
+    // before. A watch, not a poll: dom0's CPU is the stub domain's under TCG.
+    let running = xs::wait_for(&state, Duration::from_secs(120), |v| v == "running").map(|_| origin.elapsed());
     guest.wait_created(Duration::from_secs(120))?;
     let created = origin.elapsed();
-    let running = running.ok_or_else(|| format!("{state} never read running"))?;
+    let running = running.map_err(|e| format!("the stub domain never said running: {e}"))?;
     Ok(StubStart { running, created })
 }
 
