@@ -9,8 +9,7 @@ use crate::cases::hvm::{
     SMALL_GUEST_MEMORY_MIB, STUBDOM_MEMORY_MIB, our_stub_domain, reattach_serial, wait_boot, with_device_model_log,
 };
 use crate::cases::linux::patterned_disk;
-use crate::cases::qmp::Client;
-use crate::cases::xen420::{parse_block_list, xl_config_target};
+use crate::cases::xen420::medium_view;
 use crate::harness::{Ctx, Test, expect_contains};
 use crate::hvm_guest::{GuestShell, HvmGuest, HvmGuestConfig, NonceCd, nonce_cd, sha256_hex};
 use crate::{proc, xl, xs};
@@ -115,23 +114,15 @@ struct View {
 }
 
 fn view(name: &str, domid: u32, stub: u32) -> Result<View, String> {
-    let (mut qmp, _greeting) = Client::connect(&format!("/var/run/xen/qmp-libxl-{domid}"))?;
-    qmp.execute("qmp_capabilities", Value::Null)?;
-    let drive = qmp.drive(CD_DRIVE)?;
-    let fdset = qmp.stub_fdset(CD_DEVID)?;
-    drop(qmp);
-    let list = proc::run(Command::new("xl").args(["block-list", &stub.to_string()]), Duration::from_secs(30))?;
-    let row = parse_block_list(&list.stdout).into_iter().find(|r| r.vdev == CD_DEVID.to_string());
-    let stub_params = row.as_ref().and_then(|r| xs::read(&format!("{}/params", r.backend_path)));
-    let config = proc::run(Command::new("xl").args(["list", "-l", name]), Duration::from_secs(30))?;
+    let m = medium_view(name, domid, stub)?;
     Ok(View {
-        qmp_file: drive["inserted"]["file"].as_str().map(str::to_string),
-        tray_open: drive["tray_open"] == json!(true),
-        fdset,
-        stub_state: row.map(|r| r.state),
-        stub_params,
+        qmp_file: m.drive["inserted"]["file"].as_str().map(str::to_string),
+        tray_open: m.drive["tray_open"] == json!(true),
+        fdset: m.fdset,
+        stub_state: m.stub_vbd.map(|r| r.state),
+        stub_params: m.backend_params,
         guest_params: xs::read(&format!("/libxl/{domid}/device/vbd/{CD_DEVID}/params")),
-        xl_target: xl_config_target(&config.stdout, CD_VDEV),
+        xl_target: m.xl_target,
     })
 }
 

@@ -193,17 +193,17 @@ pub fn xl_config_target(json_text: &str, vdev: &str) -> Option<String> {
 
 /// Everything dom0 can see of the guest's CD-ROM.
 #[derive(Debug)]
-struct MediumView {
+pub struct MediumView {
     /// query-block's entry for ide-5632 on libxl's QMP socket.
-    drive: Value,
+    pub drive: Value,
     /// The fdset whose fd is `stub-devid:5632`, from query-fdsets.
-    fdset: Option<i64>,
+    pub fdset: Option<i64>,
     /// `xl block-list <stub domain>`'s row for 5632.
-    stub_vbd: Option<BlockRow>,
+    pub stub_vbd: Option<BlockRow>,
     /// `params` of that row's backend.
-    backend_params: Option<String>,
+    pub backend_params: Option<String>,
     /// The CD's `pdev_path` in xl's saved config of the guest (`xl list -l`).
-    xl_target: Option<String>,
+    pub xl_target: Option<String>,
 }
 
 impl MediumView {
@@ -270,7 +270,7 @@ impl MediumView {
 }
 
 /// Reads every view of the CD-ROM of `guest` (domid `domid`) and its stub domain.
-fn medium_view(guest: &str, domid: u32, stub: u32) -> Result<MediumView, String> {
+pub fn medium_view(guest: &str, domid: u32, stub: u32) -> Result<MediumView, String> {
     // libxl's socket takes one client at a time: this one is gone before xl runs again.
     let (mut qmp, _greeting) = Client::connect(&format!("/var/run/xen/qmp-libxl-{domid}"))?;
     qmp.execute("qmp_capabilities", Value::Null)?;
