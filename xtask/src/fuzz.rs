@@ -104,12 +104,7 @@ fn ensure_tools() -> Result<(), String> {
     let has_cxx = Command::new("c++").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
     if !has_cxx && std::env::var_os("CXX").is_none() {
         println!("xtask: installing Debian's g++ (libFuzzer is C++)");
-        let apt = |args: &[&str]| {
-            run_limited(
-                Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive"),
-                Duration::from_secs(300),
-            )
-        };
+        let apt = |args: &[&str]| run_limited(crate::host::apt_get().args(args), Duration::from_secs(300));
         apt(&["update", "-q"])
             .and_then(|()| apt(&["install", "-y", "-q", "--no-install-recommends", "g++"]))
             .map_err(|why| format!("no C++ compiler for libFuzzer, and installing g++ failed: {why}"))?;

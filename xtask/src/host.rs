@@ -30,6 +30,41 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// How often apt retries a failed download (a mirror's moment of trouble is not a
+/// failed suite): for every apt-get and mmdebstrap this crate runs.
+pub const APT_RETRIES: u32 = 5;
+
+/// `apt-get` with [`APT_RETRIES`] and no questions.
+pub fn apt_get() -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.arg("-o").arg(format!("Acquire::Retries={APT_RETRIES}")).env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+/// Runs the command `make` builds up to `attempts` times, `pause` apart, calling
+/// `cleanup` before each retry; the last failure if none succeeds. For downloads,
+/// whose failures are mostly the network's and pass.
+pub fn run_retrying(
+    attempts: u32,
+    pause: std::time::Duration,
+    mut make: impl FnMut() -> Command,
+    mut cleanup: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match run(&mut make()) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < attempts => {
+                println!("xtask: {e:#}; trying again in {} s ({attempt} of {attempts} failed)", pause.as_secs());
+                std::thread::sleep(pause);
+                cleanup()?;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.context(format!("{attempts} attempts failed"))),
+        }
+    }
+}
+
 /// The format and lint standard, each check one result line: `host::fmt` (rustfmt.toml's
 /// format, `cargo fmt --all --check`), `host::clippy` (every host crate with all its
 /// targets and features, and the image crate's host tests) and `host::clippy_image` (the
@@ -113,4 +148,54 @@ pub fn list_benches(suite: &Path) -> Result<Vec<String>> {
         bail!("{} list-benches failed", suite.display());
     }
     Ok(String::from_utf8(out.stdout)?.lines().map(str::to_string).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A command that succeeds once `marker` exists.
+    fn marker_test(marker: &Path) -> Command {
+        let mut cmd = Command::new("test");
+        cmd.arg("-e").arg(marker);
+        cmd
+    }
+
+    #[test]
+    fn a_retried_command_succeeds_after_the_cleanup_between_attempts() {
+        let marker = std::env::temp_dir().join(format!("xtask-retry-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let mut cleanups = 0;
+        let result = run_retrying(
+            3,
+            Duration::ZERO,
+            || marker_test(&marker),
+            || {
+                cleanups += 1;
+                std::fs::write(&marker, b"")?;
+                Ok(())
+            },
+        );
+        let _ = std::fs::remove_file(&marker);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(cleanups, 1);
+    }
+
+    #[test]
+    fn a_command_that_always_fails_fails_after_the_last_attempt() {
+        let mut runs = 0;
+        let result = run_retrying(
+            3,
+            Duration::ZERO,
+            || {
+                runs += 1;
+                Command::new("false")
+            },
+            || Ok(()),
+        );
+        let e = result.expect_err("false never succeeds");
+        assert_eq!(runs, 3);
+        assert!(format!("{e:#}").contains("3 attempts failed"), "{e:#}");
+    }
 }

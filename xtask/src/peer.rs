@@ -19,7 +19,7 @@
 //! ([`DOM0_KERNEL`], [`DOM0_RAMDISK`]), so a guest config names them with
 //! `stubdomain_kernel` / `stubdomain_ramdisk`.
 
-use crate::host::run;
+use crate::host::{apt_get, run};
 use crate::testbed::{Sysroot, copy_into, copy_with_libs};
 use anyhow::{Context, Result, bail};
 use std::fs;
@@ -73,10 +73,7 @@ fn ensure_tools() -> Result<()> {
         return Ok(());
     }
     println!("xtask: installing Debian packages for the Linux stub domain peer: {}", missing.join(" "));
-    run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run(apt_get().args(["install", "-y", "--no-install-recommends"]).args(&missing))
 }
 
 /// The cloud flavour of the kernel release dom0 runs (6.1.0-57-amd64 gives
@@ -99,7 +96,7 @@ fn cloud_kernel(dir: &Path, release: &str) -> Result<(PathBuf, String)> {
         Some(deb) => deb,
         None => {
             println!("xtask: downloading {pkg} for the Linux stub domain peer");
-            run(Command::new("apt-get").args(["download", "-q", &pkg]).current_dir(dir))?;
+            run(apt_get().args(["download", "-q", &pkg]).current_dir(dir))?;
             find_deb()?.with_context(|| format!("apt-get download {pkg} left no .deb in {}", dir.display()))?
         }
     };

@@ -173,12 +173,7 @@ fn ensure_venv() -> Result<PathBuf, String> {
             }
             println!("xtask: python3 -m venv failed; installing Debian's python3 and python3-venv");
             let _ = std::fs::remove_dir_all(venv);
-            let apt = |args: &[&str]| {
-                run_limited(
-                    Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive"),
-                    Duration::from_secs(300),
-                )
-            };
+            let apt = |args: &[&str]| run_limited(crate::host::apt_get().args(args), Duration::from_secs(300));
             apt(&["update", "-q"])
                 .and_then(|()| apt(&["install", "-y", "-q", "--no-install-recommends", "python3", "python3-venv"]))
                 .map_err(|why| {

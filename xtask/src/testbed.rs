@@ -15,7 +15,7 @@
 //! log and the guests' console logs are left under the bed's directory (target/testbed/
 //! for 4.17, target/testbed420/ for 4.20), in logs/.
 
-use crate::host::run;
+use crate::host::{apt_get, run};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
 use std::fs;
@@ -208,8 +208,8 @@ pub fn ensure_packages() -> Result<()> {
     if installed_version("qemu-utils").is_some_and(|v| v.contains("bpo")) {
         args.extend(["--allow-downgrades".into(), "qemu-utils/bookworm".into()]);
     }
-    run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(apt_get().arg("update").arg("-q"))?;
+    run(apt_get().args(&args))
 }
 
 /// The newest installed Debian kernel version (dom0 runs it).

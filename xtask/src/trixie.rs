@@ -7,12 +7,12 @@
 //! QEMU 10.0 and SeaBIOS from it (testbed.rs), as the 4.17 bed takes them from the host.
 //! It is rebuilt only when the way it is made changes ([`KEY`]).
 
-use crate::host::run;
+use crate::host::{APT_RETRIES, run_retrying};
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The suite and the packages (besides trixie's essential set) the root holds.
 const SUITE: &str = "trixie";
@@ -58,10 +58,26 @@ pub fn ensure_root(dir: &Path) -> Result<PathBuf> {
         }
     }
     let _ = fs::remove_file(&key_file);
-    run(Command::new("mmdebstrap")
-        .args(["--quiet", "--variant=essential", "--mode=root"])
-        .arg(format!("--include={}", PACKAGES.join(",")))
-        .args([SUITE, tmp.to_str().context("non-UTF-8 path")?, &archive]))?;
+    let tmp_str = tmp.to_str().context("non-UTF-8 path")?;
+    // One download failure fails mmdebstrap as a whole (apt's own retries first).
+    run_retrying(
+        3,
+        Duration::from_secs(30),
+        || {
+            let mut cmd = Command::new("mmdebstrap");
+            cmd.args(["--quiet", "--variant=essential", "--mode=root"])
+                .arg(format!("--aptopt=Acquire::Retries \"{APT_RETRIES}\""))
+                .arg(format!("--include={}", PACKAGES.join(",")))
+                .args([SUITE, tmp_str, &archive]);
+            cmd
+        },
+        || {
+            if tmp.exists() {
+                fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+            }
+            Ok(())
+        },
+    )?;
     fs::rename(&tmp, &root)?;
     fs::write(&key_file, wanted)?;
     println!("xtask: Debian 13 root in {:.1} s", started.elapsed().as_secs_f64());
