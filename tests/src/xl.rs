@@ -139,6 +139,25 @@ pub fn qmp_socket_picture(socket: &str) -> String {
     out
 }
 
+/// What dom0 and the domains are doing, for a start-up that was too slow: dom0's load
+/// average, its busiest processes (busybox `top`), `xl list` (each domain's CPU seconds)
+/// and `xl vcpu-list` (where each vCPU runs).
+pub fn load_picture() -> String {
+    let mut out = String::new();
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    out.push_str(&format!("  dom0 /proc/loadavg: {}\n", loadavg.trim()));
+    if let Ok(top) = proc::run(Command::new("top").args(["-b", "-n", "1"]), Duration::from_secs(30)) {
+        let head: Vec<&str> = top.stdout.lines().take(14).collect();
+        out.push_str(&format!("  dom0 top:\n{}", indent(&head.join("\n"))));
+    }
+    for args in [&["list"][..], &["vcpu-list"][..]] {
+        if let Ok(list) = xl(args, 30) {
+            out.push_str(&format!("  xl {}:\n{}", args.join(" "), indent(&list.stdout)));
+        }
+    }
+    out
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }

@@ -330,6 +330,13 @@ const HDA: &str = "/tmp/peer-linux-hda.img";
 /// the CD and a sector from hda, writes a nonce pattern to hda and powers off; xl
 /// removes both domains and dom0 finds the pattern in the disk file. The peer's /init
 /// steps (seconds since its kernel started) are reported.
+///
+/// libxl's 30 s is a constant made for hardware: under TCG the peer's start takes 11
+/// to 12 s on a quiet bed, but CI saw the whole stub domain run 2 to 8 times slower
+/// (kernel to /init 12.4 s, QEMU's exec to its QMP socket 10.3 s instead of 1.3 s) and
+/// miss it. A start that times out is tried once more, with dom0's load, the domains'
+/// CPU times and the first try's /init steps printed as a note; any other failure, or
+/// a second time-out, fails the test.
 fn linux_stubdom_boots_the_guest(ctx: &mut Ctx) -> Result<(), String> {
     let cd = nonce_cd(CD)?;
     patterned_disk(HDA, 16)?;
@@ -337,23 +344,44 @@ fn linux_stubdom_boots_the_guest(ctx: &mut Ctx) -> Result<(), String> {
     config.hda = Some(HDA.to_string());
     config.cdrom = Some(cd.path.clone());
     config.on_poweroff = Action::Destroy;
-    let origin = Instant::now();
-    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
-    let result = boot_and_power_off(&mut guest, origin, &cd.sha256_hex);
-    let log = console_log(NAME);
-    for line in guest.shell.transcript().render().lines() {
-        println!("@@console {NAME}-serial| {line}");
+    let mut first_try = true;
+    loop {
+        let origin = Instant::now();
+        let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+        let result = boot_and_power_off(&mut guest, origin, &cd.sha256_hex);
+        let log = console_log(NAME);
+        for line in guest.shell.transcript().render().lines() {
+            println!("@@console {NAME}-serial| {line}");
+        }
+        for line in log.lines() {
+            println!("@@console {NAME}-dm| {line}");
+        }
+        let steps = init_steps(&log);
+        let report: Vec<String> = steps.iter().map(|(t, s)| format!("{t:.2} s {s}")).collect();
+        println!("@@metric xen::peer::init_steps| (s since the stub domain's kernel started) {}", report.join("; "));
+        if let Some(at) = step_at(&steps, "state running") {
+            println!("@@metric xen::peer::running| QEMU running {at:.2} s after the stub domain's kernel started");
+        }
+        match result {
+            Err(e) if first_try && e.contains("startup timed out") => {
+                first_try = false;
+                println!(
+                    "@@note xen::peer| the peer missed libxl's 30 s start-up (its /init steps: {}); trying once \
+                     more. Its failure, then dom0 and the domains now:",
+                    report.join("; ")
+                );
+                for line in e.lines().chain(xl::load_picture().lines()) {
+                    println!("@@note xen::peer| {line}");
+                }
+                guest.destroy()?;
+            }
+            result => {
+                return result.map_err(|e| {
+                    with_device_model_log(NAME, format!("{e}\nthe peer's /init steps: {}", report.join("; ")))
+                });
+            }
+        }
     }
-    for line in log.lines() {
-        println!("@@console {NAME}-dm| {line}");
-    }
-    let steps = init_steps(&log);
-    let report: Vec<String> = steps.iter().map(|(t, s)| format!("{t:.2} s {s}")).collect();
-    println!("@@metric xen::peer::init_steps| (s since the stub domain's kernel started) {}", report.join("; "));
-    if let Some(at) = step_at(&steps, "state running") {
-        println!("@@metric xen::peer::running| QEMU running {at:.2} s after the stub domain's kernel started");
-    }
-    result.map_err(|e| with_device_model_log(NAME, format!("{e}\nthe peer's /init steps: {}", report.join("; "))))
 }
 
 fn boot_and_power_off(guest: &mut HvmGuest, origin: Instant, nonce_sha256: &str) -> Result<(), String> {
