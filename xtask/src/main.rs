@@ -178,12 +178,23 @@ fn test(filter: &str) -> Result<()> {
             continue;
         }
         println!("== real-Xen suite ({} tests, {} under QEMU TCG)", tests.len(), release.describe());
-        let overlay = testbed::prepare_overlay(release, &images, &suite)?;
         // Each test has its own limit inside dom0 (up to 900 s); this bounds the whole
         // boot, and lets a single slow test reach its own limit and say why it failed.
         let limit = Duration::from_secs((300 + 240 * tests.len() as u64).max(300 + 900));
         let started = Instant::now();
-        let outcome = testbed::boot(&overlay, "run", &dom0_filter, limit, false)?;
+        // A bed that cannot be made or booted fails its own tests, not the other bed's.
+        let outcome = match testbed::prepare_overlay(release, &images, &suite)
+            .and_then(|overlay| testbed::boot(&overlay, "run", &dom0_filter, limit, false))
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let why = format!("the Xen {} bed could not run: {e:#}", release.version());
+                for name in &tests {
+                    tally.record(name, Some(&why));
+                }
+                continue;
+            }
+        };
         results::judge_xen_suite(&tests, &outcome, &mut tally);
         println!(
             "xtask: the Xen {} boot took {:.0} s; serial log and guest consoles in {}",
