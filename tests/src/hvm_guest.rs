@@ -252,6 +252,17 @@ impl HvmGuest {
         }
     }
 
+    /// Err with `xl create`'s output if it has already ended in failure.
+    pub fn check_create_not_failed(&mut self) -> Result<(), String> {
+        match self.xl_create.try_wait() {
+            Ok(Some(status)) if !status.success() => Err(format!(
+                "xl create failed ({status}):\n{}",
+                std::fs::read_to_string(&self.xl_log).unwrap_or_default()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Waits for `xl create` to return; Err with its output unless it succeeded.
     pub fn wait_created(&mut self, limit: Duration) -> Result<(), String> {
         let status = proc::poll(limit, Duration::from_millis(200), || self.xl_create.try_wait().ok().flatten());

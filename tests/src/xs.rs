@@ -1,4 +1,4 @@
-//! dom0's view of xenstore, through the xenstore-read/-write tools.
+//! dom0's view of xenstore, through the xenstore-read/-write/-watch tools.
 
 use crate::{harness, proc};
 use std::io::{BufRead, BufReader};
@@ -25,12 +25,24 @@ pub fn write(path: &str, value: &str) -> Result<(), String> {
 /// dom0 takes from the domains being waited for (a Linux stub domain has 30 s to
 /// start).
 pub fn wait_for(path: &str, limit: Duration, accept: impl Fn(&str) -> bool) -> Result<String, String> {
+    wait_for_while(path, limit, accept, || Ok(()))
+}
+
+/// [`wait_for`], giving up early with `still_possible`'s error once that says the value
+/// can no longer come (it is asked after each read).
+pub fn wait_for_while(
+    path: &str,
+    limit: Duration,
+    accept: impl Fn(&str) -> bool,
+    mut still_possible: impl FnMut() -> Result<(), String>,
+) -> Result<String, String> {
     let watch = Watch::start(path);
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = read(path).filter(|v| accept(v)) {
             return Ok(v);
         }
+        still_possible()?;
         let now = Instant::now();
         if now >= deadline || harness::cancelled() {
             return Err(format!("{path} not as expected within {} s (now: {:?})", limit.as_secs(), read(path)));

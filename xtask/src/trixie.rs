@@ -52,11 +52,8 @@ pub fn ensure_root(dir: &Path) -> Result<PathBuf> {
     println!("xtask: building a Debian 13 root with mmdebstrap ({SUITE} from {archive}: {})", PACKAGES.join(" "));
     let started = Instant::now();
     let tmp = dir.join("trixie-root.tmp");
-    for old in [&tmp, &root] {
-        if old.exists() {
-            fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
-        }
-    }
+    remove_dir_if_present(&tmp)?;
+    remove_dir_if_present(&root)?;
     let _ = fs::remove_file(&key_file);
     let tmp_str = tmp.to_str().context("non-UTF-8 path")?;
     // One download failure fails mmdebstrap as a whole (apt's own retries first).
@@ -71,17 +68,19 @@ pub fn ensure_root(dir: &Path) -> Result<PathBuf> {
                 .args([SUITE, tmp_str, &archive]);
             cmd
         },
-        || {
-            if tmp.exists() {
-                fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-            }
-            Ok(())
-        },
+        || remove_dir_if_present(&tmp),
     )?;
     fs::rename(&tmp, &root)?;
     fs::write(&key_file, wanted)?;
     println!("xtask: Debian 13 root in {:.1} s", started.elapsed().as_secs_f64());
     Ok(root)
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// `Package Version` of every package installed in `root`, one a line.

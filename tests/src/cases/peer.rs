@@ -83,8 +83,11 @@ pub fn wait_stub_start(guest: &mut HvmGuest, origin: Instant) -> Result<StubStar
     let stub = guest.stub_domid.ok_or("no stub domain")?;
     let state = format!("/local/domain/{stub}/device-model/{}/state", guest.domid);
     // libxl gives up after 30 s of the stub domain running; this also covers the build
-    // before. A watch, not a poll: dom0's CPU is the stub domain's under TCG.
-    let running = xs::wait_for(&state, Duration::from_secs(120), |v| v == "running").map(|_| origin.elapsed());
+    // before. A watch, not a poll: dom0's CPU is the stub domain's under TCG. A failed
+    // `xl create` (libxl gave up and destroyed the stub domain) ends the wait.
+    let running =
+        xs::wait_for_while(&state, Duration::from_secs(120), |v| v == "running", || guest.check_create_not_failed())
+            .map(|_| origin.elapsed());
     guest.wait_created(Duration::from_secs(120))?;
     let created = origin.elapsed();
     let running = running.map_err(|e| format!("the stub domain never said running: {e}"))?;
