@@ -496,7 +496,7 @@ mod tests {
         let ready = Arc::new(AtomicBool::new(false));
         let (mut xs, thread) = sim_server::serve_with(guest_with_cd(), backends(dom0.dir.clone(), ready.clone()));
         let log = device_model(&dom0.host.qmp_socket(3), ready.clone());
-        let progress = Progress { verbose: false };
+        let progress = Progress::new(false);
         let changed = change_on(&mut xs, &dom0.host, "g", "hdc", Some("/tmp/b.iso".into()), &progress).unwrap();
         assert_eq!((changed.fdset, changed.old_medium.as_deref()), (2, Some("/tmp/a.iso")));
         assert_eq!(
@@ -563,7 +563,7 @@ mod tests {
         let (mut xs, thread) = sim_server::serve_with(guest_with_cd(), backends(dom0.dir.clone(), ready.clone()));
         let log = device_model(&dom0.host.qmp_socket(3), ready);
         let before = dom0.config();
-        let progress = Progress { verbose: false };
+        let progress = Progress::new(false);
         let result = change_on(&mut xs, &dom0.host, "g", "hdc", Some("/tmp/b.iso".into()), &progress);
         let Err(Error::RolledBack { error, rollback }) = result else { panic!("{result:?}") };
         assert!(matches!(*error, Error::Hotplug(_)), "{error}");

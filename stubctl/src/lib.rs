@@ -18,6 +18,7 @@ pub mod ckpt;
 pub mod config;
 pub mod dmstate;
 pub mod guest;
+pub mod hotplug;
 pub mod lock;
 pub mod paths;
 pub mod qmp;
@@ -29,6 +30,7 @@ pub mod vdev;
 pub mod xs;
 
 use std::io::IsTerminal;
+use std::time::Instant;
 
 /// Why a command failed: the one line stubctl prints before exiting with status 1.
 #[derive(Debug, thiserror::Error)]
@@ -75,20 +77,26 @@ pub enum Error {
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
     pub verbose: bool,
+    /// When the command started: each line says the seconds since.
+    pub started: Instant,
 }
 
 impl Progress {
+    pub fn new(verbose: bool) -> Progress {
+        Progress { verbose, started: Instant::now() }
+    }
+
     /// A step of long work.
     pub fn step(&self, text: &str) {
         if self.verbose || std::io::stderr().is_terminal() {
-            eprintln!("stubctl: {text}");
+            eprintln!("stubctl: [{:6.1} s] {text}", self.started.elapsed().as_secs_f64());
         }
     }
 
     /// Detail for `-v`.
     pub fn detail(&self, text: &str) {
         if self.verbose {
-            eprintln!("stubctl:   {text}");
+            eprintln!("stubctl: [{:6.1} s]   {text}", self.started.elapsed().as_secs_f64());
         }
     }
 }

@@ -72,7 +72,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let progress = Progress { verbose: cli.verbose };
+    let progress = Progress::new(cli.verbose);
     let result = match &cli.command {
         Command::CdInsert { guest, vdev, image } => cdrom::change(guest, vdev, Some(image), &progress).map(|c| {
             format!(

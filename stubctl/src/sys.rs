@@ -102,6 +102,21 @@ unsafe extern "C" {
 unsafe extern "C" {
     /// glibc's `FILE *stderr`.
     static stderr: *mut c_void;
+    /// kill(2).
+    fn kill(pid: c_int, sig: c_int) -> c_int;
+}
+
+/// `SIGKILL`.
+const SIGKILL: c_int = 9;
+
+/// SIGKILL to every process of process group `pgid` (a group `std::process` started
+/// with `process_group(0)`: its id is the leader's pid).
+pub fn kill_process_group(pgid: u32) -> io::Result<()> {
+    let pgid =
+        c_int::try_from(pgid).ok().filter(|&g| g > 1).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; a negative
+    // pid names the group, and groups 0 and 1 (ours, init's) are refused above.
+    check(unsafe { kill(-pgid, SIGKILL) })
 }
 
 #[link(name = "xenctrl")]

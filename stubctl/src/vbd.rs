@@ -1,25 +1,24 @@
 //! The stub domain's PV disks: the xenstore node set of a vbd as libxl 4.17 writes it
 //! (frontend, dom0 backend, libxl's copy), written in one bounded transaction; the
-//! hotplug script run as libxl runs it; and libxl's removal sequence (Closing, wait
+//! hotplug script run as libxl runs it (`hotplug`); and libxl's removal sequence (Closing, wait
 //! for Closed, script `remove`, nodes deleted).
 //!
 //! New PV disks are always `phy` vbds served by dom0's blkback through the block
 //! script (a loop device for a file): dom0's QEMU that serves the stub domain's qdisk
 //! disks at start is not known to pick up qdisk disks added later.
 
+use crate::hotplug::{self, HOTPLUG_LIMIT};
 use crate::paths::{self, BackendKind, BackendPath};
 use crate::xs::{Tx, Xenstore, XsClientError};
 use crate::{Error, Progress};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xenstore::transaction::RetryPolicy;
 use xenstore::wire::{Access, Permission};
 
-/// libxl's limits: the backend reaching InitWait (`LIBXL_INIT_TIMEOUT`), Closed
-/// (`LIBXL_DESTROY_TIMEOUT`), and a hotplug script (`LIBXL_HOTPLUG_TIMEOUT`).
+/// libxl's limits: the backend reaching InitWait (`LIBXL_INIT_TIMEOUT`) and Closed
+/// (`LIBXL_DESTROY_TIMEOUT`).
 const INIT_LIMIT: Duration = Duration::from_secs(10);
 const DESTROY_LIMIT: Duration = Duration::from_secs(10);
-const HOTPLUG_LIMIT: Duration = Duration::from_secs(40);
 /// For dom0's QEMU to tear down a qdisk device it closed (it deletes the frontend's
 /// and the backend's directories itself, some time after Closed).
 const QDISK_CLEANUP_LIMIT: Duration = Duration::from_secs(10);
@@ -136,48 +135,6 @@ fn wait_for(
     }
 }
 
-/// Runs the hotplug script of backend `backend` with `action` (add/remove) as libxl
-/// does: environment `script`, `XENBUS_TYPE`, `XENBUS_PATH`, `XENBUS_BASE_PATH`, stdin
-/// /dev/null, killed after [`HOTPLUG_LIMIT`]. Returns its output on failure.
-fn run_hotplug(script: &str, backend: &BackendPath, action: &str) -> Result<(), String> {
-    let relative = format!("backend/vbd/{}/{}", backend.frontend_domid, backend.devid);
-    let mut child = Command::new(script)
-        .arg(action)
-        .env("script", script)
-        .env("XENBUS_TYPE", "vbd")
-        .env("XENBUS_PATH", &relative)
-        .env("XENBUS_BASE_PATH", "backend")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {script}: {e}"))?;
-    let deadline = Instant::now() + HOTPLUG_LIMIT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{script} {action} did not finish within {} s; killed", HOTPLUG_LIMIT.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("waiting for {script}: {e}")),
-        }
-    }
-    let output = child.wait_with_output().map_err(|e| format!("waiting for {script}: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{script} {action} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout).trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
 /// Gives the stub domain PV disk `vbd`: nodes in one transaction, the backend's
 /// InitWait awaited, the block script run. Partial work is removed again on failure;
 /// a backend that does not reach InitWait gets a second attempt.
@@ -198,7 +155,6 @@ fn add_once(xs: &mut Xenstore, vbd: &CdromVbd, progress: &Progress) -> Result<()
     let nodes = vbd.nodes();
     progress.detail(&format!("adding PV disk {} of domain {}: {}", vbd.devid, vbd.stub, vbd.medium));
     write_nodes(xs, vbd.stub, &nodes)?;
-    let backend = BackendPath { kind: BackendKind::Vbd, frontend_domid: vbd.stub, devid: vbd.devid };
     let result = (|| {
         let state_path = format!("{}/state", nodes.backend_path);
         if !wait_for(xs, &state_path, INIT_LIMIT, |s| s == Some(STATE_INIT_WAIT))? {
@@ -209,7 +165,7 @@ fn add_once(xs: &mut Xenstore, vbd: &CdromVbd, progress: &Progress) -> Result<()
                 secs: INIT_LIMIT.as_secs(),
             });
         }
-        run_hotplug(&vbd.script, &backend, "add").map_err(Error::Hotplug)?;
+        hotplug::run(&vbd.script, vbd.stub, vbd.devid, "add", HOTPLUG_LIMIT).map_err(Error::Hotplug)?;
         match xs.read(Tx::NONE, &format!("{}/hotplug-status", nodes.backend_path))?.as_deref() {
             Some("connected") => Ok(()),
             other => {
@@ -269,7 +225,7 @@ pub fn remove(xs: &mut Xenstore, stub: u32, devid: u32, block_script: &str, prog
     let script = xs.read(Tx::NONE, &format!("{backend_path}/script"))?;
     if backend.kind == BackendKind::Vbd
         && script.as_deref() == Some(block_script)
-        && let Err(e) = run_hotplug(block_script, &backend, "remove")
+        && let Err(e) = hotplug::run(block_script, backend.frontend_domid, backend.devid, "remove", HOTPLUG_LIMIT)
     {
         progress.detail(&format!("hotplug remove: {e}"));
     }
@@ -314,9 +270,9 @@ mod tests {
         assert_eq!(sim.get_perms("/local/domain/0/backend/vbd/4/5632/params").unwrap(), backend);
 
         let (mut xs, thread) = sim_server::serve(sim);
-        remove(&mut xs, 4, 5632, BLOCK, &Progress { verbose: false }).unwrap();
+        remove(&mut xs, 4, 5632, BLOCK, &Progress::new(false)).unwrap();
         // Removing what is gone is fine.
-        remove(&mut xs, 4, 5632, BLOCK, &Progress { verbose: false }).unwrap();
+        remove(&mut xs, 4, 5632, BLOCK, &Progress::new(false)).unwrap();
         drop(xs);
         let sim = thread.join().unwrap();
         for gone in
@@ -339,9 +295,9 @@ mod tests {
         let (mut xs, thread) = sim_server::serve(sim);
         let started = Instant::now();
         // Nobody closes this backend: removed anyway after DESTROY_LIMIT, as libxl's forced removal.
-        remove(&mut xs, 4, 5632, BLOCK, &Progress { verbose: false }).unwrap();
+        remove(&mut xs, 4, 5632, BLOCK, &Progress::new(false)).unwrap();
         assert!(started.elapsed() >= DESTROY_LIMIT);
-        assert!(matches!(remove(&mut xs, 4, 768, BLOCK, &Progress { verbose: false }), Err(Error::BadBackend(_))));
+        assert!(matches!(remove(&mut xs, 4, 768, BLOCK, &Progress::new(false)), Err(Error::BadBackend(_))));
         drop(xs);
         let sim = thread.join().unwrap();
         assert!(sim.read("/local/domain/0/backend/qdisk/4/5632").is_none());

@@ -1,0 +1,228 @@
+//! Running a vbd's hotplug script (libxl's block script) as libxl runs it, bounded,
+//! and saying why when it does not finish.
+//!
+//! libxl gives a hotplug script `LIBXL_HOTPLUG_TIMEOUT` (40 s) and then kills it. A
+//! script that sits that long is stuck somewhere (the block script's `flock` on
+//! /var/run/xen-hotplug/block, `losetup`, a `xenstore-read`): the error says where,
+//! from what /proc shows of the script's processes just before they are killed (each
+//! one's command line, state and kernel wait channel), who else has the block
+//! script's lock file open, and the end of the scripts' log. The script runs in its
+//! own process group and the whole group is killed, so that no child (a `flock`
+//! waiting, a `losetup`) lives on holding the lock's file descriptor.
+
+use crate::sys;
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// libxl's `LIBXL_HOTPLUG_TIMEOUT`.
+pub const HOTPLUG_LIMIT: Duration = Duration::from_secs(40);
+/// The lock the block script takes around its sharing check and `losetup`
+/// (locking.sh's `claim_lock block`).
+const BLOCK_LOCK_FILE: &str = "/var/run/xen-hotplug/block";
+/// Where the scripts send their stderr (xen-hotplug-common.sh).
+const HOTPLUG_LOG: &str = "/var/log/xen/xen-hotplug.log";
+/// How much of that log an error quotes.
+const LOG_TAIL_LINES: usize = 6;
+/// Bounds on a description: processes listed, characters per command line.
+const MAX_PROCESSES: usize = 16;
+const MAX_CMDLINE_CHARS: usize = 160;
+
+/// Runs `script action` for the backend `backend/vbd/<frontend>/<devid>` with libxl's
+/// environment (`script`, `XENBUS_TYPE`, `XENBUS_PATH`, `XENBUS_BASE_PATH`), stdin
+/// /dev/null, up to `limit`. The error carries the script's output, or for a script
+/// that did not finish, the picture of where it was.
+pub fn run(script: &str, frontend_domid: u32, devid: u32, action: &str, limit: Duration) -> Result<(), String> {
+    let relative = format!("backend/vbd/{frontend_domid}/{devid}");
+    let mut child = Command::new(script)
+        .arg(action)
+        .env("script", script)
+        .env("XENBUS_TYPE", "vbd")
+        .env("XENBUS_PATH", &relative)
+        .env("XENBUS_BASE_PATH", "backend")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {script}: {e}"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() >= deadline => {
+                let picture = stuck_picture(child.id());
+                // The whole group: the script and every child it started.
+                let _ = sys::kill_process_group(child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{script} {action} did not finish within {} s; killed. {picture}",
+                    limit.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("waiting for {script}: {e}")),
+        }
+    }
+    let output = child.wait_with_output().map_err(|e| format!("waiting for {script}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{script} {action} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// One process as /proc shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProcessView {
+    pid: u32,
+    /// The process group.
+    pgrp: u32,
+    /// `R`, `S`, `D`, ...
+    state: char,
+    comm: String,
+}
+
+/// Parses `/proc/<pid>/stat`: `pid (comm) state ppid pgrp ...` (comm may hold spaces
+/// and parentheses: it ends at the last `)`).
+fn parse_stat(text: &str) -> Option<ProcessView> {
+    let (head, rest) = text.rsplit_once(')')?;
+    let (pid, comm) = head.split_once(" (")?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some(ProcessView { pid: pid.trim().parse().ok()?, pgrp, state, comm: comm.to_string() })
+}
+
+/// `/proc/<pid>/cmdline` as one line, bounded.
+fn cmdline(pid: u32) -> String {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&raw).replace('\0', " ");
+    text.trim().chars().take(MAX_CMDLINE_CHARS).collect()
+}
+
+fn all_pids() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<u32> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Whether process `pid` has `file` open (any descriptor naming it, unlinked or not).
+fn has_open(pid: u32, file: &str) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(Result::ok).any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            target.strip_suffix(" (deleted)").unwrap_or(&target) == file
+        })
+    })
+}
+
+/// Where a stuck script is: its group's processes (state, wait channel, command
+/// line), the processes that have the block lock file open, the log's last lines.
+fn stuck_picture(pgid: u32) -> String {
+    let views: Vec<ProcessView> = all_pids()
+        .into_iter()
+        .filter_map(|pid| parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
+        .collect();
+    let mut text = String::from("Its processes:");
+    for view in views.iter().filter(|v| v.pgrp == pgid).take(MAX_PROCESSES) {
+        let wchan = fs::read_to_string(format!("/proc/{}/wchan", view.pid)).unwrap_or_default();
+        let _ =
+            write!(text, " [{} {} {} in {:?}: {}]", view.pid, view.comm, view.state, wchan.trim(), cmdline(view.pid));
+    }
+    // /var/run is a link to /run on Debian: what /proc shows is the resolved name.
+    let lock_file = fs::canonicalize("/var/run/xen-hotplug")
+        .map(|dir| dir.join("block").to_string_lossy().into_owned())
+        .unwrap_or_else(|_| BLOCK_LOCK_FILE.to_string());
+    let holders: Vec<String> = views
+        .iter()
+        .filter(|v| has_open(v.pid, &lock_file))
+        .take(MAX_PROCESSES)
+        .map(|v| format!("{} {} (group {})", v.pid, v.comm, v.pgrp))
+        .collect();
+    let _ =
+        write!(text, ". {lock_file} open in: {}", if holders.is_empty() { "none".into() } else { holders.join(", ") });
+    let log = fs::read_to_string(HOTPLUG_LOG).unwrap_or_default();
+    let tail = log_tail(&log, LOG_TAIL_LINES);
+    if !tail.is_empty() {
+        let _ = write!(text, ". {HOTPLUG_LOG} ends: {tail}");
+    }
+    text
+}
+
+/// The last `lines` non-empty lines of `log`, joined with " | ".
+fn log_tail(log: &str, lines: usize) -> String {
+    let kept: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    kept[kept.len().saturating_sub(lines)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse_with_spaces_and_parentheses_in_the_name() {
+        let view = parse_stat("4242 (flock) S 4200 4200 4200 0 -1 4194560 105 0 0 0").unwrap();
+        assert_eq!(view, ProcessView { pid: 4242, pgrp: 4200, state: 'S', comm: "flock".into() });
+        let odd = parse_stat("7 (a (b) c) D 1 9 9 0").unwrap();
+        assert_eq!((odd.comm.as_str(), odd.state, odd.pgrp), ("a (b) c", 'D', 9));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("12 (x) R"), None);
+    }
+
+    #[test]
+    fn the_log_tail_is_the_last_non_empty_lines() {
+        assert_eq!(log_tail("a\n\nb\nc\n\n", 2), "b | c");
+        assert_eq!(log_tail("", 3), "");
+        assert_eq!(log_tail("only\n", 3), "only");
+    }
+
+    /// A script that hangs with a child: killed at the limit, with the child (a
+    /// `sleep` in this group) named in the error and gone afterwards.
+    #[test]
+    fn a_stuck_script_is_killed_with_its_children_and_described() {
+        let dir = std::env::temp_dir().join(format!("stubctl-hotplug-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("stuck");
+        let marker = dir.join("child-pid");
+        fs::write(&script, format!("#!/bin/sh\nsleep 300 &\necho $! > {}\nwait\n", marker.display())).unwrap();
+        fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let started = Instant::now();
+        let error = run(script.to_str().unwrap(), 3, 5632, "add", Duration::from_secs(1)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{error}");
+        assert!(error.contains("did not finish within 1 s; killed"), "{error}");
+        assert!(error.contains(" sleep ") && error.contains("sleep 300"), "{error}");
+        let child: u32 = fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        // The child was killed with the group (a zombie until reaped by init counts as gone).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let alive = || {
+            fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| parse_stat(&s))
+                .is_some_and(|v| v.state != 'Z')
+        };
+        while alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(), "the script's child {child} outlived it");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failing_script_reports_its_output_and_a_good_one_succeeds() {
+        let error = run("/bin/false", 3, 5632, "add", Duration::from_secs(10)).unwrap_err();
+        assert!(error.contains("/bin/false add failed (exit status: 1)"), "{error}");
+        run("/bin/true", 3, 5632, "remove", Duration::from_secs(10)).unwrap();
+    }
+}
