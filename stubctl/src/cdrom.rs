@@ -258,6 +258,7 @@ fn change_on(
 mod tests {
     use super::*;
     use crate::guest::tests::domains;
+    use crate::hotplug::Script;
     use crate::xs::sim_server;
     use std::os::unix::net::UnixStream;
 
@@ -299,8 +300,9 @@ mod tests {
 
     const UUID: &str = "2a9c3f5e-0d1b-4c7a-9e8f-1234567890ab";
 
-    /// A dom0 for `change_on`: its own libxl directories, a block script that fails
-    /// its first `fail_first` runs, the guest's stored config.
+    /// A dom0 for `change_on`: its own libxl directories, a block script whose first
+    /// `stuck_first` adds hang (a shell waiting on a `sleep`) and whose next
+    /// `fail_first` adds fail, the guest's stored config.
     struct Dom0 {
         dir: std::path::PathBuf,
         host: Host,
@@ -308,16 +310,22 @@ mod tests {
 
     impl Dom0 {
         fn new(name: &str, fail_first: u32) -> Dom0 {
+            Dom0::with_script(name, 0, fail_first, Duration::from_secs(10))
+        }
+
+        fn with_script(name: &str, stuck_first: u32, fail_first: u32, script_limit: Duration) -> Dom0 {
             let dir = std::env::temp_dir().join(format!("stubctl-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             for sub in ["run", "lib"] {
                 std::fs::create_dir_all(dir.join(sub)).unwrap();
             }
             let runs = dir.join("script-runs");
-            // Appends one line per run; fails while there are no more than `fail_first`.
+            // Appends one line per run.
             let script = format!(
-                "#!/bin/sh\necho \"$1 $XENBUS_PATH\" >> {runs}\n[ \"$1\" = remove ] && exit 0\n                 [ $(grep -c add {runs}) -gt {fail_first} ] && touch {done} && exit 0\nexit 1\n",
+                "#!/bin/sh\necho \"$1 $XENBUS_PATH\" >> {runs}\n[ \"$1\" = remove ] && exit 0\nadds=$(grep -c add {runs})\n\
+                 [ $adds -le {stuck_first} ] && sleep 60\n[ $adds -gt {last_bad} ] && touch {done} && exit 0\nexit 1\n",
                 runs = runs.display(),
+                last_bad = stuck_first + fail_first,
                 done = dir.join("hotplug-connected").display()
             );
             let script_path = dir.join("block");
@@ -326,7 +334,7 @@ mod tests {
             let host = Host {
                 run_dir: dir.join("run").display().to_string(),
                 lib_dir: dir.join("lib").display().to_string(),
-                block_script: script_path.display().to_string(),
+                block_script: Script { path: script_path.display().to_string(), limit: script_limit },
             };
             let config = r#"{"c_info":{"name":"g"},"disks":[{"pdev_path":"/tmp/a.iso","vdev":"hdc","format":"raw","is_cdrom":1}]}"#;
             std::fs::write(dir.join(format!("lib/userdata-d.3.{UUID}.libxl-json")), format!("{config}\0")).unwrap();
@@ -525,7 +533,7 @@ mod tests {
         let sim = thread.join().unwrap();
         let read = |path: &str| sim.read(path).map(|v| String::from_utf8(v).unwrap());
         assert_eq!(read("/local/domain/0/backend/vbd/4/5632/params").as_deref(), Some("/tmp/b.iso"));
-        assert_eq!(read("/local/domain/0/backend/vbd/4/5632/script"), Some(dom0.host.block_script.clone()));
+        assert_eq!(read("/local/domain/0/backend/vbd/4/5632/script"), Some(dom0.host.block_script.path.clone()));
         assert_eq!(read("/local/domain/0/backend/qdisk/4/5632/params"), None);
         assert_eq!(read("/libxl/3/device/vbd/5632/params").as_deref(), Some("aio:/tmp/b.iso"));
         assert_eq!(read("/local/domain/0/backend/qdisk/3/5632/params").as_deref(), Some("aio:/tmp/b.iso"));
@@ -588,6 +596,30 @@ mod tests {
         assert_eq!(sim.read("/libxl/3/device/vbd/5632/params").as_deref(), Some(&b"aio:/tmp/a.iso"[..]));
         let runs = std::fs::read_to_string(dom0.dir.join("script-runs")).unwrap();
         // The failed add, its clean-up, the old medium's add.
+        assert_eq!(runs, "add backend/vbd/4/5632\nremove backend/vbd/4/5632\nadd backend/vbd/4/5632\n");
+    }
+
+    /// A block script stuck in its first add (as once on a slow 4.17 bed): killed at
+    /// its limit, its half-made PV disk removed, the add tried once more, the insert
+    /// done.
+    #[test]
+    fn a_stuck_block_script_is_killed_and_the_add_tried_once_more() {
+        let dom0 = Dom0::with_script("stuck", 1, 0, Duration::from_secs(2));
+        let ready = Arc::new(AtomicBool::new(false));
+        let (mut xs, thread) = sim_server::serve_with(guest_with_cd(), backends(dom0.dir.clone(), ready.clone()));
+        let log = device_model(&dom0.host.qmp_socket(3), ready);
+        let started = Instant::now();
+        let changed = change_on(&mut xs, &dom0.host, "g", "hdc", Some("/tmp/b.iso".into()), &Progress::new(false));
+        let changed = changed.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+        assert_eq!((changed.fdset, changed.new_medium.as_deref()), (2, Some("/tmp/b.iso")));
+        assert_eq!(commands(&log).last().map(String::as_str), Some("blockdev-change-medium /dev/fdset/2"));
+        assert_eq!(config::medium(&dom0.config(), "hdc").as_deref(), Some("/tmp/b.iso"));
+        drop(xs);
+        let sim = thread.join().unwrap();
+        assert_eq!(sim.read("/local/domain/0/backend/vbd/4/5632/params").as_deref(), Some(&b"/tmp/b.iso"[..]));
+        let runs = std::fs::read_to_string(dom0.dir.join("script-runs")).unwrap();
+        // The stuck add, its clean-up, the second add.
         assert_eq!(runs, "add backend/vbd/4/5632\nremove backend/vbd/4/5632\nadd backend/vbd/4/5632\n");
     }
 

@@ -30,53 +30,83 @@ const LOG_TAIL_LINES: usize = 6;
 const MAX_PROCESSES: usize = 16;
 const MAX_CMDLINE_CHARS: usize = 160;
 
-/// Runs `script action` for the backend `backend/vbd/<frontend>/<devid>` with libxl's
-/// environment (`script`, `XENBUS_TYPE`, `XENBUS_PATH`, `XENBUS_BASE_PATH`), stdin
-/// /dev/null, up to `limit`. The error carries the script's output, or for a script
-/// that did not finish, the picture of where it was.
-pub fn run(script: &str, frontend_domid: u32, devid: u32, action: &str, limit: Duration) -> Result<(), String> {
-    let relative = format!("backend/vbd/{frontend_domid}/{devid}");
-    let mut child = Command::new(script)
-        .arg(action)
-        .env("script", script)
-        .env("XENBUS_TYPE", "vbd")
-        .env("XENBUS_PATH", &relative)
-        .env("XENBUS_BASE_PATH", "backend")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot run {script}: {e}"))?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                let picture = stuck_picture(child.id());
-                // The whole group: the script and every child it started.
-                let _ = sys::kill_process_group(child.id());
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{script} {action} did not finish within {} s; killed. {picture}",
-                    limit.as_secs()
-                ));
+/// A hotplug script and how long it may run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Script {
+    pub path: String,
+    /// libxl's [`HOTPLUG_LIMIT`]; the host tests' stand-ins get less.
+    pub limit: Duration,
+}
+
+/// Why a hotplug script did not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    #[error("cannot run {script}: {why}")]
+    Spawn { script: String, why: String },
+    #[error("{script} {action} failed ({status}): {output}")]
+    Failed { script: String, action: String, status: String, output: String },
+    /// It sat past its limit and was killed; `picture` says where it was.
+    #[error("{script} {action} did not finish within {secs} s; killed. {picture}")]
+    Stuck { script: String, action: String, secs: u64, picture: String },
+    #[error("{script} add left hotplug-status {status:?} ({why})")]
+    NotConnected { script: String, status: Option<String>, why: String },
+}
+
+impl Script {
+    /// Runs `script action` for the backend `backend/vbd/<frontend>/<devid>` with
+    /// libxl's environment (`script`, `XENBUS_TYPE`, `XENBUS_PATH`,
+    /// `XENBUS_BASE_PATH`), stdin /dev/null, up to the limit.
+    pub fn run(&self, frontend_domid: u32, devid: u32, action: &str) -> Result<(), HotplugError> {
+        let script = &self.path;
+        let relative = format!("backend/vbd/{frontend_domid}/{devid}");
+        let mut child = Command::new(script)
+            .arg(action)
+            .env("script", script)
+            .env("XENBUS_TYPE", "vbd")
+            .env("XENBUS_PATH", &relative)
+            .env("XENBUS_BASE_PATH", "backend")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| HotplugError::Spawn { script: script.clone(), why: e.to_string() })?;
+        let deadline = Instant::now() + self.limit;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let picture = stuck_picture(child.id());
+                    // The whole group: the script and every child it started.
+                    let _ = sys::kill_process_group(child.id());
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(HotplugError::Stuck {
+                        script: script.clone(),
+                        action: action.to_string(),
+                        secs: self.limit.as_secs(),
+                        picture,
+                    });
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => return Err(HotplugError::Spawn { script: script.clone(), why: e.to_string() }),
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("waiting for {script}: {e}")),
         }
-    }
-    let output = child.wait_with_output().map_err(|e| format!("waiting for {script}: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{script} {action} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout).trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        let output =
+            child.wait_with_output().map_err(|e| HotplugError::Spawn { script: script.clone(), why: e.to_string() })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(HotplugError::Failed {
+            script: script.clone(),
+            action: action.to_string(),
+            status: output.status.to_string(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout).trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        })
     }
 }
 
@@ -199,9 +229,12 @@ mod tests {
         fs::write(&script, format!("#!/bin/sh\nsleep 300 &\necho $! > {}\nwait\n", marker.display())).unwrap();
         fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let started = Instant::now();
-        let error = run(script.to_str().unwrap(), 3, 5632, "add", Duration::from_secs(1)).unwrap_err();
+        let stuck = Script { path: script.display().to_string(), limit: Duration::from_secs(1) };
+        let error = stuck.run(3, 5632, "add").unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(10), "{error}");
-        assert!(error.contains("did not finish within 1 s; killed"), "{error}");
+        assert!(matches!(error, HotplugError::Stuck { secs: 1, .. }), "{error}");
+        let error = error.to_string();
+        assert!(error.contains("add did not finish within 1 s; killed"), "{error}");
         assert!(error.contains(" sleep ") && error.contains("sleep 300"), "{error}");
         let child: u32 = fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
         // The child was killed with the group (a zombie until reaped by init counts as gone).
@@ -221,8 +254,12 @@ mod tests {
 
     #[test]
     fn a_failing_script_reports_its_output_and_a_good_one_succeeds() {
-        let error = run("/bin/false", 3, 5632, "add", Duration::from_secs(10)).unwrap_err();
-        assert!(error.contains("/bin/false add failed (exit status: 1)"), "{error}");
-        run("/bin/true", 3, 5632, "remove", Duration::from_secs(10)).unwrap();
+        let script = |path: &str| Script { path: path.to_string(), limit: Duration::from_secs(10) };
+        let error = script("/bin/false").run(3, 5632, "add").unwrap_err();
+        assert!(matches!(error, HotplugError::Failed { .. }), "{error}");
+        assert!(error.to_string().contains("/bin/false add failed (exit status: 1)"), "{error}");
+        script("/bin/true").run(3, 5632, "remove").unwrap();
+        let error = script("/nonexistent/block").run(3, 5632, "add").unwrap_err();
+        assert!(matches!(error, HotplugError::Spawn { .. }), "{error}");
     }
 }

@@ -56,7 +56,7 @@ pub enum Error {
     #[error("waiting for {what}: nothing after {secs} s")]
     Timeout { what: String, secs: u64 },
     #[error("hotplug script: {0}")]
-    Hotplug(String),
+    Hotplug(#[from] hotplug::HotplugError),
     #[error("a vbd's backend path is not dom0's vbd or qdisk: {0:?}")]
     BadBackend(String),
     #[error("domain {domid} has no usable vm uuid ({vm:?})")]

@@ -4,6 +4,7 @@
 //! may have been written by a guest's domain: each parser refuses what libxl would
 //! not have written, so no such value ends up in a file name or a command.
 
+use crate::hotplug::{HOTPLUG_LIMIT, Script};
 use std::fmt;
 
 /// `/local/domain/<domid>`.
@@ -40,8 +41,8 @@ pub struct Host {
     pub run_dir: String,
     /// libxl's userdata directory (`libxl__xen_dir_path`).
     pub lib_dir: String,
-    /// The block hotplug script libxl names for phy disks.
-    pub block_script: String,
+    /// The block hotplug script libxl names for phy disks, with libxl's limit.
+    pub block_script: Script,
 }
 
 impl Host {
@@ -49,7 +50,7 @@ impl Host {
         Host {
             run_dir: "/var/run/xen".to_string(),
             lib_dir: "/var/lib/xen".to_string(),
-            block_script: "/etc/xen/scripts/block".to_string(),
+            block_script: Script { path: "/etc/xen/scripts/block".to_string(), limit: HOTPLUG_LIMIT },
         }
     }
 

@@ -1,13 +1,13 @@
 //! The stub domain's PV disks: the xenstore node set of a vbd as libxl 4.17 writes it
 //! (frontend, dom0 backend, libxl's copy), written in one bounded transaction; the
-//! hotplug script run as libxl runs it (`hotplug`); and libxl's removal sequence (Closing, wait
-//! for Closed, script `remove`, nodes deleted).
+//! hotplug script run as libxl runs it (`hotplug`); and libxl's removal sequence
+//! (Closing, wait for Closed, script `remove`, nodes deleted).
 //!
 //! New PV disks are always `phy` vbds served by dom0's blkback through the block
 //! script (a loop device for a file): dom0's QEMU that serves the stub domain's qdisk
 //! disks at start is not known to pick up qdisk disks added later.
 
-use crate::hotplug::{self, HOTPLUG_LIMIT};
+use crate::hotplug::{HotplugError, Script};
 use crate::paths::{self, BackendKind, BackendPath};
 use crate::xs::{Tx, Xenstore, XsClientError};
 use crate::{Error, Progress};
@@ -23,7 +23,10 @@ const DESTROY_LIMIT: Duration = Duration::from_secs(10);
 /// and the backend's directories itself, some time after Closed).
 const QDISK_CLEANUP_LIMIT: Duration = Duration::from_secs(10);
 /// Attempts at adding a PV disk: a second one after a backend that never reached
-/// InitWait (dom0's kernel keeps a device whose probe failed until its node goes).
+/// InitWait (dom0's kernel keeps a device whose probe failed until its node goes) or
+/// a block script that sat past its limit (killed; once seen on a slow 4.17 bed, in
+/// an eject's add of the empty-cdrom file, where the very next add of a medium went
+/// through).
 const ADD_ATTEMPTS: u32 = 2;
 /// xenbus states.
 const STATE_INIT_WAIT: &str = "2";
@@ -40,7 +43,7 @@ pub struct CdromVbd {
     /// The file or block device behind it (for an empty drive, the empty-cdrom file).
     pub medium: String,
     /// The hotplug script that sets the backend up (libxl's block script).
-    pub script: String,
+    pub script: Script,
 }
 
 /// The nodes of one vbd: (relative key, value) for the frontend and the backend.
@@ -70,7 +73,7 @@ impl CdromVbd {
         let backend = vec![
             ("frontend", frontend_path.clone()),
             ("params", self.medium.clone()),
-            ("script", self.script.clone()),
+            ("script", self.script.path.clone()),
             ("frontend-id", self.stub.to_string()),
             ("online", "1".to_string()),
             ("removable", "1".to_string()),
@@ -137,13 +140,18 @@ fn wait_for(
 
 /// Gives the stub domain PV disk `vbd`: nodes in one transaction, the backend's
 /// InitWait awaited, the block script run. Partial work is removed again on failure;
-/// a backend that does not reach InitWait gets a second attempt.
+/// a backend that does not reach InitWait, or a block script that is stuck, gets a
+/// second attempt.
 pub fn add(xs: &mut Xenstore, vbd: &CdromVbd, progress: &Progress) -> Result<(), Error> {
     let mut attempt = 1;
     loop {
         match add_once(xs, vbd, progress) {
             Err(Error::Timeout { what, secs }) if attempt < ADD_ATTEMPTS && what.contains("InitWait") => {
                 progress.detail(&format!("{what}: nothing after {secs} s; once more"));
+                attempt += 1;
+            }
+            Err(Error::Hotplug(HotplugError::Stuck { .. })) if attempt < ADD_ATTEMPTS => {
+                progress.detail("the block script was stuck; once more");
                 attempt += 1;
             }
             result => return result,
@@ -165,12 +173,16 @@ fn add_once(xs: &mut Xenstore, vbd: &CdromVbd, progress: &Progress) -> Result<()
                 secs: INIT_LIMIT.as_secs(),
             });
         }
-        hotplug::run(&vbd.script, vbd.stub, vbd.devid, "add", HOTPLUG_LIMIT).map_err(Error::Hotplug)?;
+        vbd.script.run(vbd.stub, vbd.devid, "add")?;
         match xs.read(Tx::NONE, &format!("{}/hotplug-status", nodes.backend_path))?.as_deref() {
             Some("connected") => Ok(()),
             other => {
                 let why = xs.read(Tx::NONE, &format!("{}/hotplug-error", nodes.backend_path))?.unwrap_or_default();
-                Err(Error::Hotplug(format!("{} add left hotplug-status {other:?} ({why})", vbd.script)))
+                Err(Error::Hotplug(HotplugError::NotConnected {
+                    script: vbd.script.path.clone(),
+                    status: other.map(str::to_string),
+                    why,
+                }))
             }
         }
     })();
@@ -191,7 +203,13 @@ fn add_once(xs: &mut Xenstore, vbd: &CdromVbd, progress: &Progress) -> Result<()
 /// offline device): that is awaited ([`QDISK_CLEANUP_LIMIT`]) so that QEMU cannot
 /// delete the frontend of the PV disk added next under the same path (it did on the
 /// 4.17 bed: dom0's kernel then found no frontend for the new vbd).
-pub fn remove(xs: &mut Xenstore, stub: u32, devid: u32, block_script: &str, progress: &Progress) -> Result<(), Error> {
+pub fn remove(
+    xs: &mut Xenstore,
+    stub: u32,
+    devid: u32,
+    block_script: &Script,
+    progress: &Progress,
+) -> Result<(), Error> {
     let frontend = paths::frontend(stub, devid);
     let backend_text = match xs.read(Tx::NONE, &format!("{frontend}/backend"))? {
         Some(text) => text,
@@ -224,8 +242,8 @@ pub fn remove(xs: &mut Xenstore, stub: u32, devid: u32, block_script: &str, prog
     }
     let script = xs.read(Tx::NONE, &format!("{backend_path}/script"))?;
     if backend.kind == BackendKind::Vbd
-        && script.as_deref() == Some(block_script)
-        && let Err(e) = hotplug::run(block_script, backend.frontend_domid, backend.devid, "remove", HOTPLUG_LIMIT)
+        && script.as_deref() == Some(block_script.path.as_str())
+        && let Err(e) = block_script.run(backend.frontend_domid, backend.devid, "remove")
     {
         progress.detail(&format!("hotplug remove: {e}"));
     }
@@ -247,10 +265,13 @@ mod tests {
 
     const BLOCK: &str = "/etc/xen/scripts/block";
 
+    fn block() -> Script {
+        Script { path: BLOCK.to_string(), limit: crate::hotplug::HOTPLUG_LIMIT }
+    }
+
     #[test]
     fn nodes_go_in_with_libxls_permissions_and_come_out_again() {
-        let vbd =
-            CdromVbd { stub: 4, devid: 5632, vdev: "hdc".into(), medium: "/tmp/b.iso".into(), script: BLOCK.into() };
+        let vbd = CdromVbd { stub: 4, devid: 5632, vdev: "hdc".into(), medium: "/tmp/b.iso".into(), script: block() };
         let (mut xs, thread) = sim_server::serve(Sim::new());
         write_nodes(&mut xs, 4, &vbd.nodes()).unwrap();
         // A backend that already closed: removal needs no wait.
@@ -270,9 +291,9 @@ mod tests {
         assert_eq!(sim.get_perms("/local/domain/0/backend/vbd/4/5632/params").unwrap(), backend);
 
         let (mut xs, thread) = sim_server::serve(sim);
-        remove(&mut xs, 4, 5632, BLOCK, &Progress::new(false)).unwrap();
+        remove(&mut xs, 4, 5632, &block(), &Progress::new(false)).unwrap();
         // Removing what is gone is fine.
-        remove(&mut xs, 4, 5632, BLOCK, &Progress::new(false)).unwrap();
+        remove(&mut xs, 4, 5632, &block(), &Progress::new(false)).unwrap();
         drop(xs);
         let sim = thread.join().unwrap();
         for gone in
@@ -295,9 +316,9 @@ mod tests {
         let (mut xs, thread) = sim_server::serve(sim);
         let started = Instant::now();
         // Nobody closes this backend: removed anyway after DESTROY_LIMIT, as libxl's forced removal.
-        remove(&mut xs, 4, 5632, BLOCK, &Progress::new(false)).unwrap();
+        remove(&mut xs, 4, 5632, &block(), &Progress::new(false)).unwrap();
         assert!(started.elapsed() >= DESTROY_LIMIT);
-        assert!(matches!(remove(&mut xs, 4, 768, BLOCK, &Progress::new(false)), Err(Error::BadBackend(_))));
+        assert!(matches!(remove(&mut xs, 4, 768, &block(), &Progress::new(false)), Err(Error::BadBackend(_))));
         drop(xs);
         let sim = thread.join().unwrap();
         assert!(sim.read("/local/domain/0/backend/qdisk/4/5632").is_none());
@@ -306,8 +327,7 @@ mod tests {
 
     #[test]
     fn node_set_is_libxls_for_a_phy_cdrom() {
-        let vbd =
-            CdromVbd { stub: 7, devid: 5632, vdev: "hdc".into(), medium: "/tmp/b.iso".into(), script: BLOCK.into() };
+        let vbd = CdromVbd { stub: 7, devid: 5632, vdev: "hdc".into(), medium: "/tmp/b.iso".into(), script: block() };
         let nodes = vbd.nodes();
         assert_eq!(nodes.frontend_path, "/local/domain/7/device/vbd/5632");
         assert_eq!(nodes.backend_path, "/local/domain/0/backend/vbd/7/5632");
