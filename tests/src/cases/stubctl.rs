@@ -59,6 +59,13 @@ fn stubctl_ok(args: &[&str]) -> Result<Run, String> {
     if !run.success {
         return Err(format!("stubctl {} failed:\n{}{}", args.join(" "), run.stdout, run.stderr));
     }
+    // A step stubctl had to try twice worked, but the first try's story is worth keeping.
+    if run.stderr.contains("once more") {
+        println!("@@note xen::stubctl| stubctl {} retried a step:", args.join(" "));
+        for line in run.stderr.lines() {
+            println!("@@note xen::stubctl| {line}");
+        }
+    }
     Ok(run)
 }
 
