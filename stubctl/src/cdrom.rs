@@ -604,7 +604,7 @@ mod tests {
     /// done.
     #[test]
     fn a_stuck_block_script_is_killed_and_the_add_tried_once_more() {
-        let dom0 = Dom0::with_script("stuck", 1, 0, Duration::from_secs(2));
+        let dom0 = Dom0::with_script("stuck", 1, 0, Duration::from_secs(4));
         let ready = Arc::new(AtomicBool::new(false));
         let (mut xs, thread) = sim_server::serve_with(guest_with_cd(), backends(dom0.dir.clone(), ready.clone()));
         let log = device_model(&dom0.host.qmp_socket(3), ready);
