@@ -6,11 +6,17 @@
 //! whole, so messages never interleave. Every wait is bounded: a request that gets no
 //! reply within `REPLY_TIMEOUT` fails, and a corrupt ring or an oversized message
 //! marks the connection broken, which fails every waiter at once.
+//!
+//! A dropped `Watch` is unregistered with xenstored (an UNWATCH queued from `Drop`,
+//! whose reply nobody awaits): xenstored counts a domain's watches against a quota
+//! (C xenstored's default is 128 per domain), so watches that only went out of scope
+//! here once used it up after about thirty CD-ROM changes, and the stub domain could
+//! then neither see a new PV disk nor notice the old one's backend closing.
 
 use crate::events::{self, Port};
 use crate::mm;
 use crate::time::{self, TimedOut};
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::future::poll_fn;
@@ -37,6 +43,8 @@ struct Connection {
     outgoing: VecDeque<u8>,
     replies: BTreeMap<u32, Result<Message, XsError>>,
     reply_wakers: BTreeMap<u32, Waker>,
+    /// Requests whose replies nobody awaits (the UNWATCH of a dropped watch).
+    unawaited: BTreeSet<u32>,
     watches: BTreeMap<String, (VecDeque<WatchEvent>, Option<Waker>)>,
     broken: Option<&'static str>,
 }
@@ -63,6 +71,7 @@ pub fn init(store_mfn: u64, store_evtchn: u32) -> Result<(), Error> {
         outgoing: VecDeque::new(),
         replies: BTreeMap::new(),
         reply_wakers: BTreeMap::new(),
+        unawaited: BTreeSet::new(),
         watches: BTreeMap::new(),
         broken: None,
     });
@@ -144,6 +153,11 @@ impl Connection {
 
     fn dispatch(&mut self, message: Message) {
         match self.session.accept(message) {
+            Incoming::Reply { req_id, result } if self.unawaited.remove(&req_id) => {
+                if let Err(e) = result {
+                    log::debug!("xenstore: an unawaited request failed: {e:?}");
+                }
+            }
             Incoming::Reply { req_id, result } => {
                 self.replies.insert(req_id, result);
                 if let Some(w) = self.reply_wakers.remove(&req_id) {
@@ -164,6 +178,25 @@ impl Connection {
                 None => log::debug!("xenstore: event for unknown watch token {:?}", event.token),
             },
             Incoming::ProtocolError(e) => log::warn!("xenstore: ignoring unexpected message: {e:?}"),
+        }
+    }
+
+    /// Queues `request` (outside any transaction) and sends what fits; its reply will
+    /// be dropped on arrival. For `Drop`, which cannot wait.
+    fn send_unawaited(&mut self, request: &Request<'_>) {
+        if self.broken.is_some() {
+            return;
+        }
+        let Ok((req_id, bytes)) = self.session.start(0, request) else { return };
+        self.unawaited.insert(req_id);
+        self.outgoing.extend(bytes);
+        match self.send_some() {
+            Ok(true) => {
+                let _ = events::send(self.port);
+            }
+            // The pump sends the rest when xenstored makes room.
+            Ok(false) => {}
+            Err(why) => self.break_connection(why),
         }
     }
 
@@ -302,10 +335,13 @@ pub async fn transaction_end(tx: Tx, commit: bool) -> Result<(), Error> {
     Ok(reply::ok(&call(tx.0, &Request::TransactionEnd { commit }).await?, MsgType::TransactionEnd)?)
 }
 
-/// A registered watch; events arrive through `next`. Dropping it unregisters.
+/// A registered watch; events arrive through `next`. Dropping it unregisters it
+/// (with xenstored too, without waiting for the reply).
 pub struct Watch {
     path: String,
     token: String,
+    /// Whether xenstored still has it (false once `cancel` has unregistered it).
+    registered: bool,
 }
 
 /// Watches `path` (and everything below it). Xenstored fires once at registration.
@@ -322,7 +358,7 @@ pub async fn watch(path: &str) -> Result<Watch, Error> {
         }
         return Err(e);
     }
-    Ok(Watch { path: path.into(), token })
+    Ok(Watch { path: path.into(), token, registered: true })
 }
 
 impl Watch {
@@ -348,8 +384,9 @@ impl Watch {
         time::timeout(limit, event).await.map_err(|_| Error::Timeout)?
     }
 
-    /// Unregisters the watch with xenstored.
-    pub async fn cancel(self) -> Result<(), Error> {
+    /// Unregisters the watch with xenstored and waits for its answer.
+    pub async fn cancel(mut self) -> Result<(), Error> {
+        self.registered = false;
         let result = call(0, &Request::Unwatch { path: &self.path, token: &self.token }).await;
         result.and_then(|m| Ok(reply::ok(&m, MsgType::Unwatch)?))
     }
@@ -357,10 +394,13 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        // The Unwatch request, if any, was sent by `cancel`; events for the token are
-        // dropped from now on.
+        // Events for the token are dropped from now on; xenstored is told to stop
+        // sending them unless `cancel` already did.
         if let Some(c) = CONNECTION.lock().as_mut() {
             c.watches.remove(&self.token);
+            if self.registered {
+                c.send_unawaited(&Request::Unwatch { path: &self.path, token: &self.token });
+            }
         }
     }
 }

@@ -108,7 +108,30 @@ pub async fn xenstore() -> Result<()> {
         Err(e) => return Err(format!("storm transaction failed otherwise: {e}")),
     }
     tree_operations(domid_num).await?;
+    dropped_watches().await?;
     println!("xenstore: ok");
+    Ok(())
+}
+
+/// Watches registered and dropped this many times: far more than xenstored's quota of
+/// watches per domain (C xenstored 128, oxenstored 100), which watches that were not
+/// unregistered when dropped would exhaust.
+const DROPPED_WATCHES: u32 = 400;
+
+/// Registers and drops [`DROPPED_WATCHES`] watches, then checks a new one still fires.
+async fn dropped_watches() -> Result<()> {
+    const PATH: &str = "data/watch-churn";
+    for i in 1..=DROPPED_WATCHES {
+        let watch = xs::watch(PATH).await.map_err(|e| format!("watch {i} of {DROPPED_WATCHES}: {e}"))?;
+        drop(watch);
+    }
+    let watch = xs::watch(PATH).await.map_err(fail("the watch after the dropped ones"))?;
+    // The registration's event, then the one for our write.
+    watch.next_event(Duration::from_secs(10)).await.map_err(fail("the registration event"))?;
+    xs::write(xs::NO_TX, PATH, b"1").await.map_err(fail("writing data/watch-churn"))?;
+    watch.next_event(Duration::from_secs(10)).await.map_err(fail("the event for data/watch-churn"))?;
+    drop(watch);
+    println!("xenstore: {DROPPED_WATCHES} watches dropped and unregistered; a new one still fires");
     Ok(())
 }
 
