@@ -138,7 +138,12 @@ fn run() -> Result<()> {
 /// answers `@@garbled` and the command is sent again), once the first command after
 /// the restore of checkpoint 20 came back as "end 1 0: not found", not understood. It
 /// still runs by name: `cargo xtask test xen::stubctl::checkpoint`.
-const LEFT_OUT_OF_FULL_RUN: &[&str] = &["xen::stubctl::checkpoint_ack_abort_timeout_then_twenty"];
+/// Left out (2026-12-02): `xen::stubctl::forty_ejects_and_inserts`, 80 CD-ROM changes
+/// in one guest (about 6 minutes): the regression test at the user's level for the
+/// stub domain's xenstore watch leak (the full run has its cause's test,
+/// `xen::xenstore::identity_watch_and_transactions`, in 3 s). Runs by name.
+const LEFT_OUT_OF_FULL_RUN: &[&str] =
+    &["xen::stubctl::checkpoint_ack_abort_timeout_then_twenty", "xen::stubctl::forty_ejects_and_inserts"];
 
 fn test(filter: &str) -> Result<()> {
     testbed::ensure_packages()?;

@@ -23,6 +23,11 @@ pub fn tests() -> Vec<Test> {
     vec![
         Test { name: "xen::stubctl::cd_insert_and_eject", limit: Duration::from_secs(900), run: cd_insert_and_eject },
         Test {
+            name: "xen::stubctl::forty_ejects_and_inserts",
+            limit: Duration::from_secs(1800),
+            run: forty_ejects_and_inserts,
+        },
+        Test {
             name: "xen::stubctl::checkpoint_ack_abort_timeout_then_twenty",
             limit: Duration::from_secs(2700),
             run: checkpoint_ack_abort_timeout_then_twenty,
@@ -259,6 +264,46 @@ fn cd_insert_and_eject(ctx: &mut Ctx) -> Result<(), String> {
             again.secs,
             inserted.stub_params,
             inserted.stub_state
+        );
+        Ok(())
+    })()
+    .map_err(|e| with_device_model_log(name, e));
+    let _ = guest.destroy();
+    result
+}
+
+/// Ejects and inserts in a row for [`forty_ejects_and_inserts`]: each change swaps the
+/// stub domain's PV disk, and a stub domain that leaked xenstore watches per swap ran
+/// into xenstored's quota of 128 at the 31st change.
+const CHANGE_ROUNDS: usize = 40;
+
+/// One guest, [`CHANGE_ROUNDS`] rounds of `stubctl cd-eject` and `cd-insert` (B and A
+/// in turn): every change succeeds, and afterwards the guest reads the last medium.
+fn forty_ejects_and_inserts(ctx: &mut Ctx) -> Result<(), String> {
+    let name = "stubctl-forty";
+    let cds = [nonce_cd("/tmp/stubctl-cd-a.iso")?, nonce_cd("/tmp/stubctl-cd-b.iso")?];
+    let mut config = HvmGuestConfig::new(name, our_stub_domain(STUBDOM_MEMORY_MIB));
+    config.cdrom = Some(cds[0].path.clone());
+    let mut guest = HvmGuest::create(ctx, &config, Duration::from_secs(120))?;
+    let result = (|| {
+        guest.wait_created(Duration::from_secs(120))?;
+        guest.shell.wait_init(Duration::from_secs(600))?;
+        guest.shell.run_ok("waitdev /dev/sr0 30", SHORT)?;
+        let mut secs = Vec::new();
+        for round in 1..=CHANGE_ROUNDS {
+            let cd = &cds[round % 2];
+            for args in [vec!["-v", "cd-eject", name, CD_VDEV], vec!["-v", "cd-insert", name, CD_VDEV, &cd.path]] {
+                let run = stubctl_ok(&args).map_err(|e| format!("round {round} of {CHANGE_ROUNDS}: {e}"))?;
+                secs.push(format!("{:.1}", run.secs));
+            }
+        }
+        let last = &cds[CHANGE_ROUNDS % 2];
+        view(name, guest.domid, guest.stub_domid.ok_or("no stub domain")?)?.expect_medium(&last.path)?;
+        let read = expect_guest_reads(&mut guest.shell, last)?;
+        println!(
+            "@@metric xen::stubctl::forty_ejects_and_inserts| {} changes (s each): {}; guest read the last: {read}",
+            secs.len(),
+            secs.join(" ")
         );
         Ok(())
     })()
