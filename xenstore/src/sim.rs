@@ -10,7 +10,9 @@
 //!
 //! Simplified: directory lists children sorted (xenstored: creation order); a domain's
 //! home `/local/domain/<domid>` is created on connect and owned by the domain (libxl
-//! makes it read-only for the domain); watch events ignore permissions; no quotas. Not
+//! makes it read-only for the domain); watch events ignore permissions; of xenstored's
+//! quotas only the number of watches a domain other than 0 may hold ([`WATCH_QUOTA`]),
+//! so that a client leaking watches meets E2BIG here as it does there. Not
 //! simulated: XS_DIRECTORY_PART, RESET_WATCHES and the dom0-only requests (INTRODUCE,
 //! RELEASE, RESUME, SET_TARGET, IS_DOMAIN_INTRODUCED, CONTROL), answered ENOSYS.
 
@@ -25,6 +27,10 @@ use crate::session::{Incoming, Session};
 use crate::wire::{self, Access, Message, MsgType, Permission, Request, check_path, check_watch_path, parse_decimal};
 
 type Tree = BTreeMap<String, Node>;
+
+/// C xenstored's `quota-nb-watch-per-domain` default: a domain other than 0 that holds
+/// more watches than this gets E2BIG for another (so the 129th is still taken).
+pub const WATCH_QUOTA: usize = 128;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Node {
@@ -464,6 +470,11 @@ impl Sim {
             | MsgType::SetPerms => self.node_request(connection, message),
             MsgType::Watch => {
                 let (path, token) = watch_fields(payload)?;
+                let domid = self.connections[connection].domid;
+                let held: usize = self.connections.iter().filter(|c| c.domid == domid).map(|c| c.watches.len()).sum();
+                if domid != 0 && held > WATCH_QUOTA {
+                    return Err(Errno::E2BIG);
+                }
                 let watches = &mut self.connections[connection].watches;
                 if watches.iter().any(|(p, t)| *p == path && *t == token) {
                     return Err(Errno::EEXIST);
@@ -795,6 +806,23 @@ mod tests {
 
     fn errno(errno: Errno) -> XsError {
         XsError::Errno(errno)
+    }
+
+    #[test]
+    fn a_domain_holds_at_most_the_watch_quota_and_dom0_is_not_counted() {
+        let mut sim = Sim::new();
+        let mut guest = Client::connect(&mut sim, 7);
+        for i in 0..=WATCH_QUOTA {
+            guest.watch(&mut sim, "/a", &format!("t{i}")).unwrap();
+        }
+        assert_eq!(guest.watch(&mut sim, "/a", "one-more"), Err(errno(Errno::E2BIG)));
+        // Unwatching makes room again.
+        guest.unwatch(&mut sim, "/a", "t0").unwrap();
+        guest.watch(&mut sim, "/a", "one-more").unwrap();
+        let mut dom0 = Client::connect(&mut sim, 0);
+        for i in 0..=2 * WATCH_QUOTA {
+            dom0.watch(&mut sim, "/b", &format!("d{i}")).unwrap();
+        }
     }
 
     #[test]
