@@ -24,8 +24,9 @@ pub const HOTPLUG_LIMIT: Duration = Duration::from_secs(40);
 const BLOCK_LOCK_FILE: &str = "/var/run/xen-hotplug/block";
 /// Where the scripts send their stderr (xen-hotplug-common.sh).
 const HOTPLUG_LOG: &str = "/var/log/xen/xen-hotplug.log";
-/// How much of that log an error quotes.
+/// How much of that log an error quotes, and how much of its end is read for that.
 const LOG_TAIL_LINES: usize = 6;
+const LOG_TAIL_BYTES: u64 = 8192;
 /// Bounds on a description: processes listed, characters per command line.
 const MAX_PROCESSES: usize = 16;
 const MAX_CMDLINE_CHARS: usize = 160;
@@ -172,9 +173,10 @@ fn stuck_picture(pgid: u32) -> String {
             write!(text, " [{} {} {} in {:?}: {}]", view.pid, view.comm, view.state, wchan.trim(), cmdline(view.pid));
     }
     // /var/run is a link to /run on Debian: what /proc shows is the resolved name.
-    let lock_file = fs::canonicalize("/var/run/xen-hotplug")
-        .map(|dir| dir.join("block").to_string_lossy().into_owned())
-        .unwrap_or_else(|_| BLOCK_LOCK_FILE.to_string());
+    let lock_file = std::path::Path::new(BLOCK_LOCK_FILE)
+        .parent()
+        .and_then(|dir| fs::canonicalize(dir).ok())
+        .map_or_else(|| BLOCK_LOCK_FILE.to_string(), |dir| dir.join("block").to_string_lossy().into_owned());
     let holders: Vec<String> = views
         .iter()
         .filter(|v| has_open(v.pid, &lock_file))
@@ -183,12 +185,25 @@ fn stuck_picture(pgid: u32) -> String {
         .collect();
     let _ =
         write!(text, ". {lock_file} open in: {}", if holders.is_empty() { "none".into() } else { holders.join(", ") });
-    let log = fs::read_to_string(HOTPLUG_LOG).unwrap_or_default();
-    let tail = log_tail(&log, LOG_TAIL_LINES);
+    let tail = log_tail(&read_end(HOTPLUG_LOG, LOG_TAIL_BYTES), LOG_TAIL_LINES);
     if !tail.is_empty() {
         let _ = write!(text, ". {HOTPLUG_LOG} ends: {tail}");
     }
     text
+}
+
+/// The last `bytes` bytes of file `path` (a log that may have grown large), as text;
+/// empty if it cannot be read.
+fn read_end(path: &str, bytes: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = fs::File::open(path) else { return String::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut end = Vec::new();
+    if file.seek(SeekFrom::Start(len.saturating_sub(bytes))).is_err() || file.take(bytes).read_to_end(&mut end).is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8_lossy(&end).into_owned()
 }
 
 /// The last `lines` non-empty lines of `log`, joined with " | ".
@@ -209,6 +224,17 @@ mod tests {
         assert_eq!((odd.comm.as_str(), odd.state, odd.pgrp), ("a (b) c", 'D', 9));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("12 (x) R"), None);
+    }
+
+    #[test]
+    fn only_the_end_of_a_long_log_is_read() {
+        let path = std::env::temp_dir().join(format!("stubctl-hotplug-log-{}", std::process::id()));
+        fs::write(&path, format!("{}last line\n", "x".repeat(100_000))).unwrap();
+        let end = read_end(path.to_str().unwrap(), 64);
+        assert_eq!(end.len(), 64);
+        assert!(end.ends_with("last line\n"));
+        assert_eq!(read_end("/nonexistent/log", 64), "");
+        fs::remove_file(&path).unwrap();
     }
 
     #[test]
