@@ -523,7 +523,7 @@ fn install_log_port_writer(shell: &mut GuestShell) -> Result<(), String> {
 /// gives xvda through dom0's blkback (a pattern written there is in the disk file);
 /// then, with 2 vCPUs, the guest writes 130 KiB to the log port in one go: dom0 times
 /// it (held about (130 - 128) KiB / 256 B/s = 8 s by the token bucket), every line is
-/// in the device-model log, and the CD reads another process started on the other
+/// in the device-model log, and the CD reads a process pinned to the other
 /// vCPU finish while the writer is held. Second boot, with
 /// `/mh/driver-blacklist/linux/1` readable in xenstore: Linux is told it is
 /// blacklisted and keeps the emulated disk.
@@ -610,13 +610,16 @@ fn unplugged_boot(guest: &mut HvmGuest, nonce_sha256: &str) -> Result<String, St
         ),
         short,
     )?;
-    // The CD reader starts first (no timer of its own to wait on, so nothing of it is
-    // left on vCPU 0): 48 reads of 128 KiB, each end stamped with the guest's uptime.
+    // The CD reader starts first: 48 reads of 128 KiB, each end stamped with the guest's
+    // uptime. It is pinned to vCPU 1 (taskset, before its shell starts): left to Linux, a
+    // `dd` that fork placed on vCPU 0 waits there for the whole hold, as the idle vCPU 1
+    // has stopped its tick and is only told to pull work by a busy vCPU's tick, which
+    // vCPU 0 held in `rep outsb` does not take (CI saw the reads stop for the 8 s hold).
     let started = Instant::now();
     let out = guest.shell.run_ok(
-        "echo 2 > /proc/irq/15/smp_affinity; : > /tmp/cdt; (i=0; while [ $i -lt 48 ]; do \
+        "echo 2 > /proc/irq/15/smp_affinity; : > /tmp/cdt; taskset 2 sh -c 'i=0; while [ $i -lt 48 ]; do \
          dd if=/dev/sr0 of=/dev/null bs=2048 count=64 skip=$((i * 64)) iflag=direct 2>/dev/null; \
-         cut -d' ' -f1 /proc/uptime >> /tmp/cdt; i=$((i + 1)); done) & sleep 1; \
+         read up idle < /proc/uptime; echo $up >> /tmp/cdt; i=$((i + 1)); done' & sleep 1; \
          w0=$(cut -d' ' -f1 /proc/uptime); /tmp/pw < /tmp/plog; rc=$?; w1=$(cut -d' ' -f1 /proc/uptime); wait; \
          echo \"writer $rc $w0 $w1 cd $(tr '\\n' ' ' < /tmp/cdt)\"",
         Duration::from_secs(240),
