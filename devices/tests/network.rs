@@ -28,6 +28,7 @@ const TSD0: u16 = 0x10;
 const TSAD0: u16 = 0x20;
 const RBSTART: u16 = 0x30;
 const CR: u16 = 0x37;
+const CAPR: u16 = 0x38;
 const IMR: u16 = 0x3c;
 const ISR: u16 = 0x3e;
 const RCR: u16 = 0x44;
@@ -35,6 +36,11 @@ const MSR: u16 = 0x58;
 const CR_RE_TE: u8 = 0x0c;
 const ISR_ROK: u16 = 0x01;
 const ISR_TOK: u16 = 0x04;
+const ISR_RXOVW: u16 = 0x10;
+/// ChipCmd's Rx Buffer Empty bit.
+const CR_BUFE: u8 = 0x01;
+/// The ring 8139too's RCR (RBLEN 0) asks for.
+const RX_RING_BYTES: u32 = 8192;
 const RCR_APM_AB_WRAP: u32 = 0x02 | 0x08 | 0x80;
 const MSR_LINK_DOWN: u8 = 0x04;
 const TSD_TOK: u32 = 0x8000;
@@ -69,6 +75,26 @@ fn frame(destination: [u8; 6], source: [u8; 6], fill: u8) -> Vec<u8> {
     frame
 }
 
+/// The card at 00:03.0, as hvmloader finds it (the I/O window placed and enabled), then
+/// 8139too's open: an 8 KiB receive ring, filters, interrupts `imr`, RX and TX on; returns
+/// once netfront is connected.
+async fn open_card(g: &SimGuest, clock: &SimXen, w: &Rc<RefCell<Wire>>, imr: u16) {
+    assert_eq!(g.pci_read(3, 0, 0, 4).await, 0x8139_10ec);
+    g.pci_write(3, 0, 0x10, 4, u32::from(IO_BASE) | 1).await;
+    g.pci_write(3, 0, 0x04, 2, 0x0005).await; // I/O space, bus master
+    for (i, byte) in MAC.iter().enumerate() {
+        assert_eq!(g.inb(IO_BASE + i as u16).await, *byte, "IDR{i} from the argv's MAC");
+    }
+    g.outl(IO_BASE + RBSTART, RX_RING_GPA as u32).await;
+    g.outl(IO_BASE + RCR, RCR_APM_AB_WRAP).await;
+    g.outw(IO_BASE + IMR, imr).await;
+    g.outb(IO_BASE + CR, CR_RE_TE).await;
+    until(clock, "link up once netfront is connected", async || {
+        g.inb(IO_BASE + MSR).await & MSR_LINK_DOWN == 0 && w.borrow().rx_slots_used == 0
+    })
+    .await;
+}
+
 #[test]
 fn frames_cross_both_ways_and_a_closed_vif_is_link_down() {
     let world = World::new();
@@ -86,22 +112,7 @@ fn frames_cross_both_ways_and_a_closed_vif_is_link_down() {
     let expected_rx = to_us.clone();
     let done = executor.spawn("guest", async move {
         until_ready(&watcher).await;
-        // The card at 00:03.0, as hvmloader finds it; the I/O window placed and enabled.
-        assert_eq!(g.pci_read(3, 0, 0, 4).await, 0x8139_10ec);
-        g.pci_write(3, 0, 0x10, 4, u32::from(IO_BASE) | 1).await;
-        g.pci_write(3, 0, 0x04, 2, 0x0005).await; // I/O space, bus master
-        for (i, byte) in MAC.iter().enumerate() {
-            assert_eq!(g.inb(IO_BASE + i as u16).await, *byte, "IDR{i} from the argv's MAC");
-        }
-        // 8139too's open: receive ring, filters, interrupts, RX and TX on.
-        g.outl(IO_BASE + RBSTART, RX_RING_GPA as u32).await;
-        g.outl(IO_BASE + RCR, RCR_APM_AB_WRAP).await;
-        g.outw(IO_BASE + IMR, ISR_ROK | ISR_TOK).await;
-        g.outb(IO_BASE + CR, CR_RE_TE).await;
-        until(&clock, "link up once netfront is connected", async || {
-            g.inb(IO_BASE + MSR).await & MSR_LINK_DOWN == 0 && w.borrow().rx_slots_used == 0
-        })
-        .await;
+        open_card(&g, &clock, &w, ISR_ROK | ISR_TOK).await;
 
         // Transmit slot 0: the frame reaches netback's wire whole, and the slot reports TOK.
         let from_us = frame([0xff; 6], MAC, 0xa5);
@@ -134,6 +145,64 @@ fn frames_cross_both_ways_and_a_closed_vif_is_link_down() {
         until(&clock, "link down after netback closed", async || g.inb(IO_BASE + MSR).await & MSR_LINK_DOWN != 0).await;
         assert_eq!(g.pci_read(0, 0, 0, 4).await, 0x1237_8086, "the machine is still served");
         assert_eq!(g.inb(IO_BASE).await, MAC[0], "so is the card");
+    });
+    executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
+    assert!(done.is_ready());
+}
+
+/// A wire that sends more than the guest's 8 KiB ring holds before the guest reads: the
+/// card signals the overflow (RXOVW, unmasked as 8139too does), and once the guest reads
+/// its ring as 8139too does (CAPR after each packet) every frame arrives, in order: the
+/// one that met the full ring is offered again, not lost (the bed saw each such loss
+/// cost dom0's TCP a retransmission).
+#[test]
+fn a_frame_that_meets_a_full_ring_is_not_lost() {
+    const FRAMES: u8 = 12;
+    const FRAME_BYTES: usize = 1000;
+    let world = World::new();
+    let stub: &'static SimXen = Box::leak(Box::new(world.domain(STUB)));
+    world.toolstack(VIF, &[("mac", "00:16:3e:5a:00:01")]);
+    let wire = Rc::new(RefCell::new(Wire::default()));
+    let guest: SimGuest = world.hvm_guest(GUEST, 1, 16 << 20);
+    let mut executor = Executor::new(&world);
+    executor.spawn_background("netback", netback(world.domain(0), VIF, wire.clone(), quiet_peer));
+    spawn_service(&mut executor, stub, config());
+    let watcher = world.clone();
+    let clock = world.domain(0);
+    let (g, w) = (guest.clone(), wire.clone());
+    let done = executor.spawn("guest", async move {
+        until_ready(&watcher).await;
+        open_card(&g, &clock, &w, ISR_ROK | ISR_TOK | ISR_RXOVW).await;
+        // Frame n carries n in every payload byte; eight of them fill 8 KiB.
+        for n in 0..FRAMES {
+            let mut frame = frame(MAC, [0x02, 0, 0, 0, 0, 9], 0);
+            frame.resize(FRAME_BYTES, n);
+            frame[14..].fill(n);
+            w.borrow_mut().to_guest.push_back(ToGuest::Frame(frame));
+        }
+        until(&clock, "RXOVW once the ring is full", async || g.inw(IO_BASE + ISR).await & ISR_RXOVW != 0).await;
+
+        // 8139too's rtl8139_rx: while the ring is not empty, the packet at cur_rx, then
+        // CAPR = cur_rx - 16; its interrupt ack; until every frame is in.
+        let mut seen = Vec::new();
+        let mut cur_rx: u32 = 0;
+        until(&clock, "every frame read from the ring", async || {
+            g.outw(IO_BASE + ISR, ISR_ROK | ISR_RXOVW).await;
+            while g.inb(IO_BASE + CR).await & CR_BUFE == 0 {
+                let mut header = [0u8; 4];
+                g.read_ram(RX_RING_GPA + u64::from(cur_rx % RX_RING_BYTES), &mut header);
+                let len_bytes = u32::from(u16::from_le_bytes([header[2], header[3]]));
+                assert_eq!(len_bytes as usize, FRAME_BYTES + 4, "packet {} (the length counts the FCS)", seen.len());
+                let mut payload = [0u8; 1];
+                g.read_ram(RX_RING_GPA + u64::from(cur_rx % RX_RING_BYTES) + 4 + 14, &mut payload);
+                seen.push(payload[0]);
+                cur_rx = (cur_rx + len_bytes + 4 + 3) & !3;
+                g.outw(IO_BASE + CAPR, (cur_rx.wrapping_sub(16) & 0xffff) as u16).await;
+            }
+            seen.len() >= usize::from(FRAMES)
+        })
+        .await;
+        assert_eq!(seen, (0..FRAMES).collect::<Vec<u8>>(), "the frames the guest read, in order");
     });
     executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
     assert!(done.is_ready());

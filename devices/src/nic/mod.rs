@@ -37,7 +37,8 @@ pub enum RxOutcome {
     Delivered,
     /// not for this card (address filter) or not accepted while the receiver is off
     Filtered,
-    /// the guest's receive ring has no room: dropped
+    /// the guest's receive ring has no room: not written (the card signals an overflow
+    /// where it has one; the glue keeps the frame and offers it again)
     NoBuffer,
     /// the ring or buffer address is outside guest RAM (or bus mastering is off): dropped
     DmaError,
@@ -51,6 +52,8 @@ pub struct NicStats {
     pub tx_dropped: u64,
     pub rx_frames: u64,
     pub rx_filtered: u64,
+    /// frames offered while the receive ring was full (the glue offers each again, so
+    /// one frame may count more than once)
     pub rx_no_buffer: u64,
     /// descriptor or buffer accesses that failed (bad address, bad length)
     pub dma_errors: u64,

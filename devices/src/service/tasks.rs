@@ -682,6 +682,8 @@ async fn bridge<X: Xen + DeviceModelHost + 'static>(
 ) -> Option<NetError> {
     let xen = shared.xen;
     let mut waiting_tx: Option<Vec<u8>> = None;
+    // A frame the card found no room for: offered again before any newer one.
+    let mut waiting_rx: Option<Vec<u8>> = None;
     let mut next_stats_ns = xen.now_ns().saturating_add(super::STATS_PERIOD.as_nanos() as u64);
     let mut last_stats = None;
     while !shared.stopping.is_on() {
@@ -693,9 +695,20 @@ async fn bridge<X: Xen + DeviceModelHost + 'static>(
         // that the log shows where frames stop.
         if xen.now_ns() >= next_stats_ns {
             next_stats_ns = xen.now_ns().saturating_add(super::STATS_PERIOD.as_nanos() as u64);
-            let now = (machine.borrow().nic(index).map(|nic| nic.stats()), net.stats(), waiting_tx.is_some());
+            let now = (
+                machine.borrow().nic(index).map(|nic| nic.stats()),
+                net.stats(),
+                waiting_tx.is_some(),
+                waiting_rx.is_some(),
+            );
             if Some(now) != last_stats {
-                log::info!("NIC {index}: card {:?}; vif {:?}; a frame waits for tx room: {}", now.0, now.1, now.2);
+                log::info!(
+                    "NIC {index}: card {:?}; vif {:?}; a frame waits for tx room: {}, for rx room: {}",
+                    now.0,
+                    now.1,
+                    now.2,
+                    now.3
+                );
                 last_stats = Some(now);
             }
         }
@@ -727,17 +740,23 @@ async fn bridge<X: Xen + DeviceModelHost + 'static>(
             if !room {
                 break;
             }
-            let frame = match net.receive() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => return Some(e),
+            let frame = match waiting_rx.take() {
+                Some(frame) => frame,
+                None => match net.receive() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => return Some(e),
+                },
             };
             let memory = DirtyLogged::new(memory, control, shared.vm.borrow().dirty_log());
             let outcome = machine.borrow_mut().nic_mut(index).map(|nic| nic.receive(&frame, &memory, xen.now_ns()));
             if outcome == Some(RxOutcome::NoBuffer) {
-                // The card took a frame for a full ring (an overflow interrupt, so that
-                // the driver looks at its ring): the rest wait until the guest reads,
-                // rather than all being dropped before it can.
+                // The card found its ring full (an overflow interrupt, so that the
+                // driver looks at its ring). The frame is kept and offered again once
+                // the guest has read (a register write wakes us), and the rest wait
+                // with netback: a lost frame costs a TCP sender a retransmission, the
+                // bed saw 54 in 10 MiB to an 8139too guest.
+                waiting_rx = Some(frame);
                 room = false;
                 break;
             }

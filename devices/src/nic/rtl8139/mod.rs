@@ -947,10 +947,11 @@ impl Nic for Rtl8139 {
     /// same). The last is what keeps 8139too going: its NAPI poll looks at the ring only
     /// while ISR has an Rx bit, and when its budget runs out with the ring refilled after
     /// its last CAPR write, its own ack has cleared ROK, the ring is full and the poll
-    /// ends with interrupts unmasked and nothing pending. Only a frame dropped for lack
-    /// of room (RXOVW, an interrupt) makes it look again; a glue holding frames for a
-    /// full ring would wait for it forever. While NAPI runs (RXOVW masked) the glue
-    /// holds frames instead of losing them. The answer changes with register writes
+    /// ends with interrupts unmasked and nothing pending. Only a frame offered to a full
+    /// ring (RXOVW, an interrupt) makes it look again; a glue holding frames without
+    /// offering them would wait for it forever (ours keeps that frame and offers it
+    /// again after the guest's next register write). While NAPI runs (RXOVW masked) the
+    /// glue holds frames without offering them. The answer changes with register writes
     /// (CAPR, CR, IMR).
     fn can_receive(&self) -> bool {
         if !self.link_up || self.command & CR_RE == 0 || !self.bus_master() || self.imr & ISR_RXOVW != 0 {
