@@ -75,6 +75,28 @@ fn frame(destination: [u8; 6], source: [u8; 6], fill: u8) -> Vec<u8> {
     frame
 }
 
+/// The service in the simulated Xen with the card's vif and a simulated netback; once
+/// the device model is ready, `guest` (given the guest, dom0's clock and netback's
+/// wire) runs to its end.
+fn with_card<F: Future<Output = ()> + 'static>(guest: impl FnOnce(SimGuest, SimXen, Rc<RefCell<Wire>>) -> F) {
+    let world = World::new();
+    let stub: &'static SimXen = Box::leak(Box::new(world.domain(STUB)));
+    world.toolstack(VIF, &[("mac", "00:16:3e:5a:00:01")]);
+    let wire = Rc::new(RefCell::new(Wire::default()));
+    let sim_guest: SimGuest = world.hvm_guest(GUEST, 1, 16 << 20);
+    let mut executor = Executor::new(&world);
+    executor.spawn_background("netback", netback(world.domain(0), VIF, wire.clone(), quiet_peer));
+    spawn_service(&mut executor, stub, config());
+    let watcher = world.clone();
+    let body = guest(sim_guest, world.domain(0), wire);
+    let done = executor.spawn("guest", async move {
+        until_ready(&watcher).await;
+        body.await;
+    });
+    executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
+    assert!(done.is_ready());
+}
+
 /// The card at 00:03.0, as hvmloader finds it (the I/O window placed and enabled), then
 /// 8139too's open: an 8 KiB receive ring, filters, interrupts `imr`, RX and TX on; returns
 /// once netfront is connected.
@@ -97,21 +119,9 @@ async fn open_card(g: &SimGuest, clock: &SimXen, w: &Rc<RefCell<Wire>>, imr: u16
 
 #[test]
 fn frames_cross_both_ways_and_a_closed_vif_is_link_down() {
-    let world = World::new();
-    let stub: &'static SimXen = Box::leak(Box::new(world.domain(STUB)));
-    world.toolstack(VIF, &[("mac", "00:16:3e:5a:00:01")]);
-    let wire = Rc::new(RefCell::new(Wire::default()));
-    let guest: SimGuest = world.hvm_guest(GUEST, 1, 16 << 20);
-    let mut executor = Executor::new(&world);
-    executor.spawn_background("netback", netback(world.domain(0), VIF, wire.clone(), quiet_peer));
-    spawn_service(&mut executor, stub, config());
-    let watcher = world.clone();
-    let clock = world.domain(0);
-    let (g, w) = (guest.clone(), wire.clone());
-    let to_us = frame(MAC, [0x02, 0, 0, 0, 0, 9], 0x5a);
-    let expected_rx = to_us.clone();
-    let done = executor.spawn("guest", async move {
-        until_ready(&watcher).await;
+    with_card(|g, clock, w| async move {
+        let to_us = frame(MAC, [0x02, 0, 0, 0, 0, 9], 0x5a);
+        let expected_rx = to_us.clone();
         open_card(&g, &clock, &w, ISR_ROK | ISR_TOK).await;
 
         // Transmit slot 0: the frame reaches netback's wire whole, and the slot reports TOK.
@@ -146,8 +156,6 @@ fn frames_cross_both_ways_and_a_closed_vif_is_link_down() {
         assert_eq!(g.pci_read(0, 0, 0, 4).await, 0x1237_8086, "the machine is still served");
         assert_eq!(g.inb(IO_BASE).await, MAC[0], "so is the card");
     });
-    executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
-    assert!(done.is_ready());
 }
 
 /// A wire that sends more than the guest's 8 KiB ring holds before the guest reads: the
@@ -159,19 +167,7 @@ fn frames_cross_both_ways_and_a_closed_vif_is_link_down() {
 fn a_frame_that_meets_a_full_ring_is_not_lost() {
     const FRAMES: u8 = 12;
     const FRAME_BYTES: usize = 1000;
-    let world = World::new();
-    let stub: &'static SimXen = Box::leak(Box::new(world.domain(STUB)));
-    world.toolstack(VIF, &[("mac", "00:16:3e:5a:00:01")]);
-    let wire = Rc::new(RefCell::new(Wire::default()));
-    let guest: SimGuest = world.hvm_guest(GUEST, 1, 16 << 20);
-    let mut executor = Executor::new(&world);
-    executor.spawn_background("netback", netback(world.domain(0), VIF, wire.clone(), quiet_peer));
-    spawn_service(&mut executor, stub, config());
-    let watcher = world.clone();
-    let clock = world.domain(0);
-    let (g, w) = (guest.clone(), wire.clone());
-    let done = executor.spawn("guest", async move {
-        until_ready(&watcher).await;
+    with_card(|g, clock, w| async move {
         open_card(&g, &clock, &w, ISR_ROK | ISR_TOK | ISR_RXOVW).await;
         // Frame n carries n in every payload byte; eight of them fill 8 KiB.
         for n in 0..FRAMES {
@@ -204,6 +200,4 @@ fn a_frame_that_meets_a_full_ring_is_not_lost() {
         .await;
         assert_eq!(seen, (0..FRAMES).collect::<Vec<u8>>(), "the frames the guest read, in order");
     });
-    executor.run().unwrap_or_else(|stuck| panic!("{stuck}"));
-    assert!(done.is_ready());
 }
