@@ -1,7 +1,8 @@
 //! The guest's NIC through the whole service in the simulated Xen: an RTL8139 the
 //! guest programs as 8139too does, bridged by the network task to the stub domain's
 //! netfront and a simulated netback. Frames cross both ways; when netback goes away the
-//! card shows link down and the device model keeps serving the guest.
+//! card shows link down and the device model keeps serving the guest; a frame that meets
+//! a full receive ring is kept and offered again, not lost.
 
 use std::cell::RefCell;
 use std::rc::Rc;
